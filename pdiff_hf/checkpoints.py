@@ -1,0 +1,121 @@
+"""Checkpoint collections as ``datasets.Dataset``.
+
+One row per checkpoint: a fixed-size float32 ``params`` column of length ``D`` plus metadata columns (``run_id``,
+``seed``, ``step``, ``val_accuracy``, ``test_accuracy``, …). The parameter layout is stored in the dataset's
+``info.description`` as JSON, so ``save_to_disk``/``load_from_disk`` (and ``select``, ``filter``, splits) keep it.
+"""
+
+import json
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .errors import CheckpointDatasetError, DimensionMismatchError
+from .layout import ParamLayout, check_finite
+
+PARAMS_COLUMN = "params"
+_LAYOUT_KEY = "pdiff_hf.param_layout"
+
+
+def make_checkpoint_dataset(
+    params: Union[torch.Tensor, np.ndarray],
+    layout: ParamLayout,
+    metadata: Optional[Mapping[str, Sequence]] = None,
+) -> datasets.Dataset:
+    """Build a checkpoint dataset from ``params`` ``(N, D)`` and per-row ``metadata`` columns.
+
+    The ``params`` column is built from one Arrow buffer (no per-row Python objects), so large collections are cheap.
+    Raises :class:`NonFiniteParametersError` for NaN/Inf and :class:`DimensionMismatchError` when ``D`` differs
+    from the layout.
+    """
+    params = torch.as_tensor(params).detach().to("cpu", torch.float32)
+    if params.dim() != 2 or params.shape[1] != layout.dim:
+        raise DimensionMismatchError(
+            f"expected checkpoints of shape (N, {layout.dim}) for layout [{layout.describe()}], "
+            f"found {tuple(params.shape)}"
+        )
+    check_finite(params, "checkpoints")
+    n = params.shape[0]
+    flat = pa.array(params.contiguous().numpy().reshape(-1))
+    columns = {PARAMS_COLUMN: pa.FixedSizeListArray.from_arrays(flat, layout.dim)}
+    for name, values in (metadata or {}).items():
+        values = values.tolist() if isinstance(values, (torch.Tensor, np.ndarray)) else list(values)
+        if len(values) != n:
+            raise CheckpointDatasetError(f"metadata column {name!r}: expected {n} values, found {len(values)}")
+        columns[name] = pa.array(values)
+    table = pa.table(columns)
+    features = datasets.Features.from_arrow_schema(table.schema)
+    info = datasets.DatasetInfo(description=json.dumps({_LAYOUT_KEY: layout.to_list()}), features=features)
+    return datasets.Dataset(datasets.table.InMemoryTable(table), info=info)
+
+
+def get_layout(dataset: datasets.Dataset) -> ParamLayout:
+    """The parameter layout stored with a checkpoint dataset."""
+    try:
+        return ParamLayout.from_list(json.loads(dataset.info.description or "")[_LAYOUT_KEY])
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointDatasetError(
+            "expected a checkpoint dataset with a parameter layout in info.description (made by "
+            f"make_checkpoint_dataset), found description {str(dataset.info.description)[:80]!r}"
+        ) from err
+
+
+def set_layout(dataset: datasets.Dataset, layout: ParamLayout) -> datasets.Dataset:
+    """Attach ``layout`` to a dataset that lost it (e.g. one rebuilt from parquet files)."""
+    dataset.info.description = json.dumps({_LAYOUT_KEY: layout.to_list()})
+    return dataset
+
+
+def checkpoint_params(dataset: datasets.Dataset, check: bool = True) -> torch.Tensor:
+    """All checkpoints of ``dataset`` as one float32 tensor ``(N, D)``, read from the Arrow column in one copy."""
+    if PARAMS_COLUMN not in dataset.column_names:
+        raise CheckpointDatasetError(
+            f"expected a {PARAMS_COLUMN!r} column of fixed-size float32 lists, found columns {dataset.column_names}"
+        )
+    if len(dataset) == 0:
+        raise CheckpointDatasetError("expected at least one checkpoint, found an empty dataset")
+    column = dataset.with_format("arrow")[:][PARAMS_COLUMN].combine_chunks()
+    if not pa.types.is_fixed_size_list(column.type):
+        column = column.cast(pa.list_(pa.float32(), len(column[0])))
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    params = torch.from_numpy(values.reshape(len(dataset), -1).copy())
+    if check:
+        check_finite(params, "checkpoints")
+    return params
+
+
+def check_dataset_layout(dataset: datasets.Dataset, layout: ParamLayout, what: str = "the model") -> ParamLayout:
+    """Raise :class:`DimensionMismatchError` unless ``dataset``'s layout equals ``layout``."""
+    found = get_layout(dataset)
+    if found != layout:
+        raise DimensionMismatchError(
+            f"checkpoint dataset layout [{found.describe()}] does not match {what} [{layout.describe()}]"
+        )
+    return found
+
+
+def split_by_runs(
+    dataset: datasets.Dataset, holdout_runs: Sequence, run_column: str = "run_id"
+) -> Tuple[datasets.Dataset, datasets.Dataset]:
+    """Split into ``(train, holdout)`` keeping every checkpoint of a run on one side."""
+    if run_column not in dataset.column_names:
+        raise CheckpointDatasetError(f"expected a {run_column!r} column, found {dataset.column_names}")
+    runs = dataset[run_column]
+    held = set(holdout_runs)
+    unknown = held - set(runs)
+    if unknown:
+        raise CheckpointDatasetError(f"holdout runs {sorted(unknown)} not in dataset runs {sorted(set(runs))}")
+    train_idx = [i for i, r in enumerate(runs) if r not in held]
+    hold_idx = [i for i, r in enumerate(runs) if r in held]
+    return dataset.select(train_idx), dataset.select(hold_idx)
+
+
+def summary(dataset: datasets.Dataset) -> Dict:
+    """Counts for printing: checkpoints, runs, D."""
+    out = {"checkpoints": len(dataset), "D": get_layout(dataset).dim}
+    if "run_id" in dataset.column_names:
+        out["runs"] = len(set(dataset["run_id"]))
+    return out

@@ -1,0 +1,53 @@
+"""The ``pdiff-hf`` command line.
+
+Each subcommand lives in ``pdiff_hf/commands/<name>.py`` and exposes ``register(subparsers)``, which adds an
+``argparse`` sub-parser whose ``func(args) -> int`` runs it. Bad input ends with a one-line error and exit code 2,
+never a traceback.
+"""
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from .errors import PDiffError
+
+COMMANDS = ("demo", "evaluate", "push")
+
+
+class CLIError(PDiffError):
+    """Bad command-line input (missing path, contradicting flags, …)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pdiff-hf", description="Neural Network Diffusion (p-diff) on Hugging Face")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"pdiff_hf.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"pdiff_hf.commands.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (PDiffError, FileNotFoundError, NotADirectoryError) as err:
+        print(f"pdiff-hf {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pdiff-hf {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
