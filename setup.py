@@ -24,6 +24,7 @@ setup(
         "pdiff_hf.commands",
         "pdiff_hf.pipelines",
         "pdiff_hf.hub_cards",
+        "pdiff_hf.remote_code",
     ],
     package_dir={"pdiff_hf": "pdiff_hf", "pdiff_hf.pipelines": "pipelines", "pdiff_hf.hub_cards": "hub_cards"},
     package_data={"pdiff_hf.hub_cards": ["*.md"]},

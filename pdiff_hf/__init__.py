@@ -15,6 +15,7 @@ from .data import ClassificationSplits
 from .errors import (
     CheckpointDatasetError,
     DimensionMismatchError,
+    HubError,
     LayoutMismatchError,
     NonFiniteParametersError,
     PDiffError,

@@ -31,3 +31,8 @@ class SchedulerError(PDiffError):
 
 class CheckpointDatasetError(PDiffError):
     """A checkpoint dataset lacks the expected columns, layout metadata or rows."""
+
+
+class HubError(PDiffError):
+    """A Hugging Face Hub operation failed: the repo, revision or a file of it is missing, the Hub could not be
+    reached, or it refused the request. Messages name the repo and never contain the access token."""

@@ -45,6 +45,8 @@ def is_norm_layer(module: nn.Module) -> bool:
 
 def last_norm_layer_names(module: nn.Module, count: int) -> List[str]:
     """Names of the last ``count`` normalization layers of ``module``, in registration order."""
+    if count < 1:
+        raise SelectionError(f"expected last_norm_layers >= 1, found {count}")
     names = [name for name, sub in module.named_modules() if name and is_norm_layer(sub)]
     if len(names) < count:
         raise SelectionError(

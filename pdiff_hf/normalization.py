@@ -23,7 +23,8 @@ def to_log_space(params: torch.Tensor, log_mask: torch.Tensor) -> torch.Tensor:
 def from_log_space(params: torch.Tensor, log_mask: torch.Tensor) -> torch.Tensor:
     if not bool(log_mask.any()):
         return params
-    return torch.where(log_mask, params.exp(), params)
+    # exp underflows to 0 below about -104 in float32; keep variances strictly positive (>= the log floor).
+    return torch.where(log_mask, params.exp().clamp_min(_LOG_FLOOR), params)
 
 
 def compute_stats(

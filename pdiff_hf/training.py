@@ -5,7 +5,7 @@ are single-process and small, the scripts add checkpointing, EMA, logging and mu
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import torch
@@ -99,7 +99,7 @@ def train_autoencoder(
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     autoencoder.eval()
     autoencoder.set_latent_scaling(params)
     return losses
@@ -133,7 +133,7 @@ def train_denoiser(
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     denoiser.eval()
     denoiser.register_to_config(sample_abs_max=round(float(latents.abs().max()), 4))
     return losses
@@ -180,7 +180,6 @@ class PDiffConfig:
     num_train_timesteps: int = 1000
     prediction_type: str = "epsilon"
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def build_models(layout: ParamLayout, config: PDiffConfig) -> Tuple[ParameterAutoencoder, LatentUNet1DModel]:

@@ -1,5 +1,6 @@
 """PDiffPipeline: noise → reverse latent diffusion → parameter decoder → new network parameters."""
 
+import inspect
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Union
 
@@ -10,7 +11,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from pdiff_hf.errors import LayoutMismatchError, SchedulerError
+from pdiff_hf.errors import DimensionMismatchError, LayoutMismatchError, SchedulerError
 from pdiff_hf.layout import ParamLayout, check_finite
 from pdiff_hf.models.autoencoder import ParameterAutoencoder
 from pdiff_hf.models.denoiser import LatentUNet1DModel
@@ -74,6 +75,11 @@ def check_scheduler(scheduler, denoiser: LatentUNet1DModel) -> None:
                 f"±{denoiser.config.sample_abs_max:.3f}; set clip_sample=False or "
                 f"clip_sample_range>={denoiser.config.sample_abs_max:.3f}"
             )
+    if config.get("trained_betas") is not None or config.get("rescale_betas_zero_snr", False):
+        raise SchedulerError(
+            f"{type(scheduler).__name__} overrides the beta schedule (trained_betas / rescale_betas_zero_snr), so its "
+            f"forward process differs from the denoiser's {denoiser.config.beta_schedule} training schedule"
+        )
     if config.get("thresholding", False):
         raise SchedulerError(f"{type(scheduler).__name__} uses dynamic thresholding, which is meant for images")
 
@@ -130,15 +136,17 @@ class PDiffPipeline(DiffusionPipeline):
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         elif tuple(latents.shape) != shape:
-            raise ValueError(f"expected latents of shape {shape}, found {tuple(latents.shape)}")
+            raise DimensionMismatchError(f"expected latents of shape {shape}, found {tuple(latents.shape)}")
         latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
 
         # 2. Reverse diffusion
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        # Only stochastic schedulers take a generator (PNDM, LMS, Heun, UniPC, DEIS, KDPM2 … reject the keyword).
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = self.scheduler.scale_model_input(latents, t)
             model_output = self.denoiser(model_input, t).sample
-            latents = self.scheduler.step(model_output, t, latents, generator=generator).prev_sample
+            latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
 
         # 3. Decode to parameters
         params = self.autoencoder.latents_to_params(latents.to(self.autoencoder.dtype)).float().cpu()
@@ -148,3 +156,49 @@ class PDiffPipeline(DiffusionPipeline):
         if not return_dict:
             return (params,)
         return PDiffPipelineOutput(params=params, layout=self.layout)
+
+    # ------------------------------------------------------------------------------------------------ Hub
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        r"""Load from a Hub repo id (``"owner/name"``) or a local folder.
+
+        Hub repos are fetched with ``huggingface_hub.snapshot_download`` (``revision``, ``cache_dir``, ``token``,
+        ``local_files_only``, ``force_download``), JSON and safetensors files only, and built with pdiff_hf's own
+        classes (code files in the repo are never run). ``target_module=`` checks the parameter layout against the
+        network the parameters are for. Hub and layout problems raise :class:`~pdiff_hf.errors.HubError` /
+        :class:`~pdiff_hf.errors.LayoutMismatchError` naming the repo. See :func:`pdiff_hf.hub.load_pipeline`.
+        """
+        from pdiff_hf.hub import load_pipeline
+
+        return load_pipeline(pretrained_model_name_or_path, pipeline_class=cls, **kwargs)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: Optional[str] = None,
+        private: Optional[bool] = None,
+        token: Optional[str] = None,
+        create_pr: bool = False,
+        safe_serialization: bool = True,
+        variant: Optional[str] = None,
+        **kwargs,
+    ):
+        r"""Upload the pipeline with a model card (and code for ``trust_remote_code=True`` loading) to ``repo_id``.
+
+        Extra keyword arguments (``checkpoint_dataset_id``, ``results``, ``training_args``, ``target_architecture``,
+        ``revision``, ``license`` …) go to :func:`pdiff_hf.hub.push_pipeline`. Returns its ``CommitInfo``.
+        """
+        from pdiff_hf.errors import HubError
+        from pdiff_hf.hub import push_pipeline
+
+        if not safe_serialization or variant is not None:
+            raise HubError("push_to_hub uploads safetensors weights without variants (safe_serialization=True, variant=None)")
+        return push_pipeline(
+            self,
+            repo_id,
+            token=token,
+            private=bool(private),
+            commit_message=commit_message or "Upload p-diff pipeline",
+            create_pr=create_pr,
+            **kwargs,
+        )

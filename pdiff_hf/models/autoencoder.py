@@ -71,6 +71,9 @@ class ParameterAutoencoder(ModelMixin, ConfigMixin):
             raise DimensionMismatchError(
                 f"param_layout describes D={ParamLayout.from_list(param_layout).dim}, in_dim is {in_dim}"
             )
+        if kernel_size < 2 or kernel_size % 2:
+            # padding (k - 2) // 2 halves / doubles the length exactly only for even kernels
+            raise ValueError(f"expected an even kernel_size >= 2, found {kernel_size}")
         factor = 2 ** len(block_out_channels)
         self.padded_dim = -(-in_dim // factor) * factor
         self.latent_length = self.padded_dim // factor

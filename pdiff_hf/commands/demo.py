@@ -1,0 +1,61 @@
+"""``pdiff-hf demo``: the whole method on MNIST-1D, no downloads."""
+
+import argparse
+
+from ..demo import DemoConfig
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    d = DemoConfig()
+    p = subparsers.add_parser(
+        "demo",
+        help="run p-diff end to end on MNIST-1D (collect, train, generate, evaluate, report)",
+        description="Run p-diff end to end on MNIST-1D generated locally and write a report folder.",
+    )
+    p.add_argument("--output-dir", required=True, help="folder for target/, checkpoints/, pipeline/, report.md, results.json")
+    p.add_argument("--selection", choices=["norm", "classifier"], default=d.selection,
+                   help="norm: last two BatchNorm layers (D=128, default); classifier: final linear layer (D=12,810)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--data-seed", type=int, default=d.data_seed, help="MNIST-1D generator seed")
+    p.add_argument("--target-epochs", type=int, default=d.target_epochs)
+    p.add_argument("--num-checkpoints", type=int, default=d.num_checkpoints)
+    p.add_argument("--save-every", type=int, default=d.save_every, help="SGD steps between saved checkpoints")
+    p.add_argument("--collect-learning-rate", type=float, default=None,
+                   help="SGD step size on the selection while collecting (default: 0.2 norm, 0.05 classifier)")
+    p.add_argument("--ae-steps", type=int, default=d.ae_steps)
+    p.add_argument("--denoiser-steps", type=int, default=d.denoiser_steps)
+    p.add_argument("--train-batch-size", type=int, default=d.train_batch_size)
+    p.add_argument("--num-models", type=int, default=d.num_models, help="models to generate")
+    p.add_argument("--num-inference-steps", type=int, default=d.num_inference_steps)
+    p.add_argument("--num-threads", type=int, default=d.num_threads,
+                   help="torch threads (1 is usually fastest for these small models)")
+    p.add_argument("--no-novelty", dest="novelty", action="store_false", help="skip baselines and novelty analysis")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..demo import format_table, run_demo
+
+    config = DemoConfig(
+        output_dir=args.output_dir,
+        selection=args.selection,
+        seed=args.seed,
+        data_seed=args.data_seed,
+        target_epochs=args.target_epochs,
+        num_checkpoints=args.num_checkpoints,
+        save_every=args.save_every,
+        collect_learning_rate=args.collect_learning_rate,
+        ae_steps=args.ae_steps,
+        denoiser_steps=args.denoiser_steps,
+        train_batch_size=args.train_batch_size,
+        num_models=args.num_models,
+        num_inference_steps=args.num_inference_steps,
+        num_threads=args.num_threads,
+        novelty=args.novelty,
+    )
+    config.validate()
+    results = run_demo(config)
+    print()
+    print(format_table(results))
+    print(f"\nresults: {args.output_dir}/results.json  report: {args.output_dir}/report.md")
+    return 0

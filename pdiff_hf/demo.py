@@ -1,0 +1,213 @@
+"""The end-to-end demo: p-diff on MNIST-1D, from data generation to an evaluated, novelty-checked report.
+
+``pdiff-hf demo --output-dir DIR`` calls :func:`run_demo`. Stages (each with a progress bar):
+
+1. data — MNIST-1D generated locally (4000 train, 1000 test, length 40; the last 500 training samples validate);
+2. target — :class:`~pdiff_hf.tasks.MNIST1DCNN` trained on the training split;
+3. collect — keep training only the selection (the last two BatchNorm layers by default) with SGD and save one
+   checkpoint per step. The step size (0.2 for BatchNorm, see :data:`COLLECT_LR`) is chosen so that consecutive
+   checkpoints differ in accuracy and predictions instead of being near-identical copies;
+4. autoencoder, 5. denoiser — trained on the checkpoints;
+6. generate — ``num_models`` parameter vectors with a few-step DPM-Solver;
+7. evaluate — test accuracy of originals and generated models, plus novelty against simple baselines.
+
+The folder gets ``target/``, ``checkpoints/``, ``pipeline/``, ``report.md`` with plots, and ``results.json`` last.
+"""
+
+import copy
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import torch
+
+from .checkpoints import checkpoint_params
+from .collect import collect_checkpoints, train_classifier
+from .errors import PDiffError
+from .evaluation import evaluate_parameters, predict_with_parameters, summarize_accuracies
+from .io_utils import atomic_directory, write_json_atomic, write_text_atomic
+from .layout import ParamLayout
+from .tasks.mnist1d import MNIST1DCNN, load_mnist1d
+from .training import PDiffConfig, fit_pdiff
+
+# SGD step size on the selection during collection, per selection: large enough that checkpoints differ.
+COLLECT_LR = {"norm": 0.2, "classifier": 0.05}
+SELECTIONS = ("norm", "classifier")
+
+
+class DemoConfigError(PDiffError):
+    """Demo options that are out of range or contradict each other."""
+
+
+@dataclass
+class DemoConfig:
+    """Sizes and seeds of the demo. Defaults are the documented default run."""
+
+    output_dir: str = "pdiff_demo"
+    selection: str = "norm"
+    seed: int = 0
+    data_seed: int = 42
+    target_epochs: int = 15
+    num_checkpoints: int = 200
+    save_every: int = 1
+    collect_learning_rate: Optional[float] = None
+    ae_steps: int = 800
+    denoiser_steps: int = 1500
+    train_batch_size: int = 200
+    num_models: int = 100
+    num_inference_steps: int = 25
+    num_threads: int = 1
+    novelty: bool = True
+
+    def validate(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise DemoConfigError(f"expected --selection in {SELECTIONS}, found {self.selection!r}")
+        positive = {
+            "--target-epochs": self.target_epochs,
+            "--num-checkpoints": self.num_checkpoints,
+            "--save-every": self.save_every,
+            "--ae-steps": self.ae_steps,
+            "--denoiser-steps": self.denoiser_steps,
+            "--train-batch-size": self.train_batch_size,
+            "--num-models": self.num_models,
+            "--num-inference-steps": self.num_inference_steps,
+            "--num-threads": self.num_threads,
+        }
+        bad = {k: v for k, v in positive.items() if v < 1}
+        if bad:
+            raise DemoConfigError(f"expected positive values, found {bad}")
+        if self.num_checkpoints < 2:
+            raise DemoConfigError(f"expected --num-checkpoints >= 2 to learn a distribution, found {self.num_checkpoints}")
+        out = Path(self.output_dir)
+        if out.exists() and not out.is_dir():
+            raise DemoConfigError(f"expected --output-dir to be a folder, found a file: {out}")
+
+    @property
+    def collect_lr(self) -> float:
+        return self.collect_learning_rate if self.collect_learning_rate is not None else COLLECT_LR[self.selection]
+
+    def pdiff_config(self, dim: int) -> PDiffConfig:
+        large = dim > 4096
+        return PDiffConfig(
+            ae_block_out_channels=(16, 32, 32, 32) if large else (16, 32, 32),
+            denoiser_block_out_channels=(32, 64),
+            ae_steps=self.ae_steps,
+            denoiser_steps=self.denoiser_steps,
+            train_batch_size=self.train_batch_size,
+            seed=self.seed,
+        )
+
+
+def select_layout(model: torch.nn.Module, selection: str) -> ParamLayout:
+    """The demo's two selections: the last two BatchNorm layers (D=128), or the final linear layer (D=12,810)."""
+    if selection == "norm":
+        return ParamLayout.from_module(model, last_norm_layers=2)
+    return ParamLayout.from_module(model, include="classifier.*")
+
+
+def nearest_neighbour_distances(params: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance of each row of ``(N, D)`` to its nearest other row."""
+    d = torch.cdist(params, params)
+    d.fill_diagonal_(float("inf"))
+    return d.min(1).values
+
+
+def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> Dict:
+    """Run the whole demo and return the content of ``results.json``."""
+    config.validate()
+    torch.set_num_threads(config.num_threads)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    if results_path.exists():
+        results_path.unlink()  # a folder without results.json is visibly incomplete while we run
+    timings: Dict[str, float] = {}
+
+    def stage(name: str):
+        timings[name] = time.perf_counter()
+
+    def done(name: str):
+        timings[name] = round(time.perf_counter() - timings[name], 3)
+
+    total_start = time.perf_counter()
+    stage("data")
+    data = load_mnist1d(seed=config.data_seed)
+    done("data")
+    log(f"data: MNIST-1D train {len(data.train_y)}, val {len(data.val_y)}, test {len(data.test_y)}")
+
+    stage("target")
+    torch.manual_seed(config.seed)
+    model = MNIST1DCNN()
+    train_classifier(model, data, epochs=config.target_epochs, seed=config.seed, progress=True)
+    done("target")
+
+    stage("collect")
+    layout = select_layout(model, config.selection)
+    dataset = collect_checkpoints(
+        model,
+        data,
+        layout,
+        num_checkpoints=config.num_checkpoints,
+        save_every=config.save_every,
+        learning_rate=config.collect_lr,
+        seed=config.seed,
+        progress=True,
+    )
+    train_params = checkpoint_params(dataset)
+    model.save_pretrained(out / "target")
+    with atomic_directory(out / "checkpoints") as tmp:
+        dataset.save_to_disk(str(tmp))
+    orig_test = torch.tensor(dataset["test_accuracy"])
+    done("collect")
+    log(f"collected {len(dataset)} checkpoints of {layout.describe()}")
+
+    stage("train")
+    pipe = fit_pdiff(train_params, layout, config.pdiff_config(layout.dim), progress=True)
+    with atomic_directory(out / "pipeline") as tmp:
+        pipe.save_pretrained(tmp)
+    done("train")
+
+    stage("generate")
+    generator = torch.Generator().manual_seed(config.seed)
+    generated = pipe(
+        num_models=config.num_models, num_inference_steps=config.num_inference_steps, generator=generator
+    ).params
+    done("generate")
+
+    stage("evaluate")
+    gen_test = evaluate_parameters(model, layout, generated, data.test_x, data.test_y)
+    normalized = pipe.autoencoder.normalize(train_params)
+    nn_orig = nearest_neighbour_distances(normalized)
+    spread = {
+        "best_minus_min_accuracy": round(float(orig_test.max() - orig_test.min()), 4),
+        "mean_nn_distance_normalized": round(float(nn_orig.mean()), 6),
+        "mean_nn_distance_raw": round(float(nearest_neighbour_distances(train_params).mean()), 6),
+    }
+    done("evaluate")
+
+    results = {
+        "config": asdict(config),
+        "selection": {"name": config.selection, "D": layout.dim, "layout": layout.to_list()},
+        "original": summarize_accuracies(orig_test),
+        "generated": summarize_accuracies(gen_test),
+        "original_spread": spread,
+        "timings_s": timings,
+    }
+    timings["total"] = round(time.perf_counter() - total_start, 3)
+    write_json_atomic(results_path, results)
+    return results
+
+
+def format_table(results: Dict) -> str:
+    """The paper-style table: original vs generated best / mean / median (test accuracy, %)."""
+    rows = [("original", results["original"]), ("p-diff", results["generated"])]
+    rows += [(name, r) for name, r in results.get("baselines", {}).items()]
+    lines = [f"| {'models':<14} | {'count':>5} | {'best':>6} | {'mean':>6} | {'median':>6} | {'min':>6} |", "|" + "---|" * 6]
+    for name, r in rows:
+        lines.append(
+            f"| {name:<14} | {r['count']:>5} | {r['best']:>6.2f} | {r['mean']:>6.2f} | {r['median']:>6.2f} | {r['min']:>6.2f} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from pdiff_hf import DimensionMismatchError, LatentUNet1DModel
+
+
+def _tiny(**kwargs) -> LatentUNet1DModel:
+    torch.manual_seed(0)
+    config = dict(in_channels=2, sample_length=5, block_out_channels=(8, 16), norm_num_groups=4)
+    config.update(kwargs)
+    return LatentUNet1DModel(**config).eval()
+
+
+@torch.no_grad()
+def test_per_sample_timesteps():
+    model = _tiny()
+    x = torch.randn(2, 2, 5, generator=torch.Generator().manual_seed(0))
+    batched = model(x, torch.tensor([0, 999])).sample
+    alone0 = model(x[:1], torch.tensor([0])).sample
+    alone1 = model(x[1:], torch.tensor([999])).sample
+    torch.testing.assert_close(batched[:1], alone0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(batched[1:], alone1, rtol=1e-5, atol=1e-6)
+    # sample 0 really depends on its own timestep: running it at t=999 gives something else
+    other = model(x[:1], torch.tensor([999])).sample
+    assert (other - alone0).abs().max() > 1e-3
+    # swapping the timesteps swaps the outputs
+    swapped = model(x.flip(0), torch.tensor([999, 0])).sample
+    torch.testing.assert_close(swapped.flip(0), batched, rtol=1e-5, atol=1e-6)
+
+
+@torch.no_grad()
+def test_scalar_timestep_broadcast():
+    model = _tiny()
+    x = torch.randn(3, 2, 5)
+    expected = model(x, torch.full((3,), 250)).sample
+    for t in (250, torch.tensor(250), torch.tensor([250]), 250.0):
+        torch.testing.assert_close(model(x, t).sample, expected, rtol=1e-6, atol=1e-6)
+    assert model(x, 250, return_dict=False)[0].shape == (3, 2, 5)
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 5, 7, 16, 33])
+@torch.no_grad()
+def test_odd_latent_lengths(length):
+    model = _tiny(block_out_channels=(8, 8, 16), sample_length=length)
+    x = torch.randn(2, 2, length)
+    out = model(x, torch.tensor([10, 500])).sample
+    assert out.shape == (2, 2, length)
+    assert torch.isfinite(out).all()
+
+
+@torch.no_grad()
+def test_layers_per_block_and_single_level():
+    for kwargs in ({"layers_per_block": 2}, {"block_out_channels": (8,)}):
+        model = _tiny(**kwargs)
+        assert model(torch.randn(2, 2, 5), 3).sample.shape == (2, 2, 5)
+
+
+def test_trainable_gradient_flows():
+    model = _tiny().train()
+    x = torch.randn(4, 2, 5)
+    loss = model(x, torch.tensor([1, 2, 3, 4])).sample.pow(2).mean()
+    loss.backward()
+    assert model.conv_in.weight.grad is not None and model.conv_in.weight.grad.abs().sum() > 0
+    assert model.time_embedding.linear_1.weight.grad.abs().sum() > 0
+
+
+def test_shape_errors():
+    model = _tiny()
+    with pytest.raises(DimensionMismatchError, match="one timestep per sample"):
+        model(torch.randn(3, 2, 5), torch.tensor([1, 2]))
+    with pytest.raises(DimensionMismatchError, match="latents"):
+        model(torch.randn(3, 3, 5), 1)
+    with pytest.raises(DimensionMismatchError):
+        model(torch.randn(2, 5), 1)
+
+
+def test_config_records_objective(tmp_path):
+    model = _tiny(num_train_timesteps=500, prediction_type="v_prediction", beta_schedule="squaredcos_cap_v2")
+    model.register_to_config(sample_abs_max=3.5)
+    model.save_pretrained(str(tmp_path))
+    loaded = LatentUNet1DModel.from_pretrained(str(tmp_path))
+    for key in ("num_train_timesteps", "prediction_type", "beta_schedule", "sample_abs_max", "block_out_channels"):
+        expected = model.config[key]
+        assert loaded.config[key] == (list(expected) if isinstance(expected, tuple) else expected), key
+    x = torch.randn(2, 2, 5)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, torch.tensor([3, 400])).sample, model(x, torch.tensor([3, 400])).sample)

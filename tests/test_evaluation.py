@@ -1,0 +1,129 @@
+import pytest
+import torch
+from torch import nn
+
+from pdiff_hf import (
+    DimensionMismatchError,
+    LayoutMismatchError,
+    NonFiniteParametersError,
+    ParamLayout,
+    evaluate_parameters,
+    predict_with_parameters,
+    select_best,
+    summarize_accuracies,
+)
+from pdiff_hf.evaluation import accuracy_from_predictions
+
+
+def _data(n=64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=gen)
+    y = torch.randint(0, 3, (n,), generator=gen)
+    return x, y
+
+
+def _perturbed_vectors(model, layout, n=7, scale=0.3, seed=0):
+    """``n`` vectors around the model's own selection (so accuracies differ between models)."""
+    gen = torch.Generator().manual_seed(seed)
+    base = layout.flatten(model)
+    vectors = base + scale * torch.randn(n, layout.dim, generator=gen) * base.abs().clamp_min(0.1)
+    mask = layout.log_space_mask()
+    vectors[:, mask] = vectors[:, mask].abs() + 0.05  # variances stay positive
+    return vectors
+
+
+def _loop_predictions(model, layout, vectors, x):
+    """The plain reference: load each vector into the module and run it."""
+    preds = []
+    with torch.no_grad():
+        for v in vectors:
+            layout.load_into(model, v)
+            preds.append(model(x).argmax(-1))
+    return torch.stack(preds)
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [
+        {"last_norm_layers": 2, "include_buffers": True},
+        {"last_norm_layers": 2},
+        {"include": "6.*"},
+        {"include": ["0.*", "6.*"]},
+    ],
+)
+def test_matches_plain_loop(bn_mlp_factory, selection):
+    model = bn_mlp_factory(seed=0).eval()
+    layout = ParamLayout.from_module(model, **selection)
+    vectors = _perturbed_vectors(model, layout)
+    x, y = _data()
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+
+    # small chunks and batches so that the chunking paths are exercised
+    preds = predict_with_parameters(model, layout, vectors, x, batch_size=20, models_per_chunk=3)
+    acc = evaluate_parameters(model, layout, vectors, x, y, batch_size=20, models_per_chunk=3)
+    assert preds.shape == (7, 64) and preds.dtype == torch.long
+    assert acc.shape == (7,)
+    # evaluation does not modify the network
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, original[k]), k
+
+    reference = _loop_predictions(model, layout, vectors, x)
+    assert torch.equal(preds, reference)
+    expected_acc = (reference == y).float().mean(-1) * 100
+    assert torch.equal(acc, expected_acc)
+    assert torch.unique(acc).numel() > 1  # the perturbations really change the models
+
+    # the whole set in one chunk gives the same, and a single (D,) vector works
+    assert torch.equal(evaluate_parameters(model, layout, vectors, x, y), acc)
+    assert torch.equal(evaluate_parameters(model, layout, vectors[2], x, y), acc[2:3])
+
+
+def test_model_mode_restored_and_eval_used(bn_mlp_factory):
+    model = bn_mlp_factory(seed=0).train()
+    layout = ParamLayout.from_module(model, last_norm_layers=2, include_buffers=True)
+    vectors = _perturbed_vectors(model, layout, n=3)
+    x, _ = _data(n=16)
+    preds = predict_with_parameters(model, layout, vectors, x)
+    assert model.training  # restored
+    reference = _loop_predictions(model.eval(), layout, vectors, x)  # BatchNorm in eval mode
+    assert torch.equal(preds, reference)
+
+
+def test_wrong_dimension_and_non_finite(bn_mlp):
+    layout = ParamLayout.from_module(bn_mlp, last_norm_layers=2)
+    x, y = _data(n=8)
+    with pytest.raises(LayoutMismatchError, match=f"D={layout.dim}"):
+        evaluate_parameters(bn_mlp, layout, torch.zeros(2, layout.dim + 1), x, y)
+    bad = torch.ones(2, layout.dim)
+    bad[1, 0] = float("nan")
+    with pytest.raises(NonFiniteParametersError):
+        evaluate_parameters(bn_mlp, layout, bad, x, y)
+    with pytest.raises(DimensionMismatchError):
+        evaluate_parameters(bn_mlp, layout, torch.ones(2, layout.dim), x, y[:5])
+    # a layout of another network
+    other = ParamLayout.from_module(nn.Sequential(nn.Linear(6, 4), nn.LayerNorm(4)), include="1.*")
+    with pytest.raises(LayoutMismatchError):
+        evaluate_parameters(bn_mlp, other, torch.ones(2, other.dim), x, y)
+
+
+def test_summarize_accuracies():
+    s = summarize_accuracies(torch.tensor([50.0, 70.0, 60.0, 90.0]))
+    assert set(s) == {"count", "best", "mean", "median", "min", "std"}
+    assert s["count"] == 4 and s["best"] == 90.0 and s["min"] == 50.0
+    assert s["mean"] == pytest.approx(67.5) and s["median"] == pytest.approx(65.0)
+    assert s["std"] == pytest.approx(float(torch.tensor([50.0, 70.0, 60.0, 90.0]).std(unbiased=False)), abs=1e-4)
+    assert summarize_accuracies([42.0]) == {"count": 1, "best": 42.0, "mean": 42.0, "median": 42.0, "min": 42.0, "std": 0.0}
+    with pytest.raises(DimensionMismatchError):
+        summarize_accuracies(torch.tensor([]))
+    with pytest.raises(NonFiniteParametersError):
+        summarize_accuracies(torch.tensor([1.0, float("nan")]))
+
+
+def test_accuracy_and_select_best():
+    preds = torch.tensor([[0, 1, 2, 2], [0, 0, 0, 0]])
+    labels = torch.tensor([0, 1, 2, 0])
+    assert accuracy_from_predictions(preds, labels).tolist() == [75.0, 50.0]
+    val = torch.tensor([10.0, 80.0, 30.0, 70.0])
+    assert select_best(val, 2).tolist() == [1, 3]
+    assert select_best(val, 10).tolist() == [1, 3, 2, 0]
+    assert select_best(val).numel() == 4
