@@ -447,34 +447,17 @@ def _write_json_atomically(path: Path, data: Dict) -> None:
 
 def save_pretrained_atomically(obj, final_dir: str, **kwargs) -> Path:
     """``obj.save_pretrained`` into a hidden sibling folder, then rename it to ``final_dir`` (replacing an old one),
-    so ``final_dir`` is either absent, the previous complete version, or the new complete version."""
+    so ``final_dir`` is either absent, the previous complete version, or the new complete version. Temporary folders
+    left by a killed run are removed first."""
+    from .io_utils import atomic_directory
+
     final = Path(final_dir).resolve()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    obj.save_pretrained(str(tmp), **kwargs)
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    if final.parent.is_dir():
+        for stale in final.parent.glob(f".{final.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    with atomic_directory(final) as tmp:
+        obj.save_pretrained(str(tmp), **kwargs)
     return final
-
-
-def replace_dir_atomically(tmp_dir: Path, final_dir: Path) -> None:
-    """Rename a fully written ``tmp_dir`` to ``final_dir``, replacing ``final_dir`` if it exists."""
-    if final_dir.exists():
-        old = final_dir.parent / f".{final_dir.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final_dir, old)
-        os.replace(tmp_dir, final_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp_dir, final_dir)
 
 
 # ------------------------------------------------------------------------------------------------ interrupts
@@ -629,12 +612,15 @@ def train_stage(
     data: torch.Tensor,
     loss_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor],
     cfg: StageConfig,
+    release: bool = True,
 ) -> nn.Module:
     """Train ``model`` on the rows of ``data`` (the full training tensor, identical on every process) and return
     the unwrapped model in eval mode, holding the EMA weights when ``cfg.use_ema``.
 
     ``loss_fn(model, batch)`` gets the prepared (possibly DDP-wrapped) model. Raises :class:`TrainingInterrupted`
-    after saving a checkpoint when SIGINT/SIGTERM arrives.
+    after saving a checkpoint when SIGINT/SIGTERM arrives. With ``release`` (needed when another stage follows on
+    the same ``Accelerator``) the accelerator forgets this stage's model, optimizer and scheduler, so the next
+    stage's checkpoints hold only its own objects.
     """
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
@@ -766,7 +752,8 @@ def train_stage(
     if ema is not None:
         ema.copy_to(unwrapped.parameters())
     unwrapped.eval()
-    accelerator.free_memory()
+    if release:
+        accelerator.free_memory()
     return unwrapped
 
 
@@ -829,7 +816,13 @@ def _autoencoder_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
 
 
 def run_autoencoder_stage(
-    accelerator, args: argparse.Namespace, params: torch.Tensor, layout, cfg: StageConfig, final_dir: str
+    accelerator,
+    args: argparse.Namespace,
+    params: torch.Tensor,
+    layout,
+    cfg: StageConfig,
+    final_dir: str,
+    release: bool = True,
 ):
     """Fit normalization, train the autoencoder, set the latent scaling and save it atomically to ``final_dir``
     (main process). Returns the trained autoencoder (eval mode, on ``accelerator.device``)."""
@@ -839,7 +832,7 @@ def run_autoencoder_stage(
     _broadcast_(accelerator, ae.norm_mean)
     _broadcast_(accelerator, ae.norm_std)
     data = ae.normalize(params)
-    ae = train_stage(accelerator, ae, data, _autoencoder_loss, cfg)
+    ae = train_stage(accelerator, ae, data, _autoencoder_loss, cfg, release=release)
     ae.to(accelerator.device)
     factor = ae.set_latent_scaling(params.to(accelerator.device))
     factor = float(_broadcast_(accelerator, torch.tensor([factor], dtype=torch.float64))[0])
@@ -851,7 +844,9 @@ def run_autoencoder_stage(
     return ae
 
 
-def run_denoiser_stage(accelerator, args: argparse.Namespace, autoencoder, params: torch.Tensor, cfg: StageConfig):
+def run_denoiser_stage(
+    accelerator, args: argparse.Namespace, autoencoder, params: torch.Tensor, cfg: StageConfig, release: bool = False
+):
     """Train the latent denoiser on the autoencoder's latents of ``params``; returns it (eval mode) with
     ``sample_abs_max`` recorded."""
     from .models.denoiser import LatentUNet1DModel
@@ -875,7 +870,7 @@ def run_denoiser_stage(accelerator, args: argparse.Namespace, autoencoder, param
     def loss_fn(model, batch):
         return denoiser_loss(model, noise_scheduler, batch)
 
-    denoiser = train_stage(accelerator, denoiser, latents, loss_fn, cfg)
+    denoiser = train_stage(accelerator, denoiser, latents, loss_fn, cfg, release=release)
     denoiser.register_to_config(sample_abs_max=round(float(latents.abs().max()), 4))
     return denoiser
 

@@ -11,6 +11,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from .errors import DimensionMismatchError
@@ -114,17 +115,26 @@ def train_denoiser(
     learning_rate: float = 1e-3,
     weight_decay: float = 2e-6,
     lr_warmup_steps: int = 50,
+    ema_decay: Optional[float] = 0.995,
     seed: int = 0,
     progress: bool = False,
 ) -> List[float]:
     """Train ``denoiser`` on clean latents ``(N, C, L)`` with ``noise_scheduler`` (built from the denoiser's
-    recorded objective when absent). Records ``sample_abs_max`` in the denoiser's config."""
+    recorded objective when absent). With ``ema_decay`` the denoiser ends with the exponential moving average of
+    its weights (diffusers' ``EMAModel`` with warm-up), which samples markedly better after short training.
+    Records ``sample_abs_max`` in the denoiser's config."""
+    if latents.dim() != 3 or latents.shape[1] != denoiser.config.in_channels:
+        raise DimensionMismatchError(
+            f"expected latents of shape (N, {denoiser.config.in_channels}, L), found {tuple(latents.shape)}"
+        )
+    check_finite(latents, "latents")
     noise_scheduler = noise_scheduler or noise_scheduler_for(denoiser)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(denoiser.parameters(), lr=learning_rate, weight_decay=weight_decay)
     sched = cosine_with_warmup(opt, lr_warmup_steps, max_train_steps)
     it = _batch_iter(latents.shape[0], min(train_batch_size, latents.shape[0]), gen)
+    ema = EMAModel(denoiser.parameters(), decay=ema_decay, use_ema_warmup=True) if ema_decay else None
     denoiser.train()
     losses = []
     for _ in tqdm(range(max_train_steps), desc="train denoiser", disable=not progress, leave=False):
@@ -133,7 +143,11 @@ def train_denoiser(
         loss.backward()
         opt.step()
         sched.step()
+        if ema is not None:
+            ema.step(denoiser.parameters())
         losses.append(loss.item())
+    if ema is not None:
+        ema.copy_to(denoiser.parameters())
     denoiser.eval()
     denoiser.register_to_config(sample_abs_max=round(float(latents.abs().max()), 4))
     return losses

@@ -142,7 +142,7 @@ def test_atomic_save_and_checkpoint_pruning(tmp_path):
             self.fail = fail
 
         def save_pretrained(self, path):
-            os.makedirs(path)
+            os.makedirs(path, exist_ok=True)
             Path(path, "model_index.json").write_text("{}")
             if self.fail:
                 raise RuntimeError("disk full")
@@ -151,9 +151,10 @@ def test_atomic_save_and_checkpoint_pruning(tmp_path):
     with pytest.raises(RuntimeError):
         save_pretrained_atomically(Saver(fail=True), str(target))
     assert not target.exists()  # nothing that looks complete
+    (tmp_path / ".pipeline.tmp-killed").mkdir()  # what a killed run leaves behind
     save_pretrained_atomically(Saver(fail=False), str(target))
     assert (target / "model_index.json").is_file()
-    assert [p.name for p in tmp_path.iterdir()] == ["pipeline"]  # stale temporary folder cleaned up
+    assert [p.name for p in tmp_path.iterdir()] == ["pipeline"]  # temporary folders cleaned up
 
     for step in (5, 10, 15):
         (tmp_path / f"checkpoint-{step}").mkdir()
@@ -297,23 +298,20 @@ def test_collect_checkpoints_script(scripts, tmp_path, monkeypatch):
     argv = ["--output_dir", out, "--channels", "4", "--num_train_epochs", "1", "--train_batch_size", "50"]
     argv += ["--num_checkpoints", "6", "--save_every", "2", "--selection", "last_norm_layers"]
     assert _run(scripts["collect_checkpoints"], argv) == 0
-    ds = datasets.load_from_disk(str(out))
+    ds = datasets.load_from_disk(str(out / "checkpoints"))
     layout = get_layout(ds)
     assert checkpoint_params(ds).shape == (6, layout.dim) and layout.dim == 4 * 4  # 2 BatchNorm layers x (w, b)
     assert ds["step"] == [2, 4, 6, 8, 10, 12]
-    model = MNIST1DCNN.from_pretrained(str(out / "target_model"))
+    model = MNIST1DCNN.from_pretrained(str(out / "target"))
     layout.check_module(model)
-    assert not list(tmp_path.glob(".collected*"))
+    assert json.loads((out / "collect_args.json").read_text())["num_checkpoints"] == 6
+    assert not list(out.glob(".*")), "temporary folders left behind"
 
-    # rerunning replaces the earlier collection; --selection with globs; a folder with other content is refused
-    argv2 = argv[:-1] + ["classifier.bias"]
-    assert _run(scripts["collect_checkpoints"], argv2) == 0
-    assert get_layout(datasets.load_from_disk(str(out))).dim == 10
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "notes.txt").write_text("keep me")
-    assert _run(scripts["collect_checkpoints"], ["--output_dir", other, "--channels", "4"]) == 2
+    # rerunning replaces the earlier collection; --selection takes globs; a selection matching nothing is bad input
+    assert _run(scripts["collect_checkpoints"], argv[:-1] + ["classifier.bias"]) == 0
+    assert get_layout(datasets.load_from_disk(str(out / "checkpoints"))).dim == 10
     assert _run(scripts["collect_checkpoints"], argv[:-1] + ["nothing.matches"]) == 2
+    assert _run(scripts["collect_checkpoints"], argv + ["--num_checkpoints", "0"]) == 2
 
 
 # ---------------------------------------------------------------------------------------------- bad input

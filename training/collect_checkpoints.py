@@ -5,20 +5,20 @@ parameters and save that selection every ``--save_every`` steps (p-diff's recipe
     python training/collect_checkpoints.py --task mnist1d --output_dir pdiff-checkpoints \
         --selection last_norm_layers --num_checkpoints 200 --save_every 1
 
-Output folder (written to a hidden sibling folder and renamed into place when complete):
+Output folder (the same layout as ``pdiff-hf demo``; each folder is written to a hidden sibling folder and renamed
+into place when complete):
 
-* the checkpoint dataset itself (``datasets.load_from_disk(<output_dir>)``; columns ``params``, ``run_id``,
-  ``seed``, ``step``, ``val_accuracy``, ``test_accuracy``; the parameter layout in ``info.description``);
-* ``target_model/`` — the trained target network (``MNIST1DCNN.from_pretrained``), i.e. the base that generated
+* ``target/`` — the trained target network (``MNIST1DCNN.from_pretrained``), i.e. the base that generated
   parameters are loaded into;
+* ``checkpoints/`` — the checkpoint dataset (``datasets.load_from_disk``; columns ``params``, ``run_id``, ``seed``,
+  ``step``, ``val_accuracy``, ``test_accuracy``; the parameter layout in ``info.description``). Pass it to
+  ``training/train_ldm.py --checkpoint_dataset <output_dir>/checkpoints``;
 * ``collect_args.json`` — the flags used.
 
 Under ``accelerate launch`` with several processes only the main process collects (the work is sequential).
 """
 
-import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -27,7 +27,7 @@ import torch
 from accelerate import PartialState
 from accelerate.logging import get_logger
 
-from pdiff_hf.accelerate_loop import ArgumentParser, TrainingScriptError, replace_dir_atomically, run_script
+from pdiff_hf.accelerate_loop import ArgumentParser, TrainingScriptError, run_script
 
 logger = get_logger(__name__)
 TASKS = ("mnist1d",)
@@ -36,11 +36,8 @@ TASKS = ("mnist1d",)
 def parse_args(argv: Optional[List[str]] = None):
     parser = ArgumentParser(prog="collect_checkpoints.py", description="Collect a p-diff checkpoint dataset.")
     parser.add_argument("--task", type=str, default="mnist1d", choices=TASKS)
-    parser.add_argument("--output_dir", type=str, default="pdiff-checkpoints")
     parser.add_argument(
-        "--overwrite_output_dir",
-        action="store_true",
-        help="Replace --output_dir even when it is not an earlier checkpoint dataset.",
+        "--output_dir", type=str, default="pdiff-checkpoints", help="Gets target/, checkpoints/ and collect_args.json."
     )
     group = parser.add_argument_group("selection")
     group.add_argument(
@@ -111,25 +108,15 @@ def select(model, args):
     return ParamLayout.from_module(model, include=include, exclude=exclude, include_buffers=args.include_buffers)
 
 
-def check_output_dir(path: Path, overwrite: bool) -> None:
-    if not path.exists() or overwrite:
-        return
-    if not path.is_dir():
-        raise TrainingScriptError(f"--output_dir {str(path)!r} is a file")
-    entries = list(path.iterdir())
-    if entries and not (path / "state.json").is_file():
-        raise TrainingScriptError(
-            f"--output_dir {str(path)!r} exists and is not an earlier checkpoint dataset; pick another folder or "
-            "pass --overwrite_output_dir"
-        )
-
-
 def main(args) -> int:
     from pdiff_hf.collect import collect_checkpoints, collect_from_runs, train_classifier
     from pdiff_hf.evaluation import evaluate_parameters, summarize_accuracies
 
+    from pdiff_hf.io_utils import atomic_directory, write_json_atomic
+
     out = Path(args.output_dir).resolve()
-    check_output_dir(out, args.overwrite_output_dir)
+    if out.exists() and not out.is_dir():
+        raise TrainingScriptError(f"--output_dir {args.output_dir!r} is a file")
     state = PartialState()
     logger.info("accelerate: num_processes=%d distributed_type=%s", state.num_processes, state.distributed_type)
     if state.num_processes > 1:
@@ -171,14 +158,18 @@ def main(args) -> int:
             stats = summarize_accuracies(torch.tensor(ds[f"{split}_accuracy"]))
             logger.info("checkpoint %s accuracy: %s", split, stats)
 
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        ds.save_to_disk(str(tmp))
-        model.save_pretrained(str(tmp / "target_model"))
-        (tmp / "collect_args.json").write_text(json.dumps(vars(args), indent=2))
-        replace_dir_atomically(tmp, out)
-        logger.info("saved %d checkpoints (D=%d) and the target model to %s", len(ds), layout.dim, out)
+        with atomic_directory(out / "target") as tmp:
+            model.save_pretrained(str(tmp))
+        with atomic_directory(out / "checkpoints") as tmp:
+            ds.save_to_disk(str(tmp))
+        write_json_atomic(out / "collect_args.json", vars(args))
+        logger.info(
+            "saved %d checkpoints (D=%d) to %s and the target model to %s",
+            len(ds),
+            layout.dim,
+            out / "checkpoints",
+            out / "target",
+        )
     state.wait_for_everyone()
     return 0
 

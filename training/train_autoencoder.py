@@ -59,7 +59,7 @@ def main(args) -> int:
     if args.resume_from_checkpoint and cfg.resume_from is None:
         logger.info("no checkpoint to resume from in %s; starting a new run", args.output_dir)
     final_dir = os.path.join(args.output_dir, "autoencoder")
-    ae = run_autoencoder_stage(accelerator, args, params, layout, cfg, final_dir)
+    ae = run_autoencoder_stage(accelerator, args, params, layout, cfg, final_dir, release=False)
 
     if accelerator.is_main_process:
         err = (ae.latents_to_params(ae.params_to_latents(params.to(ae.device))).cpu() - params).pow(2).mean()

@@ -33,7 +33,7 @@ class ParameterAutoencoderOutput(BaseOutput):
     """
 
     sample: torch.Tensor
-    latents: torch.Tensor
+    latents: Optional[torch.Tensor] = None
 
 
 class ParameterAutoencoder(ModelMixin, ConfigMixin):
