@@ -14,9 +14,7 @@
 The folder gets ``target/``, ``checkpoints/``, ``pipeline/``, ``report.md`` with plots, and ``results.json`` last.
 """
 
-import copy
-import json
-import os
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,9 +52,8 @@ class DemoConfig:
     num_checkpoints: int = 200
     save_every: int = 1
     collect_learning_rate: Optional[float] = None
-    ae_steps: int = 800
-    denoiser_steps: int = 1500
-    train_batch_size: int = 200
+    ae_steps: int = PDiffConfig.ae_steps
+    denoiser_steps: int = PDiffConfig.denoiser_steps
     num_models: int = 100
     num_inference_steps: int = 25
     num_threads: int = 1
@@ -71,7 +68,6 @@ class DemoConfig:
             "--save-every": self.save_every,
             "--ae-steps": self.ae_steps,
             "--denoiser-steps": self.denoiser_steps,
-            "--train-batch-size": self.train_batch_size,
             "--num-models": self.num_models,
             "--num-inference-steps": self.num_inference_steps,
             "--num-threads": self.num_threads,
@@ -90,13 +86,14 @@ class DemoConfig:
         return self.collect_learning_rate if self.collect_learning_rate is not None else COLLECT_LR[self.selection]
 
     def pdiff_config(self, dim: int) -> PDiffConfig:
-        large = dim > 4096
+        """Model sizes for a selection of ``dim`` entries: more strided stages for long vectors, so the latent stays
+        short (D = 12,810 → latent (4, 26)) and training cost stays linear in D."""
+        stages = max(3, math.ceil(math.log2(max(dim, 1) / 32)))
+        channels = tuple(min(8 * 2 ** (i // 2), 32) for i in range(stages)) if stages > 3 else (16, 32, 32)
         return PDiffConfig(
-            ae_block_out_channels=(16, 32, 32, 32) if large else (16, 32, 32),
-            denoiser_block_out_channels=(32, 64),
+            ae_block_out_channels=channels,
             ae_steps=self.ae_steps,
             denoiser_steps=self.denoiser_steps,
-            train_batch_size=self.train_batch_size,
             seed=self.seed,
         )
 
@@ -178,36 +175,95 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> Dict:
     done("generate")
 
     stage("evaluate")
-    gen_test = evaluate_parameters(model, layout, generated, data.test_x, data.test_y)
     normalized = pipe.autoencoder.normalize(train_params)
-    nn_orig = nearest_neighbour_distances(normalized)
     spread = {
         "best_minus_min_accuracy": round(float(orig_test.max() - orig_test.min()), 4),
-        "mean_nn_distance_normalized": round(float(nn_orig.mean()), 6),
+        "mean_nn_distance_normalized": round(float(nearest_neighbour_distances(normalized).mean()), 6),
         "mean_nn_distance_raw": round(float(nearest_neighbour_distances(train_params).mean()), 6),
+        "consecutive_prediction_agreement": round(float(_consecutive_agreement(model, layout, train_params, data)), 6),
     }
-    done("evaluate")
-
     results = {
         "config": asdict(config),
         "selection": {"name": config.selection, "D": layout.dim, "layout": layout.to_list()},
-        "original": summarize_accuracies(orig_test),
-        "generated": summarize_accuracies(gen_test),
         "original_spread": spread,
-        "timings_s": timings,
     }
+    plots_dir = out / "plots"
+    if config.novelty:
+        from .novelty import analyze_novelty
+
+        report = analyze_novelty(model, layout, train_params, generated, data, normalizer=pipe, seed=config.seed)
+        results.update(report.to_dict())
+        plot_paths = report.save_plots(plots_dir)
+        novelty_md = report.markdown(plot_paths, relative_to=out)
+    else:
+        from .plots import plot_accuracy_distribution
+
+        gen_test = evaluate_parameters(model, layout, generated, data.test_x, data.test_y)
+        results["original"] = summarize_accuracies(orig_test)
+        results["generated"] = summarize_accuracies(gen_test)
+        plot_paths = {
+            "accuracy_distribution": plot_accuracy_distribution(orig_test, gen_test, plots_dir / "accuracy_distribution.png")
+        }
+        novelty_md = "Novelty analysis skipped (--no-novelty).\n\n![accuracy_distribution](plots/accuracy_distribution.png)\n"
+    done("evaluate")
+
     timings["total"] = round(time.perf_counter() - total_start, 3)
+    results["timings_s"] = timings
+    write_text_atomic(out / "report.md", format_report(results, novelty_md))
     write_json_atomic(results_path, results)
     return results
+
+
+def _consecutive_agreement(model, layout, params, data) -> float:
+    """Mean fraction of identical test predictions between consecutive checkpoints (1.0 = copies)."""
+    preds = predict_with_parameters(model, layout, params, data.test_x)
+    return float((preds[1:] == preds[:-1]).float().mean())
+
+
+def format_report(results: Dict, novelty_md: str) -> str:
+    """``report.md``: settings, the paper-style table, the collection's spread, timings and the novelty section."""
+    cfg = results["config"]
+    sel = results["selection"]
+    spread = results["original_spread"]
+    lines = [
+        "# p-diff on MNIST-1D",
+        "",
+        f"Selection: **{sel['name']}** (D = {sel['D']:,}): "
+        + ", ".join(f"`{t['name']}` {t['shape']}" for t in sel["layout"]),
+        "",
+        f"{cfg['num_checkpoints']} checkpoints (SGD lr {cfg['collect_learning_rate'] or COLLECT_LR[cfg['selection']]}, "
+        f"one every {cfg['save_every']} step(s)); {cfg['num_models']} generated models "
+        f"({cfg['num_inference_steps']} DPM-Solver steps). Test accuracy in percent; any selection is on the "
+        "validation split.",
+        "",
+        "## Original vs generated",
+        "",
+        format_table(results),
+        "",
+        "## Spread of the original checkpoints",
+        "",
+        f"- best − min test accuracy: {spread['best_minus_min_accuracy']:.2f} pp",
+        f"- mean nearest-neighbour distance: {spread['mean_nn_distance_normalized']:.4g} (normalized), "
+        f"{spread['mean_nn_distance_raw']:.4g} (raw)",
+        f"- test-prediction agreement of consecutive checkpoints: {spread['consecutive_prediction_agreement']:.4f}",
+        "",
+        novelty_md,
+        "## Timings (s)",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {v:.1f} |" for k, v in results["timings_s"].items()]
+    return "\n".join(lines) + "\n"
 
 
 def format_table(results: Dict) -> str:
     """The paper-style table: original vs generated best / mean / median (test accuracy, %)."""
     rows = [("original", results["original"]), ("p-diff", results["generated"])]
-    rows += [(name, r) for name, r in results.get("baselines", {}).items()]
-    lines = [f"| {'models':<14} | {'count':>5} | {'best':>6} | {'mean':>6} | {'median':>6} | {'min':>6} |", "|" + "---|" * 6]
+    rows += [(f"baseline {name}", r) for name, r in results.get("baselines", {}).items()]
+    lines = [f"| {'models':<22} | {'count':>5} | {'best':>6} | {'mean':>6} | {'median':>6} | {'min':>6} |", "|" + "---|" * 6]
     for name, r in rows:
         lines.append(
-            f"| {name:<14} | {r['count']:>5} | {r['best']:>6.2f} | {r['mean']:>6.2f} | {r['median']:>6.2f} | {r['min']:>6.2f} |"
+            f"| {name:<22} | {r['count']:>5} | {r['best']:>6.2f} | {r['mean']:>6.2f} | {r['median']:>6.2f} | {r['min']:>6.2f} |"
         )
     return "\n".join(lines)

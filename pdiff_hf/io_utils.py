@@ -9,6 +9,12 @@ from pathlib import Path
 from typing import Any, Iterator, Union
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_json_atomic(path: Union[str, Path], obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` via a temporary file and ``os.replace``."""
     path = Path(path)
@@ -18,6 +24,7 @@ def write_json_atomic(path: Union[str, Path], obj: Any) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2)
             f.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -32,6 +39,7 @@ def write_text_atomic(path: Union[str, Path], text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -46,6 +54,7 @@ def atomic_directory(path: Union[str, Path]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
     except BaseException:

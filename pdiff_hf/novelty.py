@@ -57,10 +57,12 @@ NOISE_LEVELS: Tuple[float, ...] = (0.01, 0.05, 0.1, 0.15)
 AVERAGE_K = 16
 GOOD_MARGIN_PP = 1.0
 # Verdict thresholds (stored in every summary under novelty.thresholds).
-MEMORIZATION_DISTANCE_RATIO = 0.5  # generated median NN distance < ratio * originals' median NN distance
-FUNCTION_COPY_MAX_IOU = 0.99  # generated median max-IoU at or above this (and the originals') = functional copies
-COLLAPSE_DISTANCE_RATIO = 0.5  # generated median distance to the mean checkpoint < ratio * originals'
-COLLAPSE_AGREEMENT = 0.99  # generated median agreement with the mean-checkpoint model at or above this
+# Each compares the generated models' median with the originals' own (leave-one-out) median, so that new,
+# independent checkpoints of the same runs pass as novel whatever the scale of the task.
+MEMORIZATION_DISTANCE_RATIO = 0.5  # memorizing: generated NN distance < ratio * originals' NN distance, or
+MEMORIZATION_IOU_GAP_RATIO = 0.5  # 1 - generated max-IoU < ratio * (1 - originals' max-IoU) (functional copies)
+COLLAPSE_DISTANCE_RATIO = 0.5  # collapsed: generated distance to the mean checkpoint < ratio * originals', or
+COLLAPSE_DISAGREEMENT_RATIO = 0.5  # 1 - agreement with the mean-checkpoint model < ratio * originals' (1 - agreement)
 NOISE_MATCH_PP = 1.0  # a noise baseline is "at equal accuracy" when its mean is within this many pp of generated
 
 ORIGINAL = "original"
@@ -278,11 +280,8 @@ class NoveltyReport:
             "",
             f"- good: test accuracy >= {th['good_test_accuracy']:.2f}% (originals' mean - {th['good_margin_pp']:g} pp)",
             f"- novel: max-IoU < {th['novel_max_iou']:.4f} (originals' mean pairwise error-set IoU)",
-            f"- memorizing: generated median NN distance < {th['memorization_distance_ratio']:g} x the originals' "
-            f"own median NN distance, or median max-IoU >= {th['function_copy_max_iou']:g} (and >= the originals')",
-            f"- collapsed to the average: median distance to the mean checkpoint < "
-            f"{th['collapse_distance_ratio']:g} x the originals', or median agreement with the mean-checkpoint model "
-            f">= {th['collapse_agreement']:g} (while the originals' is below)",
+            f"- memorizing: {th['memorization_rule']}",
+            f"- collapsed to the average: {th['collapse_rule']}",
             f"- normalized space: {nov['normalization']}; distances are RMS per entry over D'={nov['distance_dims']} "
             f"of D={nov['dims']} entries",
         ]
@@ -358,6 +357,7 @@ def analyze_novelty(
     average_k: Optional[int] = AVERAGE_K,
     gaussian: bool = True,
     seed: int = 0,
+    train_val_accuracy: Optional[torch.Tensor] = None,
     batch_size: int = 20,
     models_per_chunk: int = 50,
 ) -> NoveltyReport:
@@ -376,6 +376,8 @@ def analyze_novelty(
         noise_levels: noise stds in normalized space; ``average_k``: checkpoints per average (``None`` disables);
             ``gaussian``: include the per-dimension Gaussian.
         seed: seeds a ``torch.Generator`` for every baseline.
+        train_val_accuracy: validation accuracies (%) of the training checkpoints, e.g. a checkpoint dataset's
+            ``val_accuracy`` column; saves evaluating them again (they are only used for ``best_by_val``).
         batch_size / models_per_chunk: chunking of :func:`~pdiff_hf.evaluation.predict_with_parameters`; the defaults
             keep ``models x examples`` per vmapped call near 1000 rows, which is fastest for small CNNs on CPU.
 
@@ -427,11 +429,21 @@ def analyze_novelty(
     preds = predict_with_parameters(model, layout, all_raw, data.test_x, batch_size, models_per_chunk)
     mean_pred, preds = preds[-1], preds[:-1]
     test_acc = accuracy_from_predictions(preds, data.test_y)
-    val_models = torch.cat([train, gen])
+    if train_val_accuracy is not None:
+        train_val = torch.as_tensor(train_val_accuracy, dtype=torch.float32).flatten()
+        if train_val.numel() != n_train:
+            raise DimensionMismatchError(
+                f"expected {n_train} validation accuracies of the training checkpoints, found {train_val.numel()}"
+            )
+        val_models = gen
+    else:
+        train_val, val_models = None, torch.cat([train, gen])
     val_acc = accuracy_from_predictions(
         predict_with_parameters(model, layout, val_models, data.val_x, batch_size, models_per_chunk), data.val_y
     )
-    val_by_group = {ORIGINAL: val_acc[:n_train], GENERATED: val_acc[n_train:]}
+    if train_val is None:
+        train_val, val_acc = val_acc[:n_train], val_acc[n_train:]
+    val_by_group = {ORIGINAL: train_val, GENERATED: val_acc}
 
     # --- weight space: RMS distances in normalized space over non-constant entries
     varying = ~(train == train[0]).all(0)
@@ -515,9 +527,15 @@ def _summarize(groups: Dict[str, GroupMetrics], norm: StatsNormalizer, dim: int,
         "novel_max_iou": _num(novel_iou),
         "novel_rule": "max-IoU < originals' mean pairwise IoU",
         "memorization_distance_ratio": MEMORIZATION_DISTANCE_RATIO,
-        "function_copy_max_iou": FUNCTION_COPY_MAX_IOU,
+        "memorization_iou_gap_ratio": MEMORIZATION_IOU_GAP_RATIO,
+        "memorization_rule": f"generated median nn_distance < {MEMORIZATION_DISTANCE_RATIO:g} x originals' median "
+        f"nn_distance, or 1 - generated median max_iou < {MEMORIZATION_IOU_GAP_RATIO:g} x (1 - originals' median "
+        "max_iou)",
         "collapse_distance_ratio": COLLAPSE_DISTANCE_RATIO,
-        "collapse_agreement": COLLAPSE_AGREEMENT,
+        "collapse_disagreement_ratio": COLLAPSE_DISAGREEMENT_RATIO,
+        "collapse_rule": f"generated median distance_to_mean < {COLLAPSE_DISTANCE_RATIO:g} x originals', or 1 - "
+        f"generated median mean_model_agreement < {COLLAPSE_DISAGREEMENT_RATIO:g} x (1 - originals' median "
+        "mean_model_agreement)",
         "noise_match_pp": NOISE_MATCH_PP,
     }
 
@@ -583,8 +601,10 @@ def _summarize(groups: Dict[str, GroupMetrics], norm: StatsNormalizer, dim: int,
 
 # -------------------------------------------------------------------------------------------------------- verdict
 def reference_noise(summary: Mapping) -> Optional[str]:
-    """The noise baseline "at equal accuracy" with the generated models: the largest amplitude whose mean test
-    accuracy is within :data:`NOISE_MATCH_PP` of the generated mean, else the one with the closest mean."""
+    """The noise baseline to compare the generated models with "at equal accuracy": the largest amplitude whose mean
+    test accuracy is at least the generated mean minus :data:`NOISE_MATCH_PP` (within 1 pp, or more accurate: more
+    noise is more novel, so this is the strongest noise baseline that is not worse); if every amplitude is worse,
+    the one with the closest mean accuracy."""
     gen_mean = summary[GENERATED]["mean"]
     noise = [
         (float(v.get("amplitude", 0.0)), k, float(v["mean"]))
@@ -593,9 +613,9 @@ def reference_noise(summary: Mapping) -> Optional[str]:
     ]
     if not noise:
         return None
-    within = [n for n in noise if abs(n[2] - gen_mean) <= NOISE_MATCH_PP]
-    if within:
-        return max(within)[1]
+    at_least = [n for n in noise if n[2] >= gen_mean - NOISE_MATCH_PP]
+    if at_least:
+        return max(at_least)[1]
     return min(noise, key=lambda n: (abs(n[2] - gen_mean), n[0]))[1]
 
 
@@ -629,17 +649,19 @@ def novelty_verdict(summary: Mapping) -> List[str]:
     g_iou, o_iou = gg["max_iou"]["median"], go["max_iou"]["median"]
 
     more_novel = None
+    ref_within = False
     ref = nov.get("reference_noise") or reference_noise(summary)
     if ref is not None:
         rb, rn = summary["baselines"][ref], groups[ref]
         n_iou, n_nn = rn["max_iou"]["median"], rn["nn_distance"]["median"]
         more_novel = g_iou < n_iou
-        within = abs(rb["mean"] - gen["mean"]) <= th["noise_match_pp"]
-        how = (
-            f"the largest noise amplitude within {th['noise_match_pp']:g} pp of their mean accuracy"
-            if within
-            else f"the noise amplitude with the closest mean accuracy; none is within {th['noise_match_pp']:g} pp"
-        )
+        ref_within = abs(rb["mean"] - gen["mean"]) <= th["noise_match_pp"]
+        if ref_within:
+            how = f"the largest noise amplitude within {th['noise_match_pp']:g} pp of their mean accuracy"
+        elif rb["mean"] > gen["mean"]:
+            how = f"the largest noise amplitude, still more accurate by over {th['noise_match_pp']:g} pp"
+        else:
+            how = f"the most accurate noise amplitude, less accurate by over {th['noise_match_pp']:g} pp"
         lines.append(
             f"Novelty vs noise: generated models are {'MORE' if more_novel else 'NOT MORE'} novel than {ref} "
             f"({how}: mean {rb['mean']:.2f}% vs {gen['mean']:.2f}%): median max-IoU {g_iou:.3f} vs {n_iou:.3f}, "
@@ -647,28 +669,30 @@ def novelty_verdict(summary: Mapping) -> List[str]:
         )
 
     ratio = _ratio(g_nn, o_nn)
+    iou_ratio = _ratio(1.0 - g_iou, 1.0 - o_iou) if o_iou < 1.0 else float("inf")
     weight_copy = ratio < th["memorization_distance_ratio"]
-    function_copy = g_iou >= th["function_copy_max_iou"] and g_iou >= o_iou
+    function_copy = iou_ratio < th["memorization_iou_gap_ratio"]
     memorizing = weight_copy or function_copy
     lines.append(
         f"Memorization: {'MEMORIZING' if memorizing else 'not memorizing'} - median distance to the nearest "
         f"training checkpoint {g_nn:.4g} = {ratio:.2f}x the originals' own nearest-neighbour distance {o_nn:.4g} "
         f"(memorizing below {th['memorization_distance_ratio']:g}x); median max-IoU {g_iou:.3f} vs originals "
-        f"{o_iou:.3f} (functional copies at >= {th['function_copy_max_iou']:g})"
+        f"{o_iou:.3f} (functional copies when 1 - max-IoU is below {th['memorization_iou_gap_ratio']:g}x the "
+        f"originals')"
         + (": generated models are near-copies of training checkpoints." if memorizing else ".")
     )
 
     g_dm, o_dm = gg["distance_to_mean"]["median"], go["distance_to_mean"]["median"]
     g_ag, o_ag = gg["mean_model_agreement"]["median"], go["mean_model_agreement"]["median"]
     d_ratio = _ratio(g_dm, o_dm)
-    collapsed = d_ratio < th["collapse_distance_ratio"] or (
-        g_ag >= th["collapse_agreement"] and o_ag < th["collapse_agreement"]
-    )
+    ag_ratio = _ratio(1.0 - g_ag, 1.0 - o_ag) if o_ag < 1.0 else float("inf")
+    collapsed = d_ratio < th["collapse_distance_ratio"] or ag_ratio < th["collapse_disagreement_ratio"]
     lines.append(
         f"Average collapse: {'COLLAPSED to the checkpoint average' if collapsed else 'no collapse to the checkpoint average'}"
         f" - median distance to the mean checkpoint {g_dm:.4g} = {d_ratio:.2f}x the originals' {o_dm:.4g} "
         f"(collapse below {th['collapse_distance_ratio']:g}x); median prediction agreement with the mean-checkpoint "
-        f"model {g_ag:.3f} vs originals {o_ag:.3f}."
+        f"model {g_ag:.3f} vs originals {o_ag:.3f} (collapse when 1 - agreement is below "
+        f"{th['collapse_disagreement_ratio']:g}x the originals')."
     )
 
     baseline_gn = {k: v["good_and_novel_fraction"] for k, v in summary.get("baselines", {}).items()}
@@ -686,17 +710,25 @@ def novelty_verdict(summary: Mapping) -> List[str]:
         flags.append("MEMORIZING")
     if collapsed:
         flags.append("COLLAPSED TO THE CHECKPOINT AVERAGE")
+    notes = []
     if flags:
         overall = " and ".join(flags)
     elif more_novel is False:
         overall = "NOT MORE NOVEL THAN NOISE - generated models fail like noisy copies of training checkpoints"
     else:
-        overall = "NOVEL - neither copies of training checkpoints nor their average" + (
-            ", and more novel than noise at equal accuracy" if more_novel else ""
-        )
+        overall = "NOVEL - neither copies of training checkpoints nor their average"
+        if more_novel:
+            overall += ", and more novel than noise" + (" at equal accuracy" if ref_within else "")
+            if not ref_within:
+                notes.append("no noise amplitude matches their accuracy, so the noise comparison is not at equal accuracy")
     if gap > GOOD_MARGIN_PP:
-        overall += f" (at lower accuracy: mean {gap:.2f} pp below the originals)"
-    lines.append(f"Verdict: {overall}.")
+        notes.append(f"at lower accuracy: mean {gap:.2f} pp below the originals")
+    if best_base is not None and baseline_gn[best_base] > gg["good_and_novel_fraction"]:
+        notes.append(
+            f"the {best_base} baseline gives more good-and-novel models ({baseline_gn[best_base]:.0%} vs "
+            f"{gg['good_and_novel_fraction']:.0%})"
+        )
+    lines.append(f"Verdict: {overall}" + (f" ({'; '.join(notes)})" if notes else "") + ".")
     return lines
 
 

@@ -178,21 +178,28 @@ def sampling_scheduler_for(denoiser: LatentUNet1DModel, kind: str = "dpm") -> "D
 
 @dataclass
 class PDiffConfig:
-    """Model and training sizes for :func:`fit_pdiff` (defaults suit selections up to ~10^4 parameters)."""
+    """Model and training sizes for :func:`fit_pdiff`. The defaults are the ones measured on the demo (D = 128).
 
-    ae_block_out_channels: Tuple[int, ...] = (32, 64, 64)
+    ``prediction_type="sample"`` (the denoiser predicts the clean latent): with a few hundred training steps,
+    epsilon prediction left about 8% of the demo's samples off the checkpoint manifold (minimum accuracy 62% against
+    95% for the originals), sample prediction none.
+    """
+
+    ae_block_out_channels: Tuple[int, ...] = (16, 32, 32)
     latent_channels: int = 4
     input_noise: float = 0.001
     latent_noise: float = 0.1
     norm_mode: str = "per_dimension"
-    ae_steps: int = 2000
-    ae_learning_rate: float = 1e-3
-    denoiser_block_out_channels: Tuple[int, ...] = (64, 128, 128)
-    denoiser_steps: int = 2000
-    denoiser_learning_rate: float = 1e-3
-    train_batch_size: int = 50
+    ae_steps: int = 500
+    ae_learning_rate: float = 2e-3
+    ae_train_batch_size: int = 64
+    denoiser_block_out_channels: Tuple[int, ...] = (32, 64)
+    denoiser_steps: int = 600
+    denoiser_learning_rate: float = 3e-3
+    denoiser_train_batch_size: int = 64
+    ema_decay: float = 0.995
     num_train_timesteps: int = 1000
-    prediction_type: str = "epsilon"
+    prediction_type: str = "sample"
     seed: int = 0
 
 
@@ -226,15 +233,22 @@ def fit_pdiff(params: torch.Tensor, layout: ParamLayout, config: Optional[PDiffC
     torch.manual_seed(config.seed)
     ae, denoiser = build_models(layout, config)
     train_autoencoder(
-        ae, params, config.ae_steps, config.train_batch_size, config.ae_learning_rate, seed=config.seed, progress=progress
+        ae,
+        params,
+        max_train_steps=config.ae_steps,
+        train_batch_size=config.ae_train_batch_size,
+        learning_rate=config.ae_learning_rate,
+        seed=config.seed,
+        progress=progress,
     )
     latents = ae.params_to_latents(params)
     train_denoiser(
         denoiser,
         latents,
         max_train_steps=config.denoiser_steps,
-        train_batch_size=config.train_batch_size,
+        train_batch_size=config.denoiser_train_batch_size,
         learning_rate=config.denoiser_learning_rate,
+        ema_decay=config.ema_decay,
         seed=config.seed,
         progress=progress,
     )

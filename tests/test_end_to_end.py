@@ -69,7 +69,8 @@ def test_collect_fit_sample_evaluate(tmp_path):
         ae_steps=30,
         denoiser_block_out_channels=(8, 16),
         denoiser_steps=30,
-        train_batch_size=6,
+        ae_train_batch_size=6,
+        denoiser_train_batch_size=6,
     )
     pipe = fit_pdiff(params, layout, config)
     assert isinstance(pipe, PDiffPipeline)

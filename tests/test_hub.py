@@ -334,7 +334,7 @@ def client_main(work: Path, dead_port: int) -> None:
     params = torch.randn(24, layout.dim, generator=torch.Generator().manual_seed(0))
     config = PDiffConfig(
         ae_block_out_channels=(8, 8), latent_channels=2, ae_steps=3, denoiser_block_out_channels=(8, 8),
-        denoiser_steps=3, train_batch_size=12,
+        denoiser_steps=3, ae_train_batch_size=12, denoiser_train_batch_size=12,
     )
     pipe = fit_pdiff(params, layout, config)
     pipe.set_progress_bar_config(disable=True)

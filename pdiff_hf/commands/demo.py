@@ -24,7 +24,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="SGD step size on the selection while collecting (default: 0.2 norm, 0.05 classifier)")
     p.add_argument("--ae-steps", type=int, default=d.ae_steps)
     p.add_argument("--denoiser-steps", type=int, default=d.denoiser_steps)
-    p.add_argument("--train-batch-size", type=int, default=d.train_batch_size)
     p.add_argument("--num-models", type=int, default=d.num_models, help="models to generate")
     p.add_argument("--num-inference-steps", type=int, default=d.num_inference_steps)
     p.add_argument("--num-threads", type=int, default=d.num_threads,
@@ -47,7 +46,6 @@ def run(args: argparse.Namespace) -> int:
         collect_learning_rate=args.collect_learning_rate,
         ae_steps=args.ae_steps,
         denoiser_steps=args.denoiser_steps,
-        train_batch_size=args.train_batch_size,
         num_models=args.num_models,
         num_inference_steps=args.num_inference_steps,
         num_threads=args.num_threads,

@@ -1,0 +1,194 @@
+"""``pdiff-hf evaluate``: generate with a saved pipeline and check the models against simple baselines.
+
+Loads the pipeline (``PDiffPipeline.from_pretrained``), the checkpoint dataset it was trained on
+(``datasets.load_from_disk``) and the target network (``<task model>.from_pretrained``), generates ``--num-models``
+parameter vectors, runs :func:`pdiff_hf.novelty.analyze_novelty`, prints a table and the verdict, and with
+``--output-dir`` writes ``results.json`` (atomically), the plots and ``report.md``.
+"""
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict
+
+from ..errors import CheckpointDatasetError, LayoutMismatchError, PDiffError
+
+
+@dataclass
+class Task:
+    """A built-in task: how to load its splits and which ``ModelMixin`` class its target network is saved as."""
+
+    load_data: Callable
+    model_class: Callable
+    description: str = ""
+
+
+def _mnist1d() -> Task:
+    from ..tasks.mnist1d import MNIST1DCNN, load_mnist1d
+
+    return Task(load_mnist1d, MNIST1DCNN, "MNIST-1D (generated locally) with MNIST1DCNN")
+
+
+# name -> factory returning a Task (factories keep imports lazy); tests may register tiny tasks here.
+TASKS: Dict[str, Callable[[], Task]] = {"mnist1d": _mnist1d}
+
+
+class EvaluateError(PDiffError):
+    """Bad input to ``pdiff-hf evaluate``."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="generate with a pipeline and compare the models with noise / average / Gaussian baselines",
+        description=(
+            "Generate parameters with a saved p-diff pipeline, evaluate them next to the training checkpoints and "
+            "simple baselines built from them (noisy checkpoints, k-averages, a per-dimension Gaussian), and report "
+            "accuracy, weight-space and function-space novelty and a plain verdict."
+        ),
+    )
+    p.add_argument("--pipeline", required=True, help="folder of a saved PDiffPipeline (save_pretrained)")
+    p.add_argument("--checkpoints", required=True, help="checkpoint dataset folder (datasets save_to_disk)")
+    p.add_argument("--target", required=True, help="folder of the saved target network (save_pretrained)")
+    p.add_argument("--task", choices=sorted(TASKS), default="mnist1d", help="task of the target network")
+    p.add_argument("--num-models", type=int, default=100, help="models to generate (and per baseline)")
+    p.add_argument("--num-inference-steps", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0, help="seeds generation and the baselines")
+    p.add_argument("--average-k", type=int, default=16, help="checkpoints per average baseline model")
+    p.add_argument(
+        "--noise-levels", type=float, nargs="+", default=None,
+        help="noise stds in normalized space (default: 0.01 0.05 0.1 0.15)",
+    )
+    p.add_argument("--output-dir", default=None, help="write results.json, plots and report.md here")
+    p.add_argument("--num-threads", type=int, default=1, help="torch threads (1 is usually fastest here)")
+    p.set_defaults(func=run)
+
+
+def _require_dir(path: str, flag: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise EvaluateError(f"{flag}: expected an existing folder, found nothing at {p}")
+    if not p.is_dir():
+        raise EvaluateError(f"{flag}: expected a folder, found a file: {p}")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import datasets
+    import torch
+
+    from ..checkpoints import check_dataset_layout, checkpoint_params, get_layout
+    from ..io_utils import write_json_atomic, write_text_atomic
+    from ..novelty import NOISE_LEVELS, analyze_novelty
+    from ..pipelines import PDiffPipeline
+
+    if args.num_models < 1:
+        raise EvaluateError(f"--num-models: expected >= 1, found {args.num_models}")
+    if args.num_inference_steps < 1:
+        raise EvaluateError(f"--num-inference-steps: expected >= 1, found {args.num_inference_steps}")
+    if args.num_threads < 1:
+        raise EvaluateError(f"--num-threads: expected >= 1, found {args.num_threads}")
+    pipeline_dir = _require_dir(args.pipeline, "--pipeline")
+    checkpoints_dir = _require_dir(args.checkpoints, "--checkpoints")
+    target_dir = _require_dir(args.target, "--target")
+    out = Path(args.output_dir) if args.output_dir else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise EvaluateError(f"--output-dir: expected a folder, found a file: {out}")
+    torch.set_num_threads(args.num_threads)
+    start = time.perf_counter()
+
+    try:
+        dataset = datasets.load_from_disk(str(checkpoints_dir))
+    except (FileNotFoundError, ValueError) as err:
+        raise CheckpointDatasetError(
+            f"--checkpoints: expected a dataset saved with save_to_disk at {checkpoints_dir}, found none ({err})"
+        ) from None
+    if isinstance(dataset, datasets.DatasetDict):
+        raise CheckpointDatasetError(
+            f"--checkpoints: expected one checkpoint dataset, found a DatasetDict with splits {list(dataset)}; "
+            "pass the folder of the training split"
+        )
+    if len(dataset) < 2:
+        raise CheckpointDatasetError(
+            f"--checkpoints: expected at least 2 checkpoints to compare generated models with, found {len(dataset)}"
+        )
+    get_layout(dataset)
+
+    pipe = PDiffPipeline.from_pretrained(str(pipeline_dir))
+    pipe.set_progress_bar_config(disable=True)
+    layout = pipe.layout
+    if layout is None:
+        raise LayoutMismatchError(f"--pipeline: the autoencoder at {pipeline_dir} has no parameter layout in its config")
+    check_dataset_layout(dataset, layout, what=f"the pipeline at {pipeline_dir}")
+    train_params = checkpoint_params(dataset)
+
+    task = TASKS[args.task]()
+    target = task.model_class.from_pretrained(str(target_dir))
+    layout.check_module(target)
+    data = task.load_data()
+
+    generator = torch.Generator().manual_seed(args.seed)
+    t0 = time.perf_counter()
+    generated = pipe(num_models=args.num_models, num_inference_steps=args.num_inference_steps, generator=generator).params
+    generate_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    train_val = dataset["val_accuracy"] if "val_accuracy" in dataset.column_names else None
+    report = analyze_novelty(
+        target,
+        layout,
+        train_params,
+        generated,
+        data,
+        normalizer=pipe,
+        noise_levels=tuple(args.noise_levels) if args.noise_levels else NOISE_LEVELS,
+        average_k=args.average_k,
+        seed=args.seed,
+        train_val_accuracy=torch.tensor(train_val) if train_val is not None else None,
+    )
+    analyze_s = time.perf_counter() - t0
+
+    print(f"{len(dataset)} training checkpoints of {layout.describe()}; {args.num_models} generated models")
+    print()
+    print(report.table())
+    print()
+    for line in report.verdict:
+        print(line)
+
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        plots = report.save_plots(out)
+        results = {
+            "command": "evaluate",
+            "task": args.task,
+            "pipeline": str(pipeline_dir),
+            "checkpoints": str(checkpoints_dir),
+            "target": str(target_dir),
+            "num_models": args.num_models,
+            "num_inference_steps": args.num_inference_steps,
+            "seed": args.seed,
+            "selection": {"D": layout.dim, "layout": layout.to_list()},
+            **report.to_dict(),
+            "plots": {k: p.name for k, p in plots.items()},
+            "timings_s": {
+                "generate": round(generate_s, 3),
+                "analyze": round(analyze_s, 3),
+                "total": round(time.perf_counter() - start, 3),
+            },
+        }
+        header = [
+            "# p-diff evaluation",
+            "",
+            f"- pipeline: `{pipeline_dir}`",
+            f"- checkpoints: `{checkpoints_dir}` ({len(dataset)} training checkpoints, {layout.describe()})",
+            f"- target: `{target_dir}` (task {args.task})",
+            f"- generated: {args.num_models} models, {args.num_inference_steps} inference steps, seed {args.seed}",
+            "",
+        ]
+        write_text_atomic(out / "report.md", "\n".join(header) + report.markdown(plots, relative_to=out))
+        write_json_atomic(out / "results.json", results)
+        print(f"\nresults: {out / 'results.json'}  report: {out / 'report.md'}")
+    else:
+        print("\n(pass --output-dir to save results.json, plots and report.md)")
+    return 0
