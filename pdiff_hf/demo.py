@@ -86,12 +86,13 @@ class DemoConfig:
         return self.collect_learning_rate if self.collect_learning_rate is not None else COLLECT_LR[self.selection]
 
     def pdiff_config(self, dim: int) -> PDiffConfig:
-        """Model sizes for a selection of ``dim`` entries: more strided stages for long vectors, so the latent stays
-        short (D = 12,810 → latent (4, 26)) and training cost stays linear in D."""
-        stages = max(3, math.ceil(math.log2(max(dim, 1) / 32)))
-        channels = tuple(min(8 * 2 ** (i // 2), 32) for i in range(stages)) if stages > 3 else (16, 32, 32)
+        """Model sizes for a selection of ``dim`` entries. Long vectors are cut into patches (``patch_size`` entries
+        per position, about 512 positions) so the convolutions stay wide and short: D = 12,810 → patches of 32 →
+        latent (4, 26)."""
+        patch = 2 ** math.ceil(math.log2(dim / 512)) if dim > 1024 else 1
         return PDiffConfig(
-            ae_block_out_channels=channels,
+            ae_block_out_channels=(32, 64, 64, 64) if patch > 1 else PDiffConfig.ae_block_out_channels,
+            ae_patch_size=patch,
             ae_steps=self.ae_steps,
             denoiser_steps=self.denoiser_steps,
             seed=self.seed,

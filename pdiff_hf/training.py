@@ -186,6 +186,7 @@ class PDiffConfig:
     """
 
     ae_block_out_channels: Tuple[int, ...] = (16, 32, 32)
+    ae_patch_size: int = 1
     latent_channels: int = 4
     input_noise: float = 0.001
     latent_noise: float = 0.1
@@ -208,6 +209,7 @@ def build_models(layout: ParamLayout, config: PDiffConfig) -> Tuple[ParameterAut
     ae = ParameterAutoencoder(
         in_dim=layout.dim,
         block_out_channels=tuple(config.ae_block_out_channels),
+        patch_size=config.ae_patch_size,
         latent_channels=config.latent_channels,
         input_noise=config.input_noise,
         latent_noise=config.latent_noise,

@@ -217,10 +217,11 @@ def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes(
     out = tmp_path / "interrupted"
     argv = ["--checkpoint_dataset", dataset_dir, "--output_dir", out] + LDM
     monkeypatch.setenv(TEST_SIGINT_ENV, "autoencoder:4")  # SIGINT to ourselves after autoencoder step 4
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest runs as a background job
     assert _run(scripts["train_ldm"], argv) == 130
     monkeypatch.delenv(TEST_SIGINT_ENV)
     assert "interrupted at step 4" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handler restored
     assert [p.name for p in list_checkpoints(str(out / "autoencoder_checkpoints"))] == ["checkpoint-3", "checkpoint-4"]
     assert not (out / "pipeline").exists() and not (out / "autoencoder").exists()
 

@@ -74,6 +74,16 @@ def _require_dir(path: str, flag: str) -> Path:
     return p
 
 
+def _saved_without_rows(folder: Path) -> bool:
+    import json
+
+    try:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and state.get("_data_files") == []
+
+
 def run(args: argparse.Namespace) -> int:
     import datasets
     import torch
@@ -100,9 +110,15 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         dataset = datasets.load_from_disk(str(checkpoints_dir))
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, IndexError) as err:
+        if _saved_without_rows(checkpoints_dir):  # datasets cannot load a saved empty dataset (0 shards)
+            raise CheckpointDatasetError(
+                f"--checkpoints: expected at least 2 checkpoints to compare generated models with, found an empty "
+                f"dataset at {checkpoints_dir}"
+            ) from None
         raise CheckpointDatasetError(
-            f"--checkpoints: expected a dataset saved with save_to_disk at {checkpoints_dir}, found none ({err})"
+            f"--checkpoints: expected a dataset saved with save_to_disk at {checkpoints_dir}, found none "
+            f"({type(err).__name__}: {err})"
         ) from None
     if isinstance(dataset, datasets.DatasetDict):
         raise CheckpointDatasetError(
