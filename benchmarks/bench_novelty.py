@@ -42,13 +42,7 @@ def build_setting(args):
         train_classifier(model, data, epochs=args.target_epochs, seed=0)
         layout = ParamLayout.from_module(model, last_norm_layers=2)
         dataset = collect_checkpoints(model, data, layout, num_checkpoints=200, learning_rate=args.collect_lr, seed=0)
-        config = PDiffConfig(
-            ae_block_out_channels=(16, 32, 32),
-            denoiser_block_out_channels=(32, 64),
-            ae_steps=args.train_steps,
-            denoiser_steps=args.train_steps,
-            train_batch_size=100,
-        )
+        config = PDiffConfig(ae_steps=args.train_steps, denoiser_steps=args.train_steps)
         pipe = fit_pdiff(checkpoint_params(dataset), layout, config)
         print(f"setting built in {time.perf_counter() - t0:.1f} s")
         if cache is not None:
