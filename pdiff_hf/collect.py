@@ -93,6 +93,7 @@ def collect_checkpoints(
     run_id: int = 0,
     train_epochs: int = 0,
     train_learning_rate: float = 3e-3,
+    evaluate: bool = True,
     progress: bool = False,
 ) -> datasets.Dataset:
     """Run p-diff's collection recipe on ``model`` (modified in place) and return the checkpoint dataset.
@@ -103,8 +104,11 @@ def collect_checkpoints(
         learning_rate / momentum: SGD on the selection. Too small a step size makes consecutive checkpoints near
             copies of each other; pick one at which they differ in accuracy and predictions.
         train_epochs: epochs of full training first (0 if ``model`` is already trained).
+        evaluate: evaluate every checkpoint on the validation and test splits (batched). Callers that evaluate the
+            checkpoints anyway (the demo's novelty analysis) pass ``False`` and add the columns themselves.
 
-    Columns: ``params``, ``run_id``, ``seed``, ``step``, ``val_accuracy``, ``test_accuracy`` (percent).
+    Columns: ``params``, ``run_id``, ``seed``, ``step``, and with ``evaluate`` ``val_accuracy``, ``test_accuracy``
+    (percent).
     """
     layout.check_module(model)
     if num_checkpoints < 1 or save_every < 1:
@@ -138,20 +142,12 @@ def collect_checkpoints(
     undo()
 
     params = torch.stack(vectors)
-    val = evaluate_parameters(model, layout, params, data.val_x, data.val_y)
-    test = evaluate_parameters(model, layout, params, data.test_x, data.test_y)
     n = len(vectors)
-    return make_checkpoint_dataset(
-        params,
-        layout,
-        {
-            "run_id": [run_id] * n,
-            "seed": [seed] * n,
-            "step": steps,
-            "val_accuracy": val.tolist(),
-            "test_accuracy": test.tolist(),
-        },
-    )
+    columns = {"run_id": [run_id] * n, "seed": [seed] * n, "step": steps}
+    if evaluate:
+        columns["val_accuracy"] = evaluate_parameters(model, layout, params, data.val_x, data.val_y).tolist()
+        columns["test_accuracy"] = evaluate_parameters(model, layout, params, data.test_x, data.test_y).tolist()
+    return make_checkpoint_dataset(params, layout, columns)
 
 
 def collect_from_runs(

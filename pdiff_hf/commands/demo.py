@@ -53,7 +53,15 @@ def run(args: argparse.Namespace) -> int:
     )
     config.validate()
     results = run_demo(config)
+    spread = results["original_spread"]
     print()
     print(format_table(results))
+    print(
+        f"\noriginals' spread: best - min accuracy {spread['best_minus_min_accuracy']:.2f} pp, mean nearest-neighbour "
+        f"distance {spread['mean_nn_distance_normalized']:.4g} (normalized) / {spread['mean_nn_distance_raw']:.4g} (raw), "
+        f"median prediction agreement with the nearest checkpoint {spread['median_nn_prediction_agreement']:.4f}"
+    )
+    for line in results.get("verdict", []):
+        print(f"- {line}")
     print(f"\nresults: {args.output_dir}/results.json  report: {args.output_dir}/report.md")
     return 0
