@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     parser.add_argument("--train-steps", type=int, default=300, help="autoencoder and denoiser steps")
     parser.add_argument("--batch-size", type=int, default=None, help="examples per vmapped call (default: analyze_novelty's)")
     parser.add_argument("--models-per-chunk", type=int, default=None, help="models per vmapped call (default: analyze_novelty's)")
+    parser.add_argument("--no-tune-allocator", action="store_true", help="leave glibc malloc's thresholds alone")
     parser.add_argument("--cache-dir", default=None, help="save the setting here, or load it if already there")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.num_threads)
@@ -78,6 +79,7 @@ def main(argv=None) -> int:
     train_val = torch.tensor(dataset["val_accuracy"])
 
     chunking = {k: v for k, v in (("batch_size", args.batch_size), ("models_per_chunk", args.models_per_chunk)) if v}
+    chunking["tune_allocator"] = not args.no_tune_allocator
     forward_s = []
     real_predict = novelty.predict_with_parameters
 
@@ -117,7 +119,8 @@ def main(argv=None) -> int:
     print(
         f"analyze_novelty: {len(train)} checkpoints (D={layout.dim}), {len(generated)} generated, "
         f"{len(report.baselines)} baselines; {n_models} models x {len(data.test_y)} test examples; "
-        f"{args.num_threads} thread(s); torch {torch.__version__}"
+        f"{args.num_threads} thread(s); torch {torch.__version__}; malloc thresholds raised: "
+        f"{novelty.tune_cpu_allocator() if not args.no_tune_allocator else False}"
     )
     print(f"median wall seconds: {statistics.median(wall):.2f}  (min {min(wall):.2f}, max {max(wall):.2f}, {args.repeats} repeats)")
     print(f"median CPU seconds:  {statistics.median(cpu):.2f}")

@@ -27,3 +27,4 @@ from .layout import ParamLayout, ParamSpec
 from .models import LatentUNet1DModel, ParameterAutoencoder
 from .pipelines import PDiffPipeline, PDiffPipelineOutput
 from .training import PDiffConfig, build_models, fit_pdiff, train_autoencoder, train_denoiser
+from .novelty import NoveltyReport, analyze_novelty, novelty_verdict

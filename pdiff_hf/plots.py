@@ -14,13 +14,16 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-ArrayLike = Union[Sequence[float], np.ndarray, "torch.Tensor"]  # noqa: F821
+if TYPE_CHECKING:
+    import torch
+
+ArrayLike = Union[Sequence[float], np.ndarray, "torch.Tensor"]
 
 LABELS = {"original": "original checkpoints", "generated": "p-diff generated"}
 _BASE_STYLE = {
@@ -72,6 +75,12 @@ def _label(name: str, count: int) -> str:
     return f"{LABELS.get(name, name)} (n={count})"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_figure(fig: Figure, path: Union[str, Path], dpi: int = 130) -> Path:
     """Render ``fig`` with Agg and write it as PNG to ``path`` atomically (temporary file + ``os.replace``)."""
     path = Path(path)
@@ -81,6 +90,7 @@ def save_figure(fig: Figure, path: Union[str, Path], dpi: int = 130) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the permissions of a plain open()
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -146,7 +156,7 @@ def plot_accuracy_vs_novelty(
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False, markerscale=1.4)
     return save_figure(fig, path)
 
 

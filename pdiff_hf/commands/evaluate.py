@@ -201,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
             f"- target: `{target_dir}` (task {args.task})",
             f"- generated: {args.num_models} models, {args.num_inference_steps} inference steps, seed {args.seed}",
             "",
+            "",
         ]
         write_text_atomic(out / "report.md", "\n".join(header) + report.markdown(plots, relative_to=out))
         write_json_atomic(out / "results.json", results)
