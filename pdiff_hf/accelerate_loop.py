@@ -42,6 +42,7 @@ from accelerate.logging import get_logger
 from torch import nn
 
 from .errors import CheckpointDatasetError, DimensionMismatchError, PDiffError
+from .io_utils import write_json_atomic
 
 
 class _Logger:
@@ -439,12 +440,6 @@ def prune_checkpoints(checkpoint_dir: str, total_limit: Optional[int], keep_free
     return removed
 
 
-def _write_json_atomically(path: Path, data: Dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def save_pretrained_atomically(obj, final_dir: str, **kwargs) -> Path:
     """``obj.save_pretrained`` into a hidden sibling folder, then rename it to ``final_dir`` (replacing an old one),
     so ``final_dir`` is either absent, the previous complete version, or the new complete version. Temporary folders
@@ -567,7 +562,7 @@ def _save_checkpoint(accelerator, cfg: StageConfig, step: int, ema) -> Path:
     if accelerator.is_main_process:
         if ema is not None:
             torch.save(ema.state_dict(), path / EMA_STATE_NAME)
-        _write_json_atomically(
+        write_json_atomic(
             path / CHECKPOINT_MARKER,
             {
                 "stage": cfg.name,

@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import IO, Any, Iterator, Union
 
 
 def _umask() -> int:
@@ -15,15 +15,16 @@ def _umask() -> int:
     return mask
 
 
-def write_json_atomic(path: Union[str, Path], obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` via a temporary file and ``os.replace``."""
+@contextmanager
+def atomic_file(path: Union[str, Path], mode: str = "w") -> Iterator[IO]:
+    """Yield a temporary file next to ``path``; on success it is moved onto ``path`` with ``os.replace`` (with the
+    permissions a plain ``open`` would give), on error it is removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
@@ -33,18 +34,13 @@ def write_json_atomic(path: Union[str, Path], obj: Any) -> None:
 
 
 def write_text_atomic(path: Union[str, Path], text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as f:
+        f.write(text)
+
+
+def write_json_atomic(path: Union[str, Path], obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 @contextmanager
