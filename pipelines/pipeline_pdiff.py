@@ -125,8 +125,8 @@ class PDiffPipeline(DiffusionPipeline):
 
         Returns:
             [`PDiffPipelineOutput`] (or a tuple ``(params,)``) with ``params`` of shape ``(num_models, D)``; its
-            ``state_dicts()`` and ``load_into(module, i)`` give the same as state dicts or a loaded module. Raises :class:`NonFiniteParametersError` if any
-            generated vector contains NaN or Inf.
+            ``state_dicts()`` and ``load_into(module, i)`` give the same as state dicts or a loaded module.
+            Raises :class:`NonFiniteParametersError` if any generated vector contains NaN or Inf.
         """
         device = self._execution_device
         dtype = self.denoiser.dtype
