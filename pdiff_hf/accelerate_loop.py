@@ -138,7 +138,11 @@ def add_data_args(parser: argparse.ArgumentParser, default_output_dir: str) -> N
 
 def add_autoencoder_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("autoencoder model")
-    group.add_argument("--ae_block_out_channels", type=int, nargs="+", default=[32, 64, 64])
+    group.add_argument("--ae_block_out_channels", type=int, nargs="+", default=[16, 32, 32])
+    group.add_argument(
+        "--ae_patch_size", type=int, default=1,
+        help="Entries per position of the first convolution; use ~D/512 (e.g. 32 for D=12,810) for long vectors.",
+    )
     group.add_argument("--latent_channels", type=int, default=4)
     group.add_argument("--input_noise", type=float, default=0.001, help="p-diff's input noise augmentation std.")
     group.add_argument("--latent_noise", type=float, default=0.1, help="p-diff's latent noise augmentation std.")
@@ -759,6 +763,7 @@ def build_autoencoder(args: argparse.Namespace, layout):
     return ParameterAutoencoder(
         in_dim=layout.dim,
         block_out_channels=tuple(args.ae_block_out_channels),
+        patch_size=args.ae_patch_size,
         latent_channels=args.latent_channels,
         input_noise=args.input_noise,
         latent_noise=args.latent_noise,
