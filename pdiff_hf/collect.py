@@ -16,17 +16,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoints import make_checkpoint_dataset
-from .data import ClassificationSplits
+from .checkpoints import get_layout, make_checkpoint_dataset, set_layout
+from .data import ClassificationSplits, shuffled_batches
 from .evaluation import evaluate_parameters
 from .layout import ParamLayout
-
-
-def _batches(n: int, batch_size: int, generator: torch.Generator):
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        for i in range(0, n - batch_size + 1, batch_size):
-            yield perm[i : i + batch_size]
 
 
 def train_classifier(
@@ -47,7 +40,7 @@ def train_classifier(
     opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1))
     model.train()
-    it = _batches(n, min(batch_size, n), gen)
+    it = shuffled_batches(n, min(batch_size, n), gen, drop_last=True)
     for _ in tqdm(range(total), desc="train target", disable=not progress, leave=False):
         idx = next(it)
         loss = nn.functional.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
@@ -121,7 +114,7 @@ def collect_checkpoints(
     undo = _freeze_for_collection(model, layout)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(trainable, lr=learning_rate, momentum=momentum) if trainable else None
-    it = _batches(data.train_x.shape[0], min(batch_size, data.train_x.shape[0]), gen)
+    it = shuffled_batches(data.train_x.shape[0], min(batch_size, data.train_x.shape[0]), gen, drop_last=True)
     vectors, steps = [], []
     bar = tqdm(total=num_checkpoints, desc="collect checkpoints", disable=not progress, leave=False)
     step = 0
@@ -161,8 +154,6 @@ def collect_from_runs(
     """Collect from several runs that restart from ``model``'s current state, each with its own seed (data order
     and, through ``reset(model, seed)``, e.g. a re-initialized selection). Runs get ``run_id`` 0, 1, …; every run
     shares the tensors outside the selection, so all checkpoints load into the same base network."""
-    from .checkpoints import get_layout, set_layout
-
     start = {k: v.clone() for k, v in model.state_dict().items()}
     parts = []
     for run_id, seed in enumerate(seeds):

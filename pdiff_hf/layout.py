@@ -36,7 +36,7 @@ def is_norm_layer(module: nn.Module) -> bool:
     builtin = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
     if hasattr(nn, "RMSNorm"):
         builtin = builtin + (nn.RMSNorm,)
-    named_norm = type(module).__name__.endswith("Norm") or "Norm" in type(module).__name__
+    named_norm = "Norm" in type(module).__name__
     has_state = any(True for _ in module.parameters(recurse=False)) or any(
         True for _ in module.buffers(recurse=False)
     )

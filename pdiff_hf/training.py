@@ -14,6 +14,7 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from .data import shuffled_batches
 from .errors import DimensionMismatchError
 from .layout import ParamLayout, check_finite
 from .models.autoencoder import ParameterAutoencoder
@@ -61,13 +62,6 @@ def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _batch_iter(n: int, batch_size: int, generator: torch.Generator):
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        for i in range(0, n, batch_size):
-            yield perm[i : i + batch_size]
-
-
 def train_autoencoder(
     autoencoder: ParameterAutoencoder,
     params: torch.Tensor,
@@ -91,7 +85,7 @@ def train_autoencoder(
     data = autoencoder.normalize(params)
     opt = torch.optim.AdamW(autoencoder.parameters(), lr=learning_rate, weight_decay=weight_decay)
     sched = cosine_with_warmup(opt, lr_warmup_steps, max_train_steps)
-    it = _batch_iter(data.shape[0], min(train_batch_size, data.shape[0]), torch.Generator().manual_seed(seed))
+    it = shuffled_batches(data.shape[0], min(train_batch_size, data.shape[0]), torch.Generator().manual_seed(seed))
     autoencoder.train()
     losses = []
     for _ in tqdm(range(max_train_steps), desc="train autoencoder", disable=not progress, leave=False):
@@ -133,7 +127,7 @@ def train_denoiser(
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(denoiser.parameters(), lr=learning_rate, weight_decay=weight_decay)
     sched = cosine_with_warmup(opt, lr_warmup_steps, max_train_steps)
-    it = _batch_iter(latents.shape[0], min(train_batch_size, latents.shape[0]), gen)
+    it = shuffled_batches(latents.shape[0], min(train_batch_size, latents.shape[0]), gen)
     ema = EMAModel(denoiser.parameters(), decay=ema_decay, use_ema_warmup=True) if ema_decay else None
     denoiser.train()
     losses = []
