@@ -26,5 +26,6 @@ from .evaluation import evaluate_parameters, predict_with_parameters, select_bes
 from .layout import ParamLayout, ParamSpec
 from .models import LatentUNet1DModel, ParameterAutoencoder
 from .pipelines import PDiffPipeline, PDiffPipelineOutput
-from .training import PDiffConfig, build_models, fit_pdiff, train_autoencoder, train_denoiser
+from .fit import fit_pdiff, train_autoencoder, train_denoiser
+from .training_utils import PDiffConfig, build_models
 from .novelty import NoveltyReport, analyze_novelty, novelty_verdict

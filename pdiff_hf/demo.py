@@ -29,7 +29,8 @@ from .evaluation import evaluate_parameters, predict_with_parameters, summarize_
 from .io_utils import atomic_directory, write_json_atomic, write_text_atomic
 from .layout import ParamLayout
 from .tasks.mnist1d import MNIST1DCNN, load_mnist1d
-from .training import PDiffConfig, fit_pdiff
+from .fit import fit_pdiff
+from .training_utils import PDiffConfig
 
 # SGD step size on the selection during collection, per selection: large enough that checkpoints differ.
 COLLECT_LR = {"norm": 0.2, "classifier": 0.05}

@@ -1,7 +1,9 @@
-"""Named exceptions raised by pdiff_hf.
+"""Every named exception raised by pdiff_hf, in one place.
 
-Every error says what was expected and what was found, so a user can fix the input without reading our code.
+Each error says what was expected and what was found, so a user can fix the input without reading our code.
 All of them derive from :class:`PDiffError`, which itself is a ``ValueError`` so generic handlers keep working.
+Errors from ``huggingface_hub`` (``RepositoryNotFoundError``, ``RevisionNotFoundError``, …) are not wrapped: they
+already say what happened.
 """
 
 
@@ -9,6 +11,7 @@ class PDiffError(ValueError):
     """Base class of every error raised on bad input by pdiff_hf."""
 
 
+# ------------------------------------------------------------------------------------------ parameters and data
 class SelectionError(PDiffError):
     """A parameter selection matched nothing, or matched something it cannot flatten."""
 
@@ -25,14 +28,47 @@ class NonFiniteParametersError(PDiffError):
     """Checkpoints or generated parameters contain NaN or Inf values."""
 
 
-class SchedulerError(PDiffError):
-    """A scheduler is unknown or incompatible with the objective the denoiser was trained with."""
-
-
 class CheckpointDatasetError(PDiffError):
     """A checkpoint dataset lacks the expected columns, layout metadata or rows."""
 
 
+# ------------------------------------------------------------------------------------------- models, pipeline
+class SchedulerError(PDiffError):
+    """A scheduler is unknown or incompatible with the objective the denoiser was trained with."""
+
+
+class PipelineInputError(PDiffError):
+    """An argument of ``PDiffPipeline.__call__`` is out of range or of the wrong type."""
+
+
+# ---------------------------------------------------------------------------------------------- training
+class TrainingScriptError(PDiffError):
+    """Bad command-line input for a training script (missing path, contradicting or out-of-range flags, …)."""
+
+
+# ------------------------------------------------------------------------------------------------- Hub
 class HubError(PDiffError):
-    """A Hugging Face Hub operation failed: the repo, revision or a file of it is missing, the Hub could not be
-    reached, or it refused the request. Messages name the repo and never contain the access token."""
+    """A Hub operation was refused by pdiff_hf's own checks: a malformed repo id, a repo holding files that are
+    never loaded (pickles, code), a missing pipeline component. Messages name the repo and never contain the
+    access token. Transport and not-found errors of ``huggingface_hub`` propagate unchanged."""
+
+
+class RemoteCodeError(PDiffError):
+    """The self-contained code uploaded for ``trust_remote_code=True`` loading could not be generated."""
+
+
+# ------------------------------------------------------------------------------------------- command line
+class CLIError(PDiffError):
+    """Bad command-line input to ``pdiff-hf`` (missing path, contradicting flags, …)."""
+
+
+class DemoConfigError(CLIError):
+    """Demo options that are out of range or contradict each other."""
+
+
+class EvaluateError(CLIError):
+    """``pdiff-hf evaluate`` inputs that do not fit together."""
+
+
+class PushError(CLIError):
+    """``pdiff-hf push`` was given a folder it cannot upload."""

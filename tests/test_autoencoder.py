@@ -13,7 +13,8 @@ from pdiff_hf import (
     checkpoint_params,
     make_checkpoint_dataset,
 )
-from pdiff_hf.training import train_autoencoder
+from pdiff_hf.fit import train_autoencoder
+from pdiff_hf.training_utils import PDiffConfig
 
 datasets.disable_progress_bars()
 
@@ -139,7 +140,7 @@ def test_dimension_errors(bn_layout):
     with pytest.raises(DimensionMismatchError, match="param_layout"):
         ParameterAutoencoder(in_dim=bn_layout.dim + 1, param_layout=bn_layout.to_list())
     with pytest.raises(DimensionMismatchError):
-        train_autoencoder(ae, wrong, max_train_steps=1)
+        train_autoencoder(ae, wrong, PDiffConfig(ae_steps=1), progress=False)
 
 
 def test_dataset_dimension_mismatch(bn_layout):

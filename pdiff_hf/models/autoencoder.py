@@ -60,7 +60,7 @@ class ParameterAutoencoder(ModelMixin, ConfigMixin):
     def __init__(
         self,
         in_dim: int,
-        block_out_channels: Tuple[int, ...] = (32, 64, 64),
+        block_out_channels: Tuple[int, ...] = (16, 32, 32),
         latent_channels: int = 4,
         pos_channels: int = 4,
         kernel_size: int = 4,

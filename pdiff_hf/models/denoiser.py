@@ -71,14 +71,14 @@ class LatentUNet1DModel(ModelMixin, ConfigMixin):
         self,
         in_channels: int = 4,
         sample_length: int = 16,
-        block_out_channels: Tuple[int, ...] = (64, 128, 128),
+        block_out_channels: Tuple[int, ...] = (32, 64),
         layers_per_block: int = 1,
         norm_num_groups: int = 8,
         num_train_timesteps: int = 1000,
         beta_schedule: str = "linear",
         beta_start: float = 0.0001,
         beta_end: float = 0.02,
-        prediction_type: str = "epsilon",
+        prediction_type: str = "sample",
         sample_abs_max: float = 0.0,
     ):
         super().__init__()

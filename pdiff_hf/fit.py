@@ -1,0 +1,141 @@
+"""``fit_pdiff``: train p-diff's autoencoder and latent denoiser in this process and return a ``PDiffPipeline``.
+
+The Python counterpart of ``training/train_autoencoder.py`` followed by ``training/train_ldm.py``: the same
+builders, losses, data loader, optimizer, learning-rate schedule, EMA and seeds (see
+:mod:`pdiff_hf.training_utils`), in a plain single-process loop without checkpointing. For the same settings a
+one-process script run trains the same weights.
+"""
+
+from typing import List, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import DimensionMismatchError
+from .layout import ParamLayout, check_finite
+from .training_utils import (
+    PDiffConfig,
+    autoencoder_loss,
+    build_autoencoder,
+    build_denoiser,
+    denoiser_loss,
+    make_dataloader,
+    noise_scheduler_for,
+    sampling_scheduler_for,
+)
+
+
+def _optimizer_and_schedule(model, learning_rate: float, max_train_steps: int, config: PDiffConfig):
+    from diffusers.optimization import get_scheduler
+
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay,
+        eps=config.adam_epsilon,
+    )
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=max_train_steps,
+    )
+    return optimizer, lr_scheduler
+
+
+def _train(model, data, loss_fn, learning_rate, max_train_steps, batch_size, config, ema=None, desc="", progress=True):
+    """Optimize ``loss_fn(model, batch)`` over shuffled batches of ``data`` for ``max_train_steps`` steps."""
+    optimizer, lr_scheduler = _optimizer_and_schedule(model, learning_rate, max_train_steps, config)
+    loader = make_dataloader(data, batch_size, seed=config.seed)
+    losses: List[float] = []
+    bar = tqdm(total=max_train_steps, desc=desc, disable=not progress, leave=False)
+    model.train()
+    epoch = 0
+    while len(losses) < max_train_steps:
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            loss = loss_fn(model, batch)
+            loss.backward()
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(model.parameters())
+            losses.append(loss.item())
+            bar.update(1)
+            if len(losses) >= max_train_steps:
+                break
+        epoch += 1
+    bar.close()
+    if ema is not None:
+        ema.copy_to(model.parameters())
+    model.eval()
+    return losses
+
+
+def train_autoencoder(autoencoder, params: torch.Tensor, config: Optional[PDiffConfig] = None, progress: bool = True) -> List[float]:
+    """Fit normalization statistics and train ``autoencoder`` on raw checkpoints ``(N, D)`` with
+    ``config.ae_*`` settings; sets the latent scaling factor at the end. Returns the loss of every step."""
+    config = config or PDiffConfig()
+    if params.dim() != 2 or params.shape[1] != autoencoder.config.in_dim:
+        raise DimensionMismatchError(
+            f"expected checkpoints of shape (N, {autoencoder.config.in_dim}), found {tuple(params.shape)}"
+        )
+    check_finite(params, "training checkpoints")
+    autoencoder.fit_normalization(params)
+    data = autoencoder.normalize(params)
+    torch.manual_seed(config.seed)
+    losses = _train(
+        autoencoder, data, autoencoder_loss, config.ae_learning_rate, config.ae_steps, config.ae_train_batch_size,
+        config, desc="train autoencoder", progress=progress,
+    )
+    autoencoder.set_latent_scaling(params)
+    return losses
+
+
+def train_denoiser(denoiser, latents: torch.Tensor, config: Optional[PDiffConfig] = None, progress: bool = True) -> List[float]:
+    """Train ``denoiser`` on clean latents ``(N, C, L)`` with ``config``'s denoiser settings; with ``use_ema`` it
+    ends with the EMA of its weights. Records ``sample_abs_max`` in the denoiser's config."""
+    from diffusers.training_utils import EMAModel
+
+    config = config or PDiffConfig()
+    if latents.dim() != 3 or latents.shape[1] != denoiser.config.in_channels:
+        raise DimensionMismatchError(
+            f"expected latents of shape (N, {denoiser.config.in_channels}, L), found {tuple(latents.shape)}"
+        )
+    check_finite(latents, "latents")
+    noise_scheduler = noise_scheduler_for(denoiser)
+    ema = None
+    if config.use_ema:
+        ema = EMAModel(
+            denoiser.parameters(), decay=config.ema_max_decay, use_ema_warmup=True,
+            inv_gamma=config.ema_inv_gamma, power=config.ema_power,
+        )
+    torch.manual_seed(config.seed)
+    losses = _train(
+        denoiser, latents, lambda model, batch: denoiser_loss(model, noise_scheduler, batch),
+        config.denoiser_learning_rate, config.denoiser_steps, config.denoiser_train_batch_size, config,
+        ema=ema, desc="train denoiser", progress=progress,
+    )
+    denoiser.register_to_config(sample_abs_max=round(float(latents.abs().max()), 4))
+    return losses
+
+
+def fit_pdiff(params: torch.Tensor, layout: ParamLayout, config: Optional[PDiffConfig] = None, progress: bool = True):
+    """Train an autoencoder and a latent denoiser on checkpoints ``(N, D)`` and return a ready ``PDiffPipeline``
+    with a DPM-Solver++ sampling scheduler. ``progress=False`` hides the progress bars.
+
+    Seeds the global torch RNG with ``config.seed`` (model initialization and training noise come from it)."""
+    from .pipelines.pipeline_pdiff import PDiffPipeline
+
+    config = config or PDiffConfig()
+    torch.manual_seed(config.seed)
+    autoencoder = build_autoencoder(layout, config)
+    train_autoencoder(autoencoder, params, config, progress=progress)
+    with torch.no_grad():
+        latents = autoencoder.params_to_latents(params).float()
+    torch.manual_seed(config.seed)
+    denoiser = build_denoiser(autoencoder, config)
+    train_denoiser(denoiser, latents, config, progress=progress)
+    return PDiffPipeline(autoencoder=autoencoder, denoiser=denoiser, scheduler=sampling_scheduler_for(denoiser))
