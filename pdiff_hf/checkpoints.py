@@ -6,6 +6,7 @@ One row per checkpoint: a fixed-size float32 ``params`` column of length ``D`` p
 """
 
 import json
+import os
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import datasets
@@ -119,3 +120,67 @@ def summary(dataset: datasets.Dataset) -> Dict:
     if "run_id" in dataset.column_names:
         out["runs"] = len(set(dataset["run_id"]))
     return out
+
+
+def load_checkpoint_dataset(
+    name_or_path: Union[str, "os.PathLike"],
+    config_name: Optional[str] = None,
+    split: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    **hub_kwargs,
+) -> datasets.Dataset:
+    """Load a checkpoint dataset from a local folder or the Hub and check that it holds at least two checkpoints.
+
+    Args:
+        name_or_path: a folder written by ``save_to_disk`` (a ``Dataset``, or a ``DatasetDict`` whose ``split`` is
+            taken, ``"train"`` by default), or a Hub dataset repo id (``"owner/name"``), loaded with
+            :func:`pdiff_hf.hub.load_checkpoint_dataset_from_hub` (with ``config_name``, ``cache_dir`` and
+            ``hub_kwargs`` such as ``revision`` and ``token``; all are ignored for local folders).
+        split: the split of a ``DatasetDict``.
+
+    Returns the ``datasets.Dataset`` with its parameter layout (:func:`get_layout`). Raises
+    :class:`CheckpointDatasetError` for a folder that is not a checkpoint dataset, a missing split or fewer than two
+    checkpoints.
+    """
+    path = os.fspath(name_or_path)
+    if not path:
+        raise CheckpointDatasetError("expected a checkpoint dataset folder or Hub repo id, found an empty string")
+    if os.path.isfile(path):
+        raise CheckpointDatasetError(f"expected a save_to_disk folder or a Hub repo id, found the file {path!r}")
+    if os.path.isdir(path):
+        try:
+            ds = datasets.load_from_disk(path)
+        except (FileNotFoundError, ValueError, KeyError, json.JSONDecodeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise CheckpointDatasetError(
+                f"expected {path!r} to be a dataset folder written by save_to_disk, found none "
+                f"({type(err).__name__}: {first})"
+            ) from err
+    elif path.count("/") == 1 and not path.startswith((".", "/", "~")):
+        from .hub import load_checkpoint_dataset_from_hub
+
+        ds = load_checkpoint_dataset_from_hub(
+            path, config_name, split=split or "train", cache_dir=cache_dir, **hub_kwargs
+        )
+    else:
+        raise CheckpointDatasetError(
+            f"expected an existing save_to_disk folder or a Hub repo id 'owner/name', found {path!r}, which is neither"
+        )
+    if isinstance(ds, datasets.DatasetDict):
+        name = split or "train"
+        if name not in ds:
+            raise CheckpointDatasetError(f"expected a split {name!r} in {path!r}, found splits {sorted(ds)}")
+        ds = ds[name]
+    elif split not in (None, "train") and os.path.isdir(path):
+        raise CheckpointDatasetError(f"expected a DatasetDict with split {split!r} in {path!r}, found a single Dataset")
+    layout = get_layout(ds)
+    dim = ds.features[PARAMS_COLUMN].length if PARAMS_COLUMN in ds.features else None
+    if dim is not None and dim not in (-1, layout.dim):
+        raise DimensionMismatchError(
+            f"{path!r}: its layout describes D={layout.dim}, its {PARAMS_COLUMN!r} column has {dim} values per row"
+        )
+    if len(ds) < 2:
+        raise CheckpointDatasetError(
+            f"expected at least 2 checkpoints in {path!r} to fit normalization statistics, found {len(ds)}"
+        )
+    return ds

@@ -7,6 +7,7 @@ with Accelerate) and in :mod:`pdiff_hf.fit` (a plain single-process loop). Both 
 one-process script run and ``fit_pdiff`` train the same weights.
 """
 
+import os
 from dataclasses import dataclass
 from typing import Iterator, Tuple
 
@@ -194,3 +195,173 @@ def make_dataloader(data: torch.Tensor, batch_size: int, seed: int = 0, num_work
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+# --------------------------------------------------------------------------------- what the scripts share
+TRACKERS = ("tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "all", "none")
+
+
+def check_training_args(args) -> None:
+    """Raise :class:`~pdiff_hf.errors.TrainingScriptError` for out-of-range or contradicting flags of a training
+    script, before anything is loaded or trained."""
+    from .errors import TrainingScriptError
+
+    def at_least(name: str, low: float, allow_none: bool = False):
+        value = getattr(args, name)
+        if value is None and allow_none:
+            return
+        if isinstance(value, (list, tuple)):
+            bad = [v for v in value if v < low]
+            if not value or bad:
+                raise TrainingScriptError(f"--{name}: expected values >= {low}, found {value}")
+            return
+        if value is None or value < low:
+            raise TrainingScriptError(f"--{name}: expected a value >= {low}, found {value}")
+
+    for name in ("train_batch_size", "gradient_accumulation_steps"):
+        at_least(name, 1)
+    at_least("max_train_steps", 1, allow_none=True)
+    at_least("num_train_epochs", 1, allow_none=True)
+    if args.max_train_steps is None and args.num_train_epochs is None:
+        raise TrainingScriptError("expected --max_train_steps or --num_train_epochs, found neither")
+    at_least("checkpointing_steps", 1)
+    at_least("checkpoints_total_limit", 1, allow_none=True)
+    at_least("lr_warmup_steps", 0)
+    at_least("dataloader_num_workers", 0)
+    at_least("block_out_channels", 1)
+    if not args.learning_rate > 0:
+        raise TrainingScriptError(f"--learning_rate: expected a value > 0, found {args.learning_rate}")
+    if not 0.0 < args.ema_max_decay < 1.0:
+        raise TrainingScriptError(f"--ema_max_decay: expected a value in (0, 1), found {args.ema_max_decay}")
+    if args.max_grad_norm is not None and not args.max_grad_norm > 0:
+        raise TrainingScriptError(f"--max_grad_norm: expected a value > 0, found {args.max_grad_norm}")
+    if args.push_to_hub and not args.hub_model_id:
+        raise TrainingScriptError("--push_to_hub: expected --hub_model_id (e.g. user/pdiff-mnist1d), found none")
+    check_report_to(args.report_to)
+
+
+def check_report_to(report_to: str) -> None:
+    """Raise :class:`~pdiff_hf.errors.TrainingScriptError` unless ``--report_to`` names a tracker that is installed
+    (Accelerate would only warn and then track nothing)."""
+    import importlib.util
+
+    from .errors import TrainingScriptError
+
+    if report_to not in TRACKERS:
+        raise TrainingScriptError(f"--report_to: expected one of {', '.join(TRACKERS)}, found {report_to!r}")
+    module = {"tensorboard": "tensorboard", "wandb": "wandb", "comet_ml": "comet_ml", "mlflow": "mlflow",
+              "aim": "aim", "clearml": "clearml"}.get(report_to)
+    if module and importlib.util.find_spec(module) is None and not (
+        report_to == "tensorboard" and importlib.util.find_spec("tensorboardX") is not None
+    ):
+        raise TrainingScriptError(
+            f"--report_to {report_to}: expected the {module!r} package to be installed, found none "
+            f"(pip install {module}, or pass --report_to none)"
+        )
+
+
+def tracker_config(args) -> dict:
+    """The flags as tracker hyper-parameters: scalars only (TensorBoard rejects lists and None), no secrets."""
+    out = {}
+    for key, value in vars(args).items():
+        if "token" in key:
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        out[key] = "None" if value is None else value
+    return out
+
+
+def checkpoint_folders(output_dir: str) -> list:
+    """Complete ``checkpoint-<step>`` folders under ``output_dir``, oldest first (a checkpoint is renamed into
+    place only once complete, see :func:`save_checkpoint`)."""
+    import os
+    import re
+
+    if not os.path.isdir(output_dir):
+        return []
+    found = [d for d in os.listdir(output_dir) if re.fullmatch(r"checkpoint-\d+", d)]
+    return [os.path.join(output_dir, d) for d in sorted(found, key=lambda d: int(d.split("-")[1]))]
+
+
+def resolve_resume_checkpoint(output_dir: str, resume_from_checkpoint: str):
+    """``--resume_from_checkpoint`` → a checkpoint folder, or None to start fresh. ``"latest"`` is the newest
+    complete checkpoint in ``output_dir`` (None if there is none); anything else must be an existing checkpoint
+    folder (a path, or a name under ``output_dir``)."""
+    import os
+
+    from .errors import TrainingScriptError
+
+    if not resume_from_checkpoint:
+        return None
+    if resume_from_checkpoint == "latest":
+        found = checkpoint_folders(output_dir)
+        return found[-1] if found else None
+    for path in (resume_from_checkpoint, os.path.join(output_dir, resume_from_checkpoint)):
+        if os.path.isdir(path) and os.path.basename(os.path.normpath(path)).startswith("checkpoint-"):
+            return path
+    raise TrainingScriptError(
+        f"--resume_from_checkpoint: expected 'latest' or an existing checkpoint-<step> folder, found "
+        f"{resume_from_checkpoint!r} (looked in {output_dir!r} too)"
+    )
+
+
+def check_output_dir(output_dir: str, resume_from_checkpoint) -> None:
+    """Refuse to start a new run in a folder that holds another run's checkpoints: a later ``latest`` would
+    resume from them."""
+    from .errors import TrainingScriptError
+
+    if not resume_from_checkpoint and checkpoint_folders(output_dir):
+        names = ", ".join(os.path.basename(p) for p in checkpoint_folders(output_dir))
+        raise TrainingScriptError(
+            f"--output_dir {output_dir!r}: expected no checkpoints of an earlier run, found {names}; pass "
+            "--resume_from_checkpoint latest to continue it, or choose a new --output_dir"
+        )
+
+
+def save_checkpoint(accelerator, output_dir: str, step: int, total_limit=None) -> str:
+    """``accelerator.save_state`` into a hidden folder, renamed to ``checkpoint-<step>`` once every process has
+    written its part; only then are the oldest checkpoints beyond ``total_limit`` deleted (a crash during a save
+    never leaves fewer complete checkpoints than before). Call on every process."""
+    import shutil
+
+    path = os.path.join(output_dir, f"checkpoint-{step}")
+    tmp = os.path.join(output_dir, f".checkpoint-{step}.tmp")
+    if accelerator.is_main_process and os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(tmp)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        if total_limit is not None:
+            for old in checkpoint_folders(output_dir)[:-total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def save_pretrained_into(obj, output_dir: str, marker: str) -> None:
+    """``obj.save_pretrained`` into ``output_dir`` (which may hold checkpoints too): written to a hidden folder
+    first, then moved in entry by entry with ``marker`` (``config.json`` / ``model_index.json``) last, so a folder
+    with the marker is complete."""
+    import shutil
+    import tempfile
+
+    os.makedirs(output_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".save-", dir=output_dir)
+    try:
+        obj.save_pretrained(tmp)
+        marker_path = os.path.join(output_dir, marker)
+        if os.path.exists(marker_path):
+            os.remove(marker_path)
+        names = sorted(os.listdir(tmp), key=lambda name: name == marker)
+        for name in names:
+            dest = os.path.join(output_dir, name)
+            if os.path.isdir(dest):
+                shutil.rmtree(dest)
+            os.replace(os.path.join(tmp, name), dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

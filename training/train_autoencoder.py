@@ -2,79 +2,274 @@
 """Train p-diff's parameter autoencoder on a checkpoint dataset with Accelerate.
 
     accelerate launch training/train_autoencoder.py \
-        --checkpoint_dataset pdiff-checkpoints --output_dir pdiff-autoencoder \
-        --max_train_steps 2000 --train_batch_size 50 --use_ema --checkpointing_steps 500
+        --dataset_name pdiff-checkpoints/checkpoints --output_dir pdiff-autoencoder \
+        --checkpointing_steps 100 --resume_from_checkpoint latest
 
-Writes ``<output_dir>/autoencoder`` (a ``ParameterAutoencoder`` folder with normalization statistics and latent
-scaling; written atomically, EMA weights when ``--use_ema``) and resumable ``<output_dir>/checkpoint-<step>``
-folders. Pass the autoencoder to ``training/train_ldm.py --pretrained_autoencoder``. Also runs as plain
-``python training/train_autoencoder.py ...``.
+    # data parallel on a CPU-only machine (two gloo processes):
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 training/train_autoencoder.py ...
+
+The autoencoder is saved at ``--output_dir`` itself (``ParameterAutoencoder.from_pretrained(output_dir)``), next to
+resumable ``checkpoint-<step>`` folders; pass it to ``training/train_ldm.py --pretrained_autoencoder_name_or_path``.
+The defaults are :class:`pdiff_hf.PDiffConfig`'s, so this script followed by ``train_ldm.py`` trains the same
+weights as ``pdiff_hf.fit_pdiff`` in one process. Also runs as plain ``python training/train_autoencoder.py ...``.
 """
 
+import argparse
+import logging
+import math
 import os
+import signal
 import sys
-from typing import List, Optional
 
+import torch
+from accelerate import Accelerator
 from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
 
-from pdiff_hf.accelerate_loop import (
-    ArgumentParser,
-    add_accelerate_args,
-    add_autoencoder_model_args,
-    add_data_args,
-    add_hub_args,
-    add_stage_args,
-    load_checkpoint_dataset,
-    make_accelerator,
-    resolve_resume,
-    run_autoencoder_stage,
-    run_script,
-    stage_config,
-    validate_args,
+from pdiff_hf.checkpoints import checkpoint_params, get_layout, load_checkpoint_dataset
+from pdiff_hf.errors import PDiffError
+from pdiff_hf.models import ParameterAutoencoder
+from pdiff_hf.training_utils import (
+    PDiffConfig,
+    autoencoder_loss,
+    build_autoencoder,
+    check_output_dir,
+    check_training_args,
+    make_dataloader,
+    resolve_resume_checkpoint,
+    save_checkpoint,
+    save_pretrained_into,
+    tracker_config,
 )
 
 logger = get_logger(__name__)
+DEFAULTS = PDiffConfig()
 
 
-def parse_args(argv: Optional[List[str]] = None):
-    parser = ArgumentParser(
-        prog="train_autoencoder.py", description="Train the p-diff parameter autoencoder (Accelerate)."
-    )
-    add_data_args(parser, default_output_dir="pdiff-autoencoder")
-    add_autoencoder_model_args(parser)
-    add_stage_args(parser, what="autoencoder", learning_rate=1e-3, max_train_steps=2000, lr_warmup_steps=50)
-    add_accelerate_args(parser)
-    add_hub_args(parser)
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Train the p-diff parameter autoencoder (Accelerate).")
+    parser.add_argument("--dataset_name", type=str, required=True,
+                        help="A checkpoint dataset: a save_to_disk folder or a Hub dataset repo id.")
+    parser.add_argument("--dataset_config_name", type=str, default=None, help="Config of a Hub checkpoint dataset.")
+    parser.add_argument("--dataset_split", type=str, default=None, help="Split of a DatasetDict (default: train).")
+    parser.add_argument("--cache_dir", type=str, default=None, help="Where Hub datasets are cached.")
+    parser.add_argument("--output_dir", type=str, default="pdiff-autoencoder")
+    parser.add_argument("--logging_dir", type=str, default="logs", help="Relative to --output_dir.")
+    parser.add_argument("--seed", type=int, default=0)
+    # model
+    parser.add_argument("--block_out_channels", type=int, nargs="+", default=[16, 32, 32])
+    parser.add_argument("--patch_size", type=int, default=1,
+                        help="Entries per position of the first convolution; ~D/512 for long vectors.")
+    parser.add_argument("--latent_channels", type=int, default=4)
+    parser.add_argument("--input_noise", type=float, default=0.001, help="p-diff's input noise augmentation (std).")
+    parser.add_argument("--latent_noise", type=float, default=0.1, help="p-diff's latent noise augmentation (std).")
+    parser.add_argument("--norm_mode", type=str, default="per_dimension", choices=["per_dimension", "per_tensor"])
+    # optimization
+    parser.add_argument("--train_batch_size", type=int, default=64, help="Batch size per process.")
+    parser.add_argument("--num_train_epochs", type=int, default=None)
+    parser.add_argument("--max_train_steps", type=int, default=500, help="Overrides --num_train_epochs when set.")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--lr_scheduler", type=str, default="cosine",
+                        help='"linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"')
+    parser.add_argument("--lr_warmup_steps", type=int, default=50)
+    parser.add_argument("--adam_beta1", type=float, default=0.9)
+    parser.add_argument("--adam_beta2", type=float, default=0.999)
+    parser.add_argument("--adam_weight_decay", type=float, default=2e-6)
+    parser.add_argument("--adam_epsilon", type=float, default=1e-8)
+    parser.add_argument("--max_grad_norm", type=float, default=None, help="Clip gradients to this norm (off).")
+    parser.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=False,
+                        help="Keep an EMA of the weights and save it (off for the autoencoder by default).")
+    parser.add_argument("--ema_max_decay", type=float, default=0.995)
+    parser.add_argument("--ema_power", type=float, default=2 / 3)
+    parser.add_argument("--ema_inv_gamma", type=float, default=1.0)
+    parser.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"])
+    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    # checkpoints, logging, Hub
+    parser.add_argument("--checkpointing_steps", type=int, default=500)
+    parser.add_argument("--checkpoints_total_limit", type=int, default=None)
+    parser.add_argument("--resume_from_checkpoint", type=str, default=None,
+                        help='"latest" or a checkpoint-<step> folder.')
+    parser.add_argument("--report_to", type=str, default="tensorboard")
+    parser.add_argument("--tracker_project_name", type=str, default="pdiff-autoencoder")
+    parser.add_argument("--push_to_hub", action="store_true")
+    parser.add_argument("--hub_model_id", type=str, default=None)
+    parser.add_argument("--hub_token", type=str, default=None)
+    parser.add_argument("--hub_private_repo", action="store_true")
     args = parser.parse_args(argv)
-    return validate_args(args, needs_hub_module=False)
+    check_training_args(args)
+    return args
 
 
-def main(args) -> int:
-    _, params, layout = load_checkpoint_dataset(args.checkpoint_dataset, args.checkpoint_dataset_split)
-    cfg = stage_config(args, "autoencoder", checkpoint_dir=args.output_dir)
-    cfg.resume_from = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+def main(args):
+    resume_path = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    check_output_dir(args.output_dir, args.resume_from_checkpoint)
+    dataset = load_checkpoint_dataset(
+        args.dataset_name, args.dataset_config_name, split=args.dataset_split, cache_dir=args.cache_dir
+    )
+    layout = get_layout(dataset)
+    params = checkpoint_params(dataset)  # (N, D)
 
-    accelerator = make_accelerator(args, "pdiff_autoencoder")
-    logger.info("checkpoint dataset %s: %d checkpoints, %s", args.checkpoint_dataset, params.shape[0], layout.describe())
-    if args.resume_from_checkpoint and cfg.resume_from is None:
-        logger.info("no checkpoint to resume from in %s; starting a new run", args.output_dir)
-    final_dir = os.path.join(args.output_dir, "autoencoder")
-    ae = run_autoencoder_stage(accelerator, args, params, layout, cfg, final_dir, release=False)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)
+        ),
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    logger.info(accelerator.state, main_process_only=False)
+    logger.info(f"checkpoint dataset {args.dataset_name}: {params.shape[0]} checkpoints, {layout.describe()}")
 
-    if accelerator.is_main_process:
-        err = (ae.latents_to_params(ae.params_to_latents(params.to(ae.device))).cpu() - params).pow(2).mean()
-        logger.info("reconstruction MSE on the training checkpoints: %.4g", float(err))
-        if args.push_to_hub:
-            logger.info("pushing the autoencoder to the Hub repository %s", args.hub_model_id)
-            ae.push_to_hub(args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
+    # Model, with normalization statistics from all checkpoints (identical on every process).
+    set_seed(args.seed)
+    config = PDiffConfig(
+        ae_block_out_channels=tuple(args.block_out_channels), ae_patch_size=args.patch_size,
+        latent_channels=args.latent_channels, input_noise=args.input_noise, latent_noise=args.latent_noise,
+        norm_mode=args.norm_mode,
+    )
+    autoencoder = build_autoencoder(layout, config)
+    autoencoder.fit_normalization(params)
+    ema_model = None
+    if args.use_ema:
+        ema_model = EMAModel(
+            autoencoder.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=args.ema_inv_gamma,
+            power=args.ema_power, model_cls=ParameterAutoencoder, model_config=autoencoder.config,
+        )
+
+    # Checkpoints hold the model (and its EMA) as save_pretrained folders: safetensors, readable without this script.
+    def save_model_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            if ema_model is not None:
+                with torch.random.fork_rng(devices=[]):  # it builds a model: saving must not move the RNG
+                    ema_model.save_pretrained(os.path.join(output_dir, "autoencoder_ema"))
+            for model in models:
+                model.save_pretrained(os.path.join(output_dir, "autoencoder"))
+                weights.pop()
+
+    def load_model_hook(models, input_dir):
+        if ema_model is not None:
+            loaded = EMAModel.from_pretrained(os.path.join(input_dir, "autoencoder_ema"), ParameterAutoencoder)
+            ema_model.load_state_dict(loaded.state_dict())
+            ema_model.to(accelerator.device)
+        while models:
+            model = models.pop()
+            loaded = ParameterAutoencoder.from_pretrained(input_dir, subfolder="autoencoder")
+            model.load_state_dict(loaded.state_dict())
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+    train_dataloader = make_dataloader(
+        autoencoder.normalize(params), args.train_batch_size, seed=args.seed, num_workers=args.dataloader_num_workers
+    )
+    sampler = train_dataloader.sampler
+    optimizer = torch.optim.AdamW(
+        autoencoder.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+    )
+    num_update_steps_per_epoch = math.ceil(
+        math.ceil(len(train_dataloader) / accelerator.num_processes) / args.gradient_accumulation_steps
+    )
+    max_train_steps = args.max_train_steps or args.num_train_epochs * num_update_steps_per_epoch
+    num_train_epochs = math.ceil(max_train_steps / num_update_steps_per_epoch)
+    # The prepared scheduler steps once per process per optimizer step, as in diffusers' examples.
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+    )
+    autoencoder, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
+        autoencoder, optimizer, train_dataloader, lr_scheduler
+    )
+    if ema_model is not None:
+        ema_model.to(accelerator.device)
+    if accelerator.is_main_process and args.report_to != "none":
+        accelerator.init_trackers(args.tracker_project_name, config=tracker_config(args))
+
+    global_step, first_epoch, resume_step = 0, 0, 0
+    if resume_path:
+        logger.info(f"resuming from {resume_path}")
+        accelerator.load_state(resume_path)
+        global_step = int(os.path.basename(os.path.normpath(resume_path)).split("-")[1])
+        first_epoch = global_step // num_update_steps_per_epoch
+        resume_step = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
+    else:
+        set_seed(args.seed, device_specific=True)  # different augmentation noise on every process
+
+    # Ctrl-C / SIGTERM: finish the step, save a checkpoint on every process, exit with 130.
+    stop = {"requested": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.update(requested=True))
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+
+    logger.info(f"***** training the autoencoder: {max_train_steps} steps, {num_train_epochs} epochs, batch "
+                f"{args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps} *****")
+    progress_bar = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process)
+    autoencoder.train()
+    for epoch in range(first_epoch, num_train_epochs):
+        loader = train_dataloader
+        if epoch == first_epoch and resume_step:
+            loader = accelerator.skip_first_batches(train_dataloader, resume_step)
+        loader.set_epoch(epoch)
+        sampler.set_epoch(epoch)  # with several processes, accelerate's loader does not pass the epoch on
+        for batch in loader:
+            with accelerator.accumulate(autoencoder):
+                loss = autoencoder_loss(autoencoder, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(autoencoder.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            if ema_model is not None:
+                ema_model.step(autoencoder.parameters())
+            global_step += 1
+            progress_bar.update(1)
+            logs = {"loss": accelerator.reduce(loss.detach(), "mean").item(), "lr": lr_scheduler.get_last_lr()[0]}
+            progress_bar.set_postfix(**logs)
+            accelerator.log(logs, step=global_step)
+            if stop["requested"]:
+                accelerator.set_trigger()
+            interrupted = accelerator.check_trigger()
+            if global_step % args.checkpointing_steps == 0 or interrupted:
+                path = save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+                logger.info(f"saved state to {path}")
+            if interrupted:
+                logger.warning(f"interrupted at step {global_step}; resume with --resume_from_checkpoint latest")
+                accelerator.end_training()
+                return 130
+            if global_step >= max_train_steps:
+                break
+        if global_step >= max_train_steps:
+            break
+    progress_bar.close()
+
+    # Save the (EMA) weights with the latent scaling of the training checkpoints.
     accelerator.wait_for_everyone()
+    autoencoder = accelerator.unwrap_model(autoencoder)
+    if ema_model is not None:
+        ema_model.copy_to(autoencoder.parameters())
+    autoencoder.eval()
+    autoencoder.set_latent_scaling(params.to(accelerator.device))
+    if accelerator.is_main_process:
+        save_pretrained_into(autoencoder.to("cpu"), args.output_dir, marker="config.json")
+        reconstruction = autoencoder.latents_to_params(autoencoder.params_to_latents(params))
+        logger.info(f"saved the autoencoder to {args.output_dir}; reconstruction MSE on the training checkpoints "
+                    f"{float((reconstruction - params).pow(2).mean()):.4g}")
+        if args.push_to_hub:
+            autoencoder.push_to_hub(args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
     accelerator.end_training()
     return 0
 
 
-def cli(argv: Optional[List[str]] = None) -> int:
-    return run_script(main, parse_args, argv, prog="train_autoencoder.py")
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    try:
+        sys.exit(main(parse_args()))
+    except PDiffError as err:
+        print(f"{os.path.basename(__file__)}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.exit(2)

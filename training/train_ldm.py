@@ -1,200 +1,316 @@
 #!/usr/bin/env python
-"""Train p-diff end to end with Accelerate: the parameter autoencoder (unless ``--pretrained_autoencoder``), then
-the latent denoiser, and save a complete ``PDiffPipeline``.
+"""Train p-diff's latent denoiser with Accelerate on the latents of a trained parameter autoencoder, and save a
+``PDiffPipeline`` at ``--output_dir``.
 
-    accelerate launch training/train_ldm.py \
-        --checkpoint_dataset pdiff-checkpoints --output_dir pdiff-ldm \
-        --ae_max_train_steps 2000 --max_train_steps 2000 --use_ema --checkpointing_steps 500
+    accelerate launch training/train_autoencoder.py --dataset_name ckpts/checkpoints --output_dir pdiff-autoencoder
+    accelerate launch training/train_ldm.py --dataset_name ckpts/checkpoints \
+        --pretrained_autoencoder_name_or_path pdiff-autoencoder --output_dir pdiff-ldm \
+        --checkpointing_steps 100 --resume_from_checkpoint latest
 
     # data parallel on a CPU-only machine (two gloo processes):
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 training/train_ldm.py ...
 
-Output folder:
-
-* ``pipeline/`` — the ``PDiffPipeline`` (``PDiffPipeline.from_pretrained(<output_dir>/pipeline)``) with a
-  DPM-Solver++ sampling scheduler; written to a hidden sibling folder and renamed into place at the very end, so it
-  exists only when complete.
-* ``autoencoder/`` — the trained autoencoder (when trained here); ``autoencoder_checkpoints/checkpoint-<step>`` —
-  its resumable checkpoints.
-* ``checkpoint-<step>`` — resumable checkpoints of the denoiser (``--resume_from_checkpoint latest`` resumes
-  whichever stage was running).
-* ``logs/`` — TensorBoard logs (``--report_to tensorboard``).
-
-Also runs as plain ``python training/train_ldm.py ...`` (one process).
+Then ``PDiffPipeline.from_pretrained("pdiff-ldm")``. Resumable ``checkpoint-<step>`` folders sit next to the
+pipeline. The defaults are :class:`pdiff_hf.PDiffConfig`'s, so ``train_autoencoder.py`` followed by this script
+trains the same weights as ``pdiff_hf.fit_pdiff`` in one process. Also runs as plain ``python training/train_ldm.py``.
 """
 
+import argparse
+import logging
+import math
+import os
+import signal
 import sys
-from pathlib import Path
-from typing import List, Optional
 
 import torch
+from accelerate import Accelerator
 from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
 
-from pdiff_hf.accelerate_loop import (
-    ArgumentParser,
-    TrainingScriptError,
-    add_accelerate_args,
-    add_autoencoder_model_args,
-    add_data_args,
-    add_hub_args,
-    add_stage_args,
-    load_checkpoint_dataset,
-    load_pretrained_autoencoder,
-    make_accelerator,
-    push_to_hub,
-    read_checkpoint_marker,
-    resolve_resume,
-    run_autoencoder_stage,
-    run_denoiser_stage,
-    run_script,
-    save_pretrained_atomically,
-    stage_config,
-    validate_args,
+from pdiff_hf.checkpoints import checkpoint_params, check_dataset_layout, load_checkpoint_dataset
+from pdiff_hf.errors import PDiffError, TrainingScriptError
+from pdiff_hf.models import LatentUNet1DModel, ParameterAutoencoder
+from pdiff_hf.pipelines import PDiffPipeline
+from pdiff_hf.training_utils import (
+    PDiffConfig,
+    build_denoiser,
+    check_output_dir,
+    check_training_args,
+    denoiser_loss,
+    make_dataloader,
+    noise_scheduler_for,
+    resolve_resume_checkpoint,
+    sampling_scheduler_for,
+    save_checkpoint,
+    save_pretrained_into,
+    tracker_config,
 )
 
 logger = get_logger(__name__)
 
 
-def parse_args(argv: Optional[List[str]] = None):
-    parser = ArgumentParser(
-        prog="train_ldm.py", description="Train a p-diff latent diffusion model and save a PDiffPipeline (Accelerate)."
-    )
-    add_data_args(parser, default_output_dir="pdiff-ldm")
-    parser.add_argument(
-        "--pretrained_autoencoder",
-        type=str,
-        default=None,
-        help="Folder of a trained ParameterAutoencoder (e.g. from train_autoencoder.py); otherwise one is trained first.",
-    )
-    add_autoencoder_model_args(parser)
-    group = parser.add_argument_group("denoiser model and diffusion objective")
-    group.add_argument("--denoiser_block_out_channels", type=int, nargs="+", default=[32, 64])
-    group.add_argument("--layers_per_block", type=int, default=1)
-    group.add_argument("--num_train_timesteps", type=int, default=1000)
-    group.add_argument("--beta_schedule", type=str, default="linear", choices=["linear", "scaled_linear", "squaredcos_cap_v2"])
-    group.add_argument(
-        "--prediction_type", type=str, default="sample", choices=["epsilon", "sample", "v_prediction"],
-        help="What the denoiser predicts; 'sample' (x0) kept every demo sample on the checkpoint manifold after short "
-        "training, where 'epsilon' left about 8%% off it.",
-    )
-    group.add_argument(
-        "--num_validation_models",
-        type=int,
-        default=4,
-        help="Parameter vectors sampled from the finished pipeline as a sanity check (0 to skip).",
-    )
-    group.add_argument("--num_inference_steps", type=int, default=25, help="Sampling steps for the sanity check.")
-    add_stage_args(parser, what="denoiser", learning_rate=1e-3, max_train_steps=2000, lr_warmup_steps=50)
-    add_stage_args(
-        parser, prefix="ae_", what="autoencoder", learning_rate=1e-3, max_train_steps=2000, lr_warmup_steps=50, full=False
-    )
-    add_accelerate_args(parser)
-    add_hub_args(parser)
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Train the p-diff latent denoiser and save a PDiffPipeline.")
+    parser.add_argument("--dataset_name", type=str, required=True,
+                        help="A checkpoint dataset: a save_to_disk folder or a Hub dataset repo id.")
+    parser.add_argument("--dataset_config_name", type=str, default=None, help="Config of a Hub checkpoint dataset.")
+    parser.add_argument("--dataset_split", type=str, default=None, help="Split of a DatasetDict (default: train).")
+    parser.add_argument("--cache_dir", type=str, default=None, help="Where Hub datasets and models are cached.")
+    parser.add_argument("--pretrained_autoencoder_name_or_path", type=str, required=True,
+                        help="A trained ParameterAutoencoder: the --output_dir of train_autoencoder.py or a Hub id.")
+    parser.add_argument("--output_dir", type=str, default="pdiff-ldm")
+    parser.add_argument("--logging_dir", type=str, default="logs", help="Relative to --output_dir.")
+    parser.add_argument("--seed", type=int, default=0)
+    # model and diffusion objective
+    parser.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--layers_per_block", type=int, default=1)
+    parser.add_argument("--num_train_timesteps", type=int, default=1000)
+    parser.add_argument("--beta_schedule", type=str, default="linear",
+                        choices=["linear", "scaled_linear", "squaredcos_cap_v2"])
+    parser.add_argument("--prediction_type", type=str, default="sample", choices=["epsilon", "sample", "v_prediction"],
+                        help="What the denoiser predicts; 'sample' (x0) kept every demo sample on the checkpoint "
+                        "manifold after short training, 'epsilon' left about 8%% off it.")
+    # optimization
+    parser.add_argument("--train_batch_size", type=int, default=64, help="Batch size per process.")
+    parser.add_argument("--num_train_epochs", type=int, default=None)
+    parser.add_argument("--max_train_steps", type=int, default=600, help="Overrides --num_train_epochs when set.")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--learning_rate", type=float, default=3e-3)
+    parser.add_argument("--lr_scheduler", type=str, default="cosine",
+                        help='"linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"')
+    parser.add_argument("--lr_warmup_steps", type=int, default=50)
+    parser.add_argument("--adam_beta1", type=float, default=0.9)
+    parser.add_argument("--adam_beta2", type=float, default=0.999)
+    parser.add_argument("--adam_weight_decay", type=float, default=2e-6)
+    parser.add_argument("--adam_epsilon", type=float, default=1e-8)
+    parser.add_argument("--max_grad_norm", type=float, default=None, help="Clip gradients to this norm (off).")
+    parser.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
+                        help="Keep an EMA of the weights and save it (--no-use_ema to turn off).")
+    parser.add_argument("--ema_max_decay", type=float, default=0.995)
+    parser.add_argument("--ema_power", type=float, default=2 / 3)
+    parser.add_argument("--ema_inv_gamma", type=float, default=1.0)
+    parser.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"])
+    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    # sanity check of the finished pipeline
+    parser.add_argument("--num_validation_models", type=int, default=4, help="Models sampled at the end (0: none).")
+    parser.add_argument("--num_inference_steps", type=int, default=25)
+    # checkpoints, logging, Hub
+    parser.add_argument("--checkpointing_steps", type=int, default=500)
+    parser.add_argument("--checkpoints_total_limit", type=int, default=None)
+    parser.add_argument("--resume_from_checkpoint", type=str, default=None,
+                        help='"latest" or a checkpoint-<step> folder.')
+    parser.add_argument("--report_to", type=str, default="tensorboard")
+    parser.add_argument("--tracker_project_name", type=str, default="pdiff-ldm")
+    parser.add_argument("--push_to_hub", action="store_true")
+    parser.add_argument("--hub_model_id", type=str, default=None)
+    parser.add_argument("--hub_token", type=str, default=None)
+    parser.add_argument("--hub_private_repo", action="store_true")
     args = parser.parse_args(argv)
-    validate_args(args, stage_prefixes=("", "ae_"))
-    if args.num_train_timesteps < 1 or args.num_inference_steps < 1 or args.num_validation_models < 0:
-        raise TrainingScriptError("--num_train_timesteps and --num_inference_steps must be >= 1, --num_validation_models >= 0")
+    check_training_args(args)
+    if args.num_train_timesteps < 2:
+        raise TrainingScriptError(f"--num_train_timesteps: expected a value >= 2, found {args.num_train_timesteps}")
+    if not 1 <= args.num_inference_steps <= args.num_train_timesteps:
+        raise TrainingScriptError(
+            f"--num_inference_steps: expected a value in [1, --num_train_timesteps={args.num_train_timesteps}], "
+            f"found {args.num_inference_steps}"
+        )
+    if args.num_validation_models < 0:
+        raise TrainingScriptError(f"--num_validation_models: expected a value >= 0, found {args.num_validation_models}")
     return args
 
 
-def plan_stages(args, layout):
-    """Decide where the autoencoder comes from and which checkpoints each stage resumes from.
-
-    Returns ``(autoencoder or None, ae_resume, denoiser_resume)``; ``autoencoder`` is None when it is trained here.
-    """
-    out = Path(args.output_dir)
-    ae_dir, ae_ckpts = out / "autoencoder", out / "autoencoder_checkpoints"
-    resume = args.resume_from_checkpoint
-    if args.pretrained_autoencoder:
-        ae = load_pretrained_autoencoder(args.pretrained_autoencoder, layout)
-        if resume and resume != "latest":
-            path = resolve_resume(resume, str(out))
-            if read_checkpoint_marker(path).get("stage") != "denoiser":
-                raise TrainingScriptError(
-                    f"--resume_from_checkpoint {resume!r} is an autoencoder checkpoint, but --pretrained_autoencoder "
-                    "is given; resume a denoiser checkpoint-<step> instead"
-                )
-            return ae, None, path
-        return ae, None, resolve_resume(resume, str(out))
-    if not resume:
-        return None, None, None
-    finished_ae = (ae_dir / "config.json").is_file()
-    if resume == "latest":
-        if finished_ae:
-            return load_pretrained_autoencoder(str(ae_dir), layout), None, resolve_resume("latest", str(out))
-        return None, resolve_resume("latest", str(ae_ckpts)), None
-    candidates = [Path(resume), out / resume, ae_ckpts / resume]
-    path = next((p for p in candidates if p.is_dir()), None)
-    if path is None:
+def main(args):
+    resume_path = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    check_output_dir(args.output_dir, args.resume_from_checkpoint)
+    try:
+        autoencoder = ParameterAutoencoder.from_pretrained(args.pretrained_autoencoder_name_or_path, cache_dir=args.cache_dir)
+    except (OSError, ValueError) as err:
+        if isinstance(err, PDiffError):
+            raise
         raise TrainingScriptError(
-            f"--resume_from_checkpoint {resume!r} does not exist (looked at {', '.join(str(c) for c in candidates)}); "
-            "pass 'latest' or an existing checkpoint-<step> folder"
+            f"--pretrained_autoencoder_name_or_path: expected a ParameterAutoencoder folder or repo, found "
+            f"{args.pretrained_autoencoder_name_or_path!r} ({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})"
+        ) from err
+    dataset = load_checkpoint_dataset(
+        args.dataset_name, args.dataset_config_name, split=args.dataset_split, cache_dir=args.cache_dir
+    )
+    check_dataset_layout(dataset, autoencoder.param_layout, what=f"the autoencoder {args.pretrained_autoencoder_name_or_path}")
+    params = checkpoint_params(dataset)  # (N, D)
+
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)
+        ),
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    logger.info(accelerator.state, main_process_only=False)
+
+    # Clean latents (N, C, L) of every checkpoint: the autoencoder is frozen and deterministic in eval mode.
+    autoencoder.eval().requires_grad_(False)
+    latents = autoencoder.params_to_latents(params).float()
+    logger.info(f"{params.shape[0]} checkpoints of D={params.shape[1]} -> latents {tuple(latents.shape[1:])}")
+
+    set_seed(args.seed)
+    config = PDiffConfig(
+        denoiser_block_out_channels=tuple(args.block_out_channels), layers_per_block=args.layers_per_block,
+        num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule,
+        prediction_type=args.prediction_type,
+    )
+    denoiser = build_denoiser(autoencoder, config)
+    noise_scheduler = noise_scheduler_for(denoiser)
+    ema_model = None
+    if args.use_ema:
+        ema_model = EMAModel(
+            denoiser.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=args.ema_inv_gamma,
+            power=args.ema_power, model_cls=LatentUNet1DModel, model_config=denoiser.config,
         )
-    stage = read_checkpoint_marker(path).get("stage")
-    if stage == "autoencoder":
-        return None, path, None
-    if not finished_ae:
-        raise TrainingScriptError(
-            f"--resume_from_checkpoint {resume!r} is a denoiser checkpoint, but {ae_dir} does not exist; pass the "
-            "autoencoder it was trained with as --pretrained_autoencoder"
-        )
-    return load_pretrained_autoencoder(str(ae_dir), layout), None, path
 
+    # Checkpoints hold the denoiser (and its EMA) as save_pretrained folders: safetensors, readable without this script.
+    def save_model_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            if ema_model is not None:
+                with torch.random.fork_rng(devices=[]):  # it builds a model: saving must not move the RNG
+                    ema_model.save_pretrained(os.path.join(output_dir, "denoiser_ema"))
+            for model in models:
+                model.save_pretrained(os.path.join(output_dir, "denoiser"))
+                weights.pop()
 
-def main(args) -> int:
-    from pdiff_hf.pipelines import PDiffPipeline
-    from pdiff_hf.training import sampling_scheduler_for
+    def load_model_hook(models, input_dir):
+        if ema_model is not None:
+            loaded = EMAModel.from_pretrained(os.path.join(input_dir, "denoiser_ema"), LatentUNet1DModel)
+            ema_model.load_state_dict(loaded.state_dict())
+            ema_model.to(accelerator.device)
+        while models:
+            model = models.pop()
+            loaded = LatentUNet1DModel.from_pretrained(input_dir, subfolder="denoiser")
+            model.load_state_dict(loaded.state_dict())
 
-    _, params, layout = load_checkpoint_dataset(args.checkpoint_dataset, args.checkpoint_dataset_split)
-    ae, ae_resume, denoiser_resume = plan_stages(args, layout)
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
 
-    accelerator = make_accelerator(args, "pdiff_ldm")
-    logger.info("checkpoint dataset %s: %d checkpoints, %s", args.checkpoint_dataset, params.shape[0], layout.describe())
-    if args.resume_from_checkpoint == "latest" and ae_resume is None and denoiser_resume is None:
-        logger.info("no checkpoint to resume from in %s; starting the remaining stages from scratch", args.output_dir)
+    train_dataloader = make_dataloader(latents, args.train_batch_size, seed=args.seed, num_workers=args.dataloader_num_workers)
+    sampler = train_dataloader.sampler
+    optimizer = torch.optim.AdamW(
+        denoiser.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+    )
+    num_update_steps_per_epoch = math.ceil(
+        math.ceil(len(train_dataloader) / accelerator.num_processes) / args.gradient_accumulation_steps
+    )
+    max_train_steps = args.max_train_steps or args.num_train_epochs * num_update_steps_per_epoch
+    num_train_epochs = math.ceil(max_train_steps / num_update_steps_per_epoch)
+    # The prepared scheduler steps once per process per optimizer step, as in diffusers' examples.
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+    )
+    denoiser, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
+        denoiser, optimizer, train_dataloader, lr_scheduler
+    )
+    if ema_model is not None:
+        ema_model.to(accelerator.device)
+    if accelerator.is_main_process and args.report_to != "none":
+        accelerator.init_trackers(args.tracker_project_name, config=tracker_config(args))
 
-    out = Path(args.output_dir)
-    if ae is None:
-        ae_cfg = stage_config(args, "autoencoder", checkpoint_dir=str(out / "autoencoder_checkpoints"), prefix="ae_")
-        ae_cfg.resume_from = ae_resume
-        ae = run_autoencoder_stage(accelerator, args, params, layout, ae_cfg, str(out / "autoencoder"))
+    global_step, first_epoch, resume_step = 0, 0, 0
+    if resume_path:
+        logger.info(f"resuming from {resume_path}")
+        accelerator.load_state(resume_path)
+        global_step = int(os.path.basename(os.path.normpath(resume_path)).split("-")[1])
+        first_epoch = global_step // num_update_steps_per_epoch
+        resume_step = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
     else:
-        source = args.pretrained_autoencoder or out / "autoencoder"
-        logger.info("using the trained autoencoder %s (training the denoiser only)", source)
+        set_seed(args.seed, device_specific=True)  # different diffusion noise on every process
 
-    dn_cfg = stage_config(args, "denoiser", checkpoint_dir=str(out))
-    dn_cfg.resume_from = denoiser_resume
-    denoiser = run_denoiser_stage(accelerator, args, ae, params, dn_cfg)
+    # Ctrl-C / SIGTERM: finish the step, save a checkpoint on every process, exit with 130.
+    stop = {"requested": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.update(requested=True))
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
 
+    logger.info(f"***** training the denoiser: {max_train_steps} steps, {num_train_epochs} epochs, batch "
+                f"{args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps} *****")
+    progress_bar = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process)
+    denoiser.train()
+    for epoch in range(first_epoch, num_train_epochs):
+        loader = train_dataloader
+        if epoch == first_epoch and resume_step:
+            loader = accelerator.skip_first_batches(train_dataloader, resume_step)
+        loader.set_epoch(epoch)
+        sampler.set_epoch(epoch)  # with several processes, accelerate's loader does not pass the epoch on
+        for batch in loader:
+            with accelerator.accumulate(denoiser):
+                loss = denoiser_loss(denoiser, noise_scheduler, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(denoiser.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            if ema_model is not None:
+                ema_model.step(denoiser.parameters())
+            global_step += 1
+            progress_bar.update(1)
+            logs = {"loss": accelerator.reduce(loss.detach(), "mean").item(), "lr": lr_scheduler.get_last_lr()[0]}
+            progress_bar.set_postfix(**logs)
+            accelerator.log(logs, step=global_step)
+            if stop["requested"]:
+                accelerator.set_trigger()
+            interrupted = accelerator.check_trigger()
+            if global_step % args.checkpointing_steps == 0 or interrupted:
+                path = save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+                logger.info(f"saved state to {path}")
+            if interrupted:
+                logger.warning(f"interrupted at step {global_step}; resume with --resume_from_checkpoint latest")
+                accelerator.end_training()
+                return 130
+            if global_step >= max_train_steps:
+                break
+        if global_step >= max_train_steps:
+            break
+    progress_bar.close()
+
+    # Assemble the pipeline with the (EMA) weights, sample a few models as a check, save it at --output_dir.
+    accelerator.wait_for_everyone()
+    denoiser = accelerator.unwrap_model(denoiser)
+    if ema_model is not None:
+        ema_model.copy_to(denoiser.parameters())
+    denoiser.eval().to("cpu")
+    denoiser.register_to_config(sample_abs_max=round(float(latents.abs().max()), 4))
     if accelerator.is_main_process:
-        ae.to("cpu")
-        denoiser.to("cpu")
-        pipe = PDiffPipeline(autoencoder=ae, denoiser=denoiser, scheduler=sampling_scheduler_for(denoiser, "dpm"))
-        pipe.set_progress_bar_config(disable=True)
+        pipeline = PDiffPipeline(
+            autoencoder=autoencoder.to("cpu"), denoiser=denoiser, scheduler=sampling_scheduler_for(denoiser)
+        )
         if args.num_validation_models:
-            generated = pipe(
-                num_models=args.num_validation_models,
-                num_inference_steps=args.num_inference_steps,
+            pipeline.set_progress_bar_config(disable=True)
+            generated = pipeline(
+                num_models=args.num_validation_models, num_inference_steps=args.num_inference_steps,
                 generator=torch.Generator().manual_seed(args.seed),
             ).params
-            dist = torch.cdist(generated, params).min(dim=1).values
-            logger.info(
-                "sampled %d parameter vectors: finite, mean distance to the nearest training checkpoint %.4g",
-                generated.shape[0],
-                float(dist.mean()),
-            )
-        pipeline_dir = save_pretrained_atomically(pipe, str(out / "pipeline"))
-        logger.info("saved the PDiffPipeline to %s", pipeline_dir)
+            distance = torch.cdist(generated, params).min(dim=1).values.mean()
+            logger.info(f"sampled {generated.shape[0]} models: mean distance to the nearest checkpoint {distance:.4g}")
+        save_pretrained_into(pipeline, args.output_dir, marker="model_index.json")
+        logger.info(f"saved the PDiffPipeline to {args.output_dir}")
         if args.push_to_hub:
-            push_to_hub(pipe, args)
-    accelerator.wait_for_everyone()
+            pipeline.push_to_hub(
+                args.hub_model_id, token=args.hub_token, private=args.hub_private_repo,
+                checkpoint_dataset_id=None if os.path.isdir(args.dataset_name) else args.dataset_name,
+                training_args=tracker_config(args),
+            )
     accelerator.end_training()
     return 0
 
 
-def cli(argv: Optional[List[str]] = None) -> int:
-    return run_script(main, parse_args, argv, prog="train_ldm.py")
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    try:
+        sys.exit(main(parse_args()))
+    except PDiffError as err:
+        print(f"{os.path.basename(__file__)}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.exit(2)
