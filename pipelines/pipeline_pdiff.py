@@ -1,17 +1,20 @@
 """PDiffPipeline: noise → reverse latent diffusion → parameter decoder → new network parameters."""
 
+import copy
 import inspect
+import numbers
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from pdiff_hf.errors import DimensionMismatchError, LayoutMismatchError, SchedulerError
+from pdiff_hf.errors import LayoutMismatchError, PipelineInputError, SchedulerError
 from pdiff_hf.layout import ParamLayout, check_finite
 from pdiff_hf.models.autoencoder import ParameterAutoencoder
 from pdiff_hf.models.denoiser import LatentUNet1DModel
@@ -19,25 +22,63 @@ from pdiff_hf.models.denoiser import LatentUNet1DModel
 # Config keys that define the forward (noising) process; a sampling scheduler must agree with training on them.
 OBJECTIVE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")
 
+# What `output_type` may ask for. "latent" stops before the decoder; the others are made from the decoded parameters
+# by `postprocess`. To add a type: name it here, add a branch to `postprocess`, and say in
+# `PDiffPipelineOutput._vectors` whether `state_dicts()` / `load_into()` can read it.
+OUTPUT_TYPES = ("pt", "np", "latent")
+
+
+def postprocess(samples: torch.Tensor, output_type: str) -> Any:
+    """Turn the end of sampling into what ``output_type`` asks for (the role of diffusers'
+    ``VaeImageProcessor.postprocess``). ``samples`` are the final latents ``(N, C, L)`` for ``"latent"``, else the
+    decoded, de-normalized parameters ``(N, D)`` (float32, CPU)."""
+    if output_type in ("latent", "pt"):
+        return samples
+    if output_type == "np":
+        return samples.numpy()
+    raise PipelineInputError(f"expected output_type in {OUTPUT_TYPES}, found {output_type!r}")
+
 
 @dataclass
 class PDiffPipelineOutput(BaseOutput):
     """
     Args:
-        params (`torch.Tensor` of shape `(num_models, D)`): generated parameter vectors, de-normalized (float32).
-        layout (`ParamLayout`): how each vector maps onto named tensors of the target network.
+        params: what ``output_type`` asked for, one entry per generated model (like diffusers' ``images``):
+            ``"pt"``: `torch.Tensor` `(num_models, D)`, de-normalized parameter vectors (float32);
+            ``"np"``: the same as a `numpy.ndarray`;
+            ``"latent"``: `torch.Tensor` `(num_models, C, L)`, the final latents, not decoded
+            (``pipe.autoencoder.latents_to_params(latents)`` decodes them).
+        layout (`ParamLayout`): how each parameter vector maps onto named tensors of the target network.
+        output_type (`str`): the ``output_type`` that made ``params``.
     """
 
-    params: torch.Tensor
+    params: Any
     layout: Optional[ParamLayout] = None
+    output_type: str = "pt"
 
     def state_dicts(self) -> List[Dict[str, torch.Tensor]]:
         """One partial state dict per generated model (only the selected tensors), for ``load_state_dict(strict=False)``."""
-        return [self._layout().unflatten(p) for p in self.params]
+        return [self._layout().unflatten(p) for p in self._vectors()]
 
     def load_into(self, module: nn.Module, index: int = 0) -> nn.Module:
-        """Write generated model ``index`` into ``module`` (in place) and return it."""
-        return self._layout().load_into(module, self.params[index])
+        """Write generated model ``index`` into ``module`` (in place) and return it. Negative indices count from
+        the end, as for lists."""
+        vectors = self._vectors()
+        n = vectors.shape[0]
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not -n <= index < n:
+            raise PipelineInputError(f"expected a model index in [0, {n}) (or [-{n}, 0)), found {index!r}")
+        return self._layout().load_into(module, vectors[int(index)])
+
+    def _vectors(self) -> torch.Tensor:
+        """``params`` as a ``(num_models, D)`` tensor, for the output types that hold parameter vectors."""
+        if self.output_type == "pt":
+            return self.params
+        if self.output_type == "np":
+            return torch.from_numpy(self.params)
+        raise PipelineInputError(
+            f"expected an output of parameter vectors (output_type 'pt' or 'np'), found output_type "
+            f"{self.output_type!r}; decode latents with pipe.autoencoder.latents_to_params(out.params) first"
+        )
 
     def _layout(self) -> ParamLayout:
         if self.layout is None:
@@ -47,7 +88,8 @@ class PDiffPipelineOutput(BaseOutput):
 
 def check_scheduler(scheduler, denoiser: LatentUNet1DModel) -> None:
     """Raise :class:`SchedulerError` unless ``scheduler`` is a diffusers noise scheduler whose forward process
-    matches the one ``denoiser`` was trained with, and whose sample clipping cannot cut off real latents."""
+    matches the one ``denoiser`` was trained with, whose sample clipping cannot cut off real latents, and whose
+    ``step`` implements the denoiser's prediction type."""
     if not isinstance(scheduler, SchedulerMixin) or not hasattr(scheduler, "step"):
         raise SchedulerError(f"expected a diffusers noise scheduler, found {type(scheduler).__name__}")
     config = scheduler.config
@@ -82,6 +124,32 @@ def check_scheduler(scheduler, denoiser: LatentUNet1DModel) -> None:
         )
     if config.get("thresholding", False):
         raise SchedulerError(f"{type(scheduler).__name__} uses dynamic thresholding, which is meant for images")
+    _check_scheduler_steps(scheduler, denoiser)
+
+
+def _check_scheduler_steps(scheduler, denoiser: LatentUNet1DModel) -> None:
+    """Take one step on a copy of ``scheduler``: some schedulers accept every ``prediction_type`` in their config but
+    implement only some in ``step`` (Euler ancestral, PNDM, KDPM2 … have no x0 / ``"sample"`` prediction), which
+    would otherwise fail only in the middle of sampling."""
+    sample = torch.zeros(1, 1, 1)
+    try:
+        probe = copy.deepcopy(scheduler)
+        probe.set_timesteps(4)  # PNDM needs more than 2
+        t = probe.timesteps[0]
+        # a generator of its own, so that the probe never draws from the global random stream
+        takes_generator = "generator" in inspect.signature(probe.step).parameters
+        kwargs = {"generator": torch.Generator().manual_seed(0)} if takes_generator else {}
+        probe.step(sample, t, probe.scale_model_input(sample, t), **kwargs)
+    except Exception as err:  # whatever the scheduler raises, it cannot sample here
+        raise SchedulerError(
+            f"expected a scheduler that can step with the denoiser's prediction_type "
+            f"{denoiser.config.prediction_type!r}, found {type(scheduler).__name__}, which fails: {err}"
+        ) from err
+
+
+def _is_int(value: Any) -> bool:
+    """An integer (Python or numpy), but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class PDiffPipeline(DiffusionPipeline):
@@ -96,6 +164,8 @@ class PDiffPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "denoiser->autoencoder"
+    # Tensors a `callback_on_step_end` may read and replace (by returning them in its dict).
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(self, autoencoder: ParameterAutoencoder, denoiser: LatentUNet1DModel, scheduler: SchedulerMixin):
         super().__init__()
@@ -107,6 +177,83 @@ class PDiffPipeline(DiffusionPipeline):
         """Parameter layout of the generated vectors (from the autoencoder's config)."""
         return self.autoencoder.param_layout
 
+    def check_inputs(
+        self,
+        num_models: int,
+        num_inference_steps: int,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        latents: Optional[torch.Tensor] = None,
+        output_type: str = "pt",
+        callback_on_step_end: Optional[Callable] = None,
+        callback_on_step_end_tensor_inputs: Optional[Sequence[str]] = None,
+    ) -> None:
+        """Raise :class:`PipelineInputError` for any bad argument of ``__call__`` (and :class:`SchedulerError` for a
+        scheduler set after construction, ``pipe.scheduler = ...``), before any work is done."""
+        check_scheduler(self.scheduler, self.denoiser)
+        if not _is_int(num_models) or num_models < 1:
+            raise PipelineInputError(f"expected num_models to be an int >= 1, found {num_models!r}")
+        max_steps = self.scheduler.config.num_train_timesteps
+        if not _is_int(num_inference_steps) or not 1 <= num_inference_steps <= max_steps:
+            raise PipelineInputError(
+                f"expected num_inference_steps to be an int in [1, {max_steps}] (the scheduler's "
+                f"num_train_timesteps), found {num_inference_steps!r}"
+            )
+        if isinstance(generator, list):
+            if len(generator) != num_models:
+                raise PipelineInputError(
+                    f"expected one generator per model ({num_models}), found a list of {len(generator)} generators"
+                )
+            not_generators = [type(g).__name__ for g in generator if not isinstance(g, torch.Generator)]
+            if not_generators:
+                raise PipelineInputError(f"expected a list of torch.Generator, found {not_generators}")
+        elif generator is not None and not isinstance(generator, torch.Generator):
+            raise PipelineInputError(
+                f"expected generator to be a torch.Generator or a list of them, found {type(generator).__name__}"
+            )
+        if latents is not None:
+            shape = (num_models, *self.autoencoder.latent_shape)
+            if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+                found = latents.dtype if isinstance(latents, torch.Tensor) else type(latents).__name__
+                raise PipelineInputError(f"expected latents as a floating-point torch.Tensor, found {found}")
+            if tuple(latents.shape) != shape:
+                raise PipelineInputError(
+                    f"expected latents of shape {shape} (num_models, C, L), found {tuple(latents.shape)}"
+                )
+        if not isinstance(output_type, str) or output_type not in OUTPUT_TYPES:
+            raise PipelineInputError(f"expected output_type in {OUTPUT_TYPES}, found {output_type!r}")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise PipelineInputError(
+                f"expected callback_on_step_end to be callable, found {type(callback_on_step_end).__name__}"
+            )
+        names = callback_on_step_end_tensor_inputs or []
+        if isinstance(names, str) or not isinstance(names, (list, tuple)):
+            raise PipelineInputError(
+                f"expected callback_on_step_end_tensor_inputs to be a list of names, found {names!r}"
+            )
+        unknown = [name for name in names if name not in self._callback_tensor_inputs]
+        if unknown:
+            raise PipelineInputError(
+                f"expected callback_on_step_end_tensor_inputs within {self._callback_tensor_inputs}, found {unknown}"
+            )
+
+    def prepare_latents(
+        self,
+        scheduler: SchedulerMixin,
+        num_models: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]],
+        latents: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Initial latents ``(num_models, C, L)``: ``latents`` if given, else Gaussian noise drawn from
+        ``generator`` (one generator per model if a list), scaled by ``scheduler``'s initial noise sigma."""
+        shape = (num_models, *self.autoencoder.latent_shape)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        return latents * scheduler.init_noise_sigma
+
     @torch.no_grad()
     def __call__(
         self,
@@ -114,48 +261,104 @@ class PDiffPipeline(DiffusionPipeline):
         num_inference_steps: int = 25,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         latents: Optional[torch.Tensor] = None,
+        output_type: str = "pt",
         return_dict: bool = True,
+        callback_on_step_end: Optional[Union[Callable[..., Dict[str, torch.Tensor]], PipelineCallback]] = None,
+        callback_on_step_end_tensor_inputs: List[str] = ["latents"],
     ) -> Union[PDiffPipelineOutput, tuple]:
         r"""
         Args:
             num_models (`int`): how many parameter vectors to generate.
-            num_inference_steps (`int`): denoising steps (25 suits DPM-Solver/DDIM; DDPM is trained for 1000).
-            generator (`torch.Generator`, *optional*): makes sampling deterministic.
-            latents (`torch.Tensor`, *optional*): initial noise ``(num_models, C, L)``; drawn from ``generator`` if absent.
+            num_inference_steps (`int`): denoising steps, at most the scheduler's ``num_train_timesteps`` (25 suits
+                DPM-Solver/DDIM; DDPM is trained for 1000).
+            generator (`torch.Generator` or a list of `num_models` of them, *optional*): makes sampling
+                deterministic; with a list, model ``i`` depends only on generator ``i``.
+            latents (`torch.Tensor`, *optional*): initial noise ``(num_models, C, L)``; drawn from ``generator`` if
+                absent.
+            output_type (`str`): ``"pt"`` (default) a float32 tensor ``(num_models, D)`` of parameters, ``"np"`` the
+                same as a numpy array, ``"latent"`` the final latents ``(num_models, C, L)``, not decoded.
+            return_dict (`bool`): return a [`PDiffPipelineOutput`] (default) or a tuple ``(params,)``.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*): called
+                after each denoising step as ``callback_on_step_end(pipe, i, t, callback_kwargs)`` with
+                ``callback_kwargs`` holding the tensors named in ``callback_on_step_end_tensor_inputs``; it returns a
+                dict, and a ``"latents"`` entry in it replaces the latents. Each call steps its own copy of the
+                scheduler, so ``pipe.scheduler`` in the callback is not the one advancing.
+            callback_on_step_end_tensor_inputs (`List[str]`): names from ``pipe._callback_tensor_inputs``
+                (``["latents"]``).
 
         Returns:
-            [`PDiffPipelineOutput`] (or a tuple ``(params,)``) with ``params`` of shape ``(num_models, D)``; its
-            ``state_dicts()`` and ``load_into(module, i)`` give the same as state dicts or a loaded module.
-            Raises :class:`NonFiniteParametersError` if any generated vector contains NaN or Inf.
+            [`PDiffPipelineOutput`] (or a tuple ``(params,)``) whose ``params`` is what ``output_type`` asked for; for
+            ``"pt"`` and ``"np"``, its ``state_dicts()`` and ``load_into(module, i)`` give the same as state dicts or
+            a loaded module. Raises :class:`PipelineInputError` / :class:`SchedulerError` on bad input before any
+            denoising step, :class:`NonFiniteParametersError` if any generated vector contains NaN or Inf.
+
+        Example:
+
+        ```py
+        >>> pipe = PDiffPipeline.from_pretrained("my-pdiff")
+        >>> out = pipe(num_models=10, generator=torch.Generator().manual_seed(0))
+        >>> out.params.shape  # (10, D)
+        >>> out.load_into(model, index=0)
+        ```
+
+        Several threads may call the same pipeline at once: the scheduler's per-call state lives in a copy.
         """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+
+        # 0. Check inputs: every bad argument fails here, before any work
+        self.check_inputs(
+            num_models,
+            num_inference_steps,
+            generator,
+            latents,
+            output_type,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+        )
         device = self._execution_device
-        dtype = self.denoiser.dtype
+        # The scheduler keeps per-call state (step index, multistep history): step a copy of it, so that concurrent
+        # calls of this pipeline cannot interfere. Copying a scheduler costs well under a millisecond.
+        scheduler = copy.deepcopy(self.scheduler)
 
-        # 1. Prepare latents
-        shape = (num_models,) + tuple(self.autoencoder.latent_shape)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        elif tuple(latents.shape) != shape:
-            raise DimensionMismatchError(f"expected latents of shape {shape}, found {tuple(latents.shape)}")
-        latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+        # 1. Set timesteps (before the noise: the initial noise sigma of some schedulers depends on them)
+        scheduler.set_timesteps(num_inference_steps, device=device)
 
-        # 2. Reverse diffusion
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        # 2. Prepare latents: Gaussian noise (num_models, C, L)
+        latents = self.prepare_latents(scheduler, num_models, self.denoiser.dtype, device, generator, latents)
+
+        # 3. Denoising loop
         # Only stochastic schedulers take a generator (PNDM, LMS, Heun, UniPC, DEIS, KDPM2 … reject the keyword).
-        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_input = self.scheduler.scale_model_input(latents, t)
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
+            model_input = scheduler.scale_model_input(latents, t)
             model_output = self.denoiser(model_input, t).sample
-            latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
+            latents = scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
 
-        # 3. Decode to parameters
-        params = self.autoencoder.latents_to_params(latents.to(self.autoencoder.dtype)).float().cpu()
-        check_finite(params, "generated parameters")
+            if callback_on_step_end is not None:
+                step_tensors = {"latents": latents}
+                callback_kwargs = {name: step_tensors[name] for name in callback_on_step_end_tensor_inputs or []}
+                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                if not isinstance(callback_outputs, dict):
+                    raise PipelineInputError(
+                        f"expected callback_on_step_end to return a dict of tensors, found "
+                        f"{type(callback_outputs).__name__}"
+                    )
+                latents = callback_outputs.get("latents", latents)
+
+        # 4. Decode to parameters (N, D), unless the latents themselves are asked for
+        if output_type == "latent":
+            samples = latents
+        else:
+            samples = self.autoencoder.latents_to_params(latents.to(self.autoencoder.dtype)).float().cpu()
+            check_finite(samples, "generated parameters")
         self.maybe_free_model_hooks()
 
+        # 5. Postprocess to what output_type asks for
+        output = postprocess(samples, output_type)
         if not return_dict:
-            return (params,)
-        return PDiffPipelineOutput(params=params, layout=self.layout)
+            return (output,)
+        return PDiffPipelineOutput(params=output, layout=self.layout, output_type=output_type)
 
     # ------------------------------------------------------------------------------------------------ Hub
     @classmethod
