@@ -44,6 +44,15 @@ def _optimizer_and_schedule(model, learning_rate: float, max_train_steps: int, c
     return optimizer, lr_scheduler
 
 
+def _ema(model, config: PDiffConfig):
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(
+        model.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, inv_gamma=config.ema_inv_gamma,
+        power=config.ema_power,
+    )
+
+
 def _train(model, data, loss_fn, learning_rate, max_train_steps, batch_size, config, ema=None, desc="", progress=True):
     """Optimize ``loss_fn(model, batch)`` over shuffled batches of ``data`` for ``max_train_steps`` steps."""
     optimizer, lr_scheduler = _optimizer_and_schedule(model, learning_rate, max_train_steps, config)
@@ -76,7 +85,8 @@ def _train(model, data, loss_fn, learning_rate, max_train_steps, batch_size, con
 
 def train_autoencoder(autoencoder, params: torch.Tensor, config: Optional[PDiffConfig] = None, progress: bool = True) -> List[float]:
     """Fit normalization statistics and train ``autoencoder`` on raw checkpoints ``(N, D)`` with
-    ``config.ae_*`` settings; sets the latent scaling factor at the end. Returns the loss of every step."""
+    ``config.ae_*`` settings (an EMA of its weights with ``ae_use_ema``); sets the latent scaling factor at the end.
+    Returns the loss of every step."""
     config = config or PDiffConfig()
     if params.dim() != 2 or params.shape[1] != autoencoder.config.in_dim:
         raise DimensionMismatchError(
@@ -85,10 +95,11 @@ def train_autoencoder(autoencoder, params: torch.Tensor, config: Optional[PDiffC
     check_finite(params, "training checkpoints")
     autoencoder.fit_normalization(params)
     data = autoencoder.normalize(params)
+    ema = _ema(autoencoder, config) if config.ae_use_ema else None
     torch.manual_seed(config.seed)
     losses = _train(
         autoencoder, data, autoencoder_loss, config.ae_learning_rate, config.ae_steps, config.ae_train_batch_size,
-        config, desc="train autoencoder", progress=progress,
+        config, ema=ema, desc="train autoencoder", progress=progress,
     )
     autoencoder.set_latent_scaling(params)
     return losses
@@ -97,8 +108,6 @@ def train_autoencoder(autoencoder, params: torch.Tensor, config: Optional[PDiffC
 def train_denoiser(denoiser, latents: torch.Tensor, config: Optional[PDiffConfig] = None, progress: bool = True) -> List[float]:
     """Train ``denoiser`` on clean latents ``(N, C, L)`` with ``config``'s denoiser settings; with ``use_ema`` it
     ends with the EMA of its weights. Records ``sample_abs_max`` in the denoiser's config."""
-    from diffusers.training_utils import EMAModel
-
     config = config or PDiffConfig()
     if latents.dim() != 3 or latents.shape[1] != denoiser.config.in_channels:
         raise DimensionMismatchError(
@@ -106,12 +115,7 @@ def train_denoiser(denoiser, latents: torch.Tensor, config: Optional[PDiffConfig
         )
     check_finite(latents, "latents")
     noise_scheduler = noise_scheduler_for(denoiser)
-    ema = None
-    if config.use_ema:
-        ema = EMAModel(
-            denoiser.parameters(), decay=config.ema_max_decay, use_ema_warmup=True,
-            inv_gamma=config.ema_inv_gamma, power=config.ema_power,
-        )
+    ema = _ema(denoiser, config) if config.use_ema else None
     torch.manual_seed(config.seed)
     losses = _train(
         denoiser, latents, lambda model, batch: denoiser_loss(model, noise_scheduler, batch),

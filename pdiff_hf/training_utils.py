@@ -44,6 +44,7 @@ class PDiffConfig:
     ae_steps: int = 500
     ae_learning_rate: float = 2e-3
     ae_train_batch_size: int = 64
+    ae_use_ema: bool = False
     # denoiser (LatentUNet1DModel) and diffusion objective
     denoiser_block_out_channels: Tuple[int, ...] = (32, 64)
     layers_per_block: int = 1

@@ -30,8 +30,8 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from pdiff_hf.checkpoints import checkpoint_params, check_dataset_layout, load_checkpoint_dataset
-from pdiff_hf.errors import PDiffError, TrainingScriptError
+from pdiff_hf.checkpoints import checkpoint_params, get_layout, load_checkpoint_dataset
+from pdiff_hf.errors import DimensionMismatchError, PDiffError, TrainingScriptError
 from pdiff_hf.models import LatentUNet1DModel, ParameterAutoencoder
 from pdiff_hf.pipelines import PDiffPipeline
 from pdiff_hf.training_utils import (
@@ -137,7 +137,13 @@ def main(args):
     dataset = load_checkpoint_dataset(
         args.dataset_name, args.dataset_config_name, split=args.dataset_split, cache_dir=args.cache_dir
     )
-    check_dataset_layout(dataset, autoencoder.param_layout, what=f"the autoencoder {args.pretrained_autoencoder_name_or_path}")
+    layout = get_layout(dataset)
+    if autoencoder.param_layout != layout:
+        found = autoencoder.param_layout.describe() if autoencoder.param_layout else f"D={autoencoder.config.in_dim}"
+        raise DimensionMismatchError(
+            f"--pretrained_autoencoder_name_or_path: expected an autoencoder for the dataset's parameters "
+            f"[{layout.describe()}], found one for [{found}]"
+        )
     params = checkpoint_params(dataset)  # (N, D)
 
     accelerator = Accelerator(

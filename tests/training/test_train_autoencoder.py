@@ -1,0 +1,106 @@
+"""training/train_autoencoder.py in this process: what it saves, that it trains what fit_pdiff trains, resumption."""
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pdiff_hf import ParameterAutoencoder, PDiffConfig, checkpoint_params, get_layout
+from pdiff_hf.errors import CheckpointDatasetError, PDiffError, TrainingScriptError
+from pdiff_hf.fit import train_autoencoder
+from pdiff_hf.training_utils import build_autoencoder
+
+from .conftest import D, TINY_AE, run_in_process, same_weights
+
+
+def _argv(dataset_dir, out, *extra):
+    return ["--dataset_name", dataset_dir, "--output_dir", out, *TINY_AE, *extra]
+
+
+def test_saves_the_autoencoder_at_output_dir_with_pruned_complete_checkpoints(scripts, dataset_dir, tmp_path):
+    out = tmp_path / "ae"
+    argv = _argv(dataset_dir, out, "--max_train_steps", "6", "--gradient_accumulation_steps", "2",
+                 "--checkpointing_steps", "2", "--checkpoints_total_limit", "2", "--use_ema")  # fmt: skip
+    assert run_in_process(scripts["train_autoencoder"], argv) == 0
+
+    ae = ParameterAutoencoder.from_pretrained(str(out))
+    assert ae.config.in_dim == D and ae.config.block_out_channels == [8, 8]
+    assert ae.config.scaling_factor != 1.0  # latent scaling set from the training checkpoints
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    assert not list(out.glob(".*")), "temporary folders left behind"
+    ckpt = out / "checkpoint-6"
+    # the model and its EMA as save_pretrained folders (safetensors), not a second pickled copy
+    assert (ckpt / "autoencoder" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (ckpt / "autoencoder_ema" / "diffusion_pytorch_model.safetensors").is_file()
+    assert not list(ckpt.glob("model*.safetensors")) and not list(ckpt.glob("pytorch_model*.bin"))
+    # the saved weights are the EMA weights
+    ema = load_file(str(ckpt / "autoencoder_ema" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(ema[k], v) for k, v in ae.named_parameters())
+
+
+def test_trains_the_same_weights_as_fit_pdiff(scripts, dataset_dir, tmp_path):
+    out = tmp_path / "ae"
+    argv = _argv(dataset_dir, out, "--max_train_steps", "9", "--checkpointing_steps", "3", "--use_ema")
+    assert run_in_process(scripts["train_autoencoder"], argv) == 0
+
+    import datasets
+
+    params = checkpoint_params(datasets.load_from_disk(str(dataset_dir)))
+    config = PDiffConfig(ae_block_out_channels=(8, 8), ae_train_batch_size=8, ae_steps=9, lr_warmup_steps=2, ae_use_ema=True)
+    torch.manual_seed(config.seed)
+    ae = build_autoencoder(get_layout(datasets.load_from_disk(str(dataset_dir))), config)
+    train_autoencoder(ae, params, config, progress=False)
+    assert same_weights(ae, ParameterAutoencoder.from_pretrained(str(out)))
+
+
+def test_resume_mid_epoch_is_bit_identical(scripts, dataset_dir, tmp_path):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    argv = ["--max_train_steps", "11", "--checkpointing_steps", "5"]
+    assert run_in_process(scripts["train_autoencoder"], _argv(dataset_dir, full, *argv)) == 0
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-5", resumed / "checkpoint-5")  # as if killed after step 5 (of 4 per epoch)
+    argv += ["--resume_from_checkpoint", "latest"]
+    assert run_in_process(scripts["train_autoencoder"], _argv(dataset_dir, resumed, *argv)) == 0
+    assert same_weights(ParameterAutoencoder.from_pretrained(str(full)), ParameterAutoencoder.from_pretrained(str(resumed)))
+    assert (resumed / "checkpoint-10").is_dir()
+
+
+def test_refuses_to_mix_a_new_run_with_old_checkpoints(scripts, dataset_dir, tmp_path):
+    out = tmp_path / "ae"
+    assert run_in_process(scripts["train_autoencoder"], _argv(dataset_dir, out, "--max_train_steps", "2", "--checkpointing_steps", "1")) == 0
+    with pytest.raises(TrainingScriptError, match="--resume_from_checkpoint latest"):
+        run_in_process(scripts["train_autoencoder"], _argv(dataset_dir, out, "--max_train_steps", "2"))
+
+
+@pytest.fixture(scope="module")
+def bad_datasets(tmp_path_factory):
+    import datasets
+
+    root = tmp_path_factory.mktemp("bad")
+    (root / "empty").mkdir()
+    datasets.Dataset.from_dict({"params": [[0.0] * 4] * 3}).save_to_disk(str(root / "no_layout"))
+    return root
+
+
+@pytest.mark.parametrize(
+    "extra, error, message",
+    [
+        (["--dataset_name", "{root}/nope"], CheckpointDatasetError, "neither"),
+        (["--dataset_name", "{root}/empty"], CheckpointDatasetError, "written by save_to_disk"),
+        (["--dataset_name", "{root}/no_layout"], CheckpointDatasetError, "parameter layout"),
+        (["--push_to_hub"], TrainingScriptError, "--hub_model_id"),
+        (["--checkpoints_total_limit", "0"], TrainingScriptError, "--checkpoints_total_limit"),
+        (["--max_train_steps", "0"], TrainingScriptError, "--max_train_steps"),
+        (["--block_out_channels", "0", "8"], TrainingScriptError, "--block_out_channels"),
+        (["--ema_max_decay", "1.5"], TrainingScriptError, "--ema_max_decay"),
+        (["--report_to", "nothing"], TrainingScriptError, "--report_to"),
+        (["--resume_from_checkpoint", "{root}/no/checkpoint-3"], TrainingScriptError, "--resume_from_checkpoint"),
+    ],
+)
+def test_bad_input_is_a_named_error_before_any_work(scripts, dataset_dir, bad_datasets, tmp_path, extra, error, message):
+    argv = _argv(dataset_dir, tmp_path / "out", "--max_train_steps", "2") + [e.format(root=bad_datasets) for e in extra]
+    with pytest.raises(error, match=message) as info:
+        run_in_process(scripts["train_autoencoder"], argv)
+    assert isinstance(info.value, PDiffError)
+    assert not (tmp_path / "out" / "config.json").exists()
