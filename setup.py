@@ -20,6 +20,7 @@ setup(
     packages=[
         "pdiff_hf",
         "pdiff_hf.models",
+        "pdiff_hf.novelty",
         "pdiff_hf.tasks",
         "pdiff_hf.commands",
         "pdiff_hf.pipelines",

@@ -40,7 +40,10 @@ def main(args):
 
     from pdiff_hf import PDiffPipeline, evaluate_parameters, summarize_accuracies
     from pdiff_hf.demo import DemoConfig, run_demo, select_layout
+    from pdiff_hf.novelty import tune_cpu_allocator
     from pdiff_hf.tasks import MNIST1DCNN, load_mnist1d
+
+    tune_cpu_allocator()  # process-wide, as `pdiff-hf demo` does at startup (run_demo itself never does)
 
     root = Path(args.output_dir or tempfile.mkdtemp(prefix="pdiff-bench-"))
     runs = []

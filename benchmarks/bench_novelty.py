@@ -9,7 +9,8 @@ examples plus validation accuracy of the generated models.
 
 Prints the median wall-clock and CPU seconds over the repeats (and the share spent in batched forward passes). It
 is a benchmark, not a test: nothing is asserted. CPU seconds are less sensitive than wall-clock seconds to other
-processes on a shared machine.
+processes on a shared machine. Like the ``pdiff-hf`` commands, it raises glibc malloc's thresholds at startup
+(:func:`pdiff_hf.novelty.tune_cpu_allocator`; ``--no-tune-allocator`` leaves them alone to measure the difference).
 """
 
 import argparse
@@ -72,6 +73,10 @@ def main(argv=None) -> int:
 
     from pdiff_hf import checkpoint_params, get_layout
     from pdiff_hf import novelty
+    from pdiff_hf.novelty import metrics
+
+    if not args.no_tune_allocator:
+        novelty.tune_cpu_allocator()  # process-wide: the entry point decides, as pdiff-hf demo / evaluate do
 
     model, pipe, dataset, data, generated = build_setting(args)
     layout = get_layout(dataset)
@@ -79,9 +84,8 @@ def main(argv=None) -> int:
     train_val = torch.tensor(dataset["val_accuracy"])
 
     chunking = {k: v for k, v in (("batch_size", args.batch_size), ("models_per_chunk", args.models_per_chunk)) if v}
-    chunking["tune_allocator"] = not args.no_tune_allocator
     forward_s = []
-    real_predict = novelty.predict_with_parameters
+    real_predict = metrics.predict_with_parameters
 
     def timed_predict(*a, **k):
         t = time.perf_counter()
@@ -89,7 +93,7 @@ def main(argv=None) -> int:
         forward_s[-1] += time.perf_counter() - t
         return out
 
-    novelty.predict_with_parameters = timed_predict
+    metrics.predict_with_parameters = timed_predict
     wall, cpu = [], []
     report = None
     try:
@@ -108,7 +112,7 @@ def main(argv=None) -> int:
                 flush=True,
             )
     finally:
-        novelty.predict_with_parameters = real_predict
+        metrics.predict_with_parameters = real_predict
 
     n_models = sum(g.count for g in report.groups.values()) + 1
     print()
@@ -120,7 +124,7 @@ def main(argv=None) -> int:
         f"analyze_novelty: {len(train)} checkpoints (D={layout.dim}), {len(generated)} generated, "
         f"{len(report.baselines)} baselines; {n_models} models x {len(data.test_y)} test examples; "
         f"{args.num_threads} thread(s); torch {torch.__version__}; malloc thresholds raised: "
-        f"{novelty.tune_cpu_allocator() if not args.no_tune_allocator else False}"
+        f"{novelty.allocator_tuned()}"
     )
     print(f"median wall seconds: {statistics.median(wall):.2f}  (min {min(wall):.2f}, max {max(wall):.2f}, {args.repeats} repeats)")
     print(f"median CPU seconds:  {statistics.median(cpu):.2f}")

@@ -11,34 +11,32 @@
 6. generate — ``num_models`` parameter vectors with a few-step DPM-Solver;
 7. evaluate — test accuracy of originals and generated models, plus novelty against simple baselines.
 
-The folder gets ``target/``, ``checkpoints/``, ``pipeline/``, ``report.md`` with plots, and ``results.json`` last.
+The folder gets ``target/``, ``checkpoints/``, ``pipeline/``, then ``plots/``, ``report.md`` and ``results.json`` (last)
+from :func:`pdiff_hf.novelty.write_report`, the report writer ``pdiff-hf evaluate`` uses too.
 """
 
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
 from .checkpoints import checkpoint_params, set_layout
 from .collect import collect_checkpoints, train_classifier
-from .errors import PDiffError
+from .errors import DemoConfigError
 from .evaluation import evaluate_parameters, predict_with_parameters, summarize_accuracies
-from .io_utils import atomic_directory, write_json_atomic, write_text_atomic
-from .layout import ParamLayout
-from .tasks.mnist1d import MNIST1DCNN, load_mnist1d
 from .fit import fit_pdiff
+from .io_utils import atomic_directory
+from .layout import ParamLayout
+from .novelty import analyze_novelty, write_report
+from .tasks.mnist1d import MNIST1DCNN, load_mnist1d
 from .training_utils import PDiffConfig
 
 # SGD step size on the selection during collection, per selection: large enough that checkpoints differ.
 COLLECT_LR = {"norm": 0.2, "classifier": 0.05}
 SELECTIONS = ("norm", "classifier")
-
-
-class DemoConfigError(PDiffError):
-    """Demo options that are out of range or contradict each other."""
 
 
 @dataclass
@@ -180,28 +178,19 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> Dict:
         "config": asdict(config),
         "selection": {"name": config.selection, "D": layout.dim, "layout": layout.to_list()},
     }
-    plots_dir = out / "plots"
+    report, test_accuracies = None, None
     if config.novelty:
-        from .novelty import analyze_novelty
-
         report = analyze_novelty(model, layout, train_params, generated, data, normalizer=pipe, seed=config.seed)
         results.update(report.to_dict())
-        plot_paths = report.save_plots(plots_dir)
-        novelty_md = report.markdown(plot_paths, relative_to=out)
         orig_val, orig_test = report.original.val_accuracy, report.original.test_accuracy
         agreement = float(report.original.nn_agreement.median())
     else:
-        from .plots import plot_accuracy_distribution
-
         orig_val = torch.tensor(dataset["val_accuracy"])
         orig_test = torch.tensor(dataset["test_accuracy"])
         gen_test = evaluate_parameters(model, layout, generated, data.test_x, data.test_y)
         results["original"] = summarize_accuracies(orig_test)
         results["generated"] = summarize_accuracies(gen_test)
-        plot_paths = {
-            "accuracy_distribution": plot_accuracy_distribution(orig_test, gen_test, plots_dir / "accuracy_distribution.png")
-        }
-        novelty_md = "Novelty analysis skipped (--no-novelty).\n\n![accuracy_distribution](plots/accuracy_distribution.png)\n"
+        test_accuracies = (orig_test, gen_test)
         preds = predict_with_parameters(model, layout, train_params, data.test_x)
         agreement = float((preds[1:] == preds[:-1]).float().mean(1).median())
     results["original_spread"] = {
@@ -217,21 +206,25 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> Dict:
         dataset.save_to_disk(str(tmp))
     done("evaluate")
 
-    timings["total"] = round(time.perf_counter() - total_start, 3)
     results["timings_s"] = timings
-    write_text_atomic(out / "report.md", format_report(results, novelty_md))
-    write_json_atomic(results_path, results)
+    write_report(
+        out,
+        results,
+        title="p-diff on MNIST-1D",
+        intro=report_intro(results),
+        sections={"Spread of the original checkpoints": spread_lines(results["original_spread"])},
+        novelty=report,
+        test_accuracies=test_accuracies,
+        started=total_start,
+    )
     return results
 
 
-def format_report(results: Dict, novelty_md: str) -> str:
-    """``report.md``: settings, the paper-style table, the collection's spread, timings and the novelty section."""
+def report_intro(results: Dict) -> List[str]:
+    """The lines under the title of ``report.md``: the selection and the run's sizes."""
     cfg = results["config"]
     sel = results["selection"]
-    spread = results["original_spread"]
-    lines = [
-        "# p-diff on MNIST-1D",
-        "",
+    return [
         f"Selection: **{sel['name']}** (D = {sel['D']:,}): "
         + ", ".join(f"`{t['name']}` {t['shape']}" for t in sel["layout"]),
         "",
@@ -239,36 +232,15 @@ def format_report(results: Dict, novelty_md: str) -> str:
         f"one every {cfg['save_every']} step(s)); {cfg['num_models']} generated models "
         f"({cfg['num_inference_steps']} DPM-Solver steps). Test accuracy in percent; any selection is on the "
         "validation split.",
-        "",
-        "## Original vs generated",
-        "",
-        format_table(results),
-        "",
-        "## Spread of the original checkpoints",
-        "",
+    ]
+
+
+def spread_lines(spread: Dict) -> List[str]:
+    """How far apart the original checkpoints are (``results["original_spread"]``), as markdown bullets."""
+    return [
         f"- best − min test accuracy: {spread['best_minus_min_accuracy']:.2f} pp",
         f"- mean nearest-neighbour distance: {spread['mean_nn_distance_normalized']:.4g} (normalized), "
         f"{spread['mean_nn_distance_raw']:.4g} (raw)",
         f"- test-prediction agreement with the nearest other checkpoint (median): "
         f"{spread['median_nn_prediction_agreement']:.4f} (1.0 would mean functional copies)",
-        "",
-        novelty_md,
-        "## Timings (s)",
-        "",
-        "| stage | seconds |",
-        "|---|---|",
     ]
-    lines += [f"| {k} | {v:.1f} |" for k, v in results["timings_s"].items()]
-    return "\n".join(lines) + "\n"
-
-
-def format_table(results: Dict) -> str:
-    """The paper-style table: original vs generated best / mean / median (test accuracy, %)."""
-    rows = [("original", results["original"]), ("p-diff", results["generated"])]
-    rows += [(f"baseline {name}", r) for name, r in results.get("baselines", {}).items()]
-    lines = [f"| {'models':<22} | {'count':>5} | {'best':>6} | {'mean':>6} | {'median':>6} | {'min':>6} |", "|" + "---|" * 6]
-    for name, r in rows:
-        lines.append(
-            f"| {name:<22} | {r['count']:>5} | {r['best']:>6.2f} | {r['mean']:>6.2f} | {r['median']:>6.2f} | {r['min']:>6.2f} |"
-        )
-    return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""The ``pdiff-hf demo`` command on a tiny configuration: folder layout, results.json fields, CLI errors."""
+"""The ``pdiff-hf demo`` command on a tiny configuration: folder layout, results.json fields, the shared report
+writer (same files and sections as ``pdiff-hf evaluate``), CLI errors."""
 
 import json
 
@@ -8,7 +9,9 @@ import torch
 
 from pdiff_hf import PDiffPipeline, checkpoint_params, get_layout
 from pdiff_hf.cli import main
-from pdiff_hf.demo import DemoConfig, DemoConfigError, format_table
+from pdiff_hf.demo import DemoConfig
+from pdiff_hf.errors import DemoConfigError
+from pdiff_hf.novelty import format_accuracy_table
 
 TINY = [
     "--num-checkpoints", "12", "--ae-steps", "5", "--denoiser-steps", "5", "--num-models", "6",
@@ -18,10 +21,50 @@ SUMMARY_FIELDS = {"count", "best", "mean", "median", "min", "std"}
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
+def demo_run(tmp_path_factory):
+    """The tiny demo, run once through the CLI: its folder, the calls it made to the report writer and allocator
+    tuning, and the MNIST-1D splits it generated (``{seed: splits}``)."""
+    from pdiff_hf import demo, novelty
+
     out = tmp_path_factory.mktemp("demo") / "run"
-    assert main(["demo", "--output-dir", str(out)] + TINY) == 0
-    return out
+    calls = {"write_report": [], "tune_cpu_allocator": 0}
+    real_write, real_load = demo.write_report, demo.load_mnist1d
+    splits = {}
+
+    def remember_splits(seed, **kwargs):
+        splits[seed] = real_load(seed=seed, **kwargs)
+        return splits[seed]
+
+    def spy_write(output_dir, results, **kwargs):
+        calls["write_report"].append((output_dir, kwargs["title"]))
+        return real_write(output_dir, results, **kwargs)
+
+    def spy_tune():
+        calls["tune_cpu_allocator"] += 1
+        return False
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(demo, "write_report", spy_write)
+        mp.setattr(demo, "load_mnist1d", remember_splits)
+        mp.setattr(novelty, "tune_cpu_allocator", spy_tune)
+        assert main(["demo", "--output-dir", str(out)] + TINY) == 0
+    return out, calls, splits
+
+
+@pytest.fixture(scope="module")
+def demo_dir(demo_run):
+    return demo_run[0]
+
+
+def _headings(markdown: str):
+    return [line[3:] for line in markdown.splitlines() if line.startswith("## ")]
+
+
+def _report_files(folder):
+    """Files of the report (not the demo's target/, checkpoints/, pipeline/ folders)."""
+    skip = ("target/", "checkpoints/", "pipeline/")
+    found = (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return sorted(f for f in found if not f.startswith(skip))
 
 
 def test_demo_writes_every_output(demo_dir):
@@ -60,8 +103,44 @@ def test_demo_checkpoints_and_pipeline_reload(demo_dir):
 
 def test_format_table_lists_every_group(demo_dir):
     results = json.loads((demo_dir / "results.json").read_text())
-    table = format_table(results)
+    table = format_accuracy_table(results)
     assert "original" in table and "p-diff" in table and "average_k" in table
+    assert table in (demo_dir / "report.md").read_text()
+
+
+def test_demo_command_tunes_the_allocator_and_uses_the_shared_writer(demo_run):
+    out, calls, _ = demo_run
+    assert calls == {"write_report": [(out, "p-diff on MNIST-1D")], "tune_cpu_allocator": 1}
+
+
+def test_demo_and_evaluate_write_the_same_files_and_sections(demo_run, tmp_path, capsys, monkeypatch):
+    """``pdiff-hf evaluate`` on the demo's own outputs writes a report folder like the demo's."""
+    from pdiff_hf.tasks import mnist1d
+
+    demo_dir, _, splits = demo_run
+    monkeypatch.setattr(mnist1d, "load_mnist1d", lambda seed=42, **kwargs: splits[seed])  # generated once, by the demo
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--pipeline", str(demo_dir / "pipeline"), "--checkpoints", str(demo_dir / "checkpoints"),
+            "--target", str(demo_dir / "target"), "--num-models", "6", "--num-inference-steps", "4",
+            "--output-dir", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert _report_files(out) == _report_files(demo_dir) == [
+        "plots/accuracy_distribution.png", "plots/accuracy_vs_novelty.png", "plots/nn_distance_hist.png",
+        "report.md", "results.json",
+    ]
+    demo_md, eval_md = (demo_dir / "report.md").read_text(), (out / "report.md").read_text()
+    assert _headings(demo_md) == [
+        "Original vs generated", "Spread of the original checkpoints", "Novelty against simple baselines", "Timings (s)"
+    ]
+    assert _headings(eval_md) == [h for h in _headings(demo_md) if h != "Spread of the original checkpoints"]
+    demo_res, eval_res = (json.loads((d / "results.json").read_text()) for d in (demo_dir, out))
+    assert demo_res["plots"] == eval_res["plots"]
+    for res in (demo_res, eval_res):
+        assert {"original", "generated", "baselines", "novelty", "verdict"} <= set(res)
+        assert list(res["timings_s"])[-2:] == ["report", "total"]
+    # same checkpoints, same seed, same number of models: the same novelty summary
+    assert demo_res["original"] == eval_res["original"] and demo_res["verdict"] == eval_res["verdict"]
 
 
 @pytest.mark.parametrize(
@@ -91,5 +170,5 @@ def test_demo_config_selection_sizes():
     assert cfg.pdiff_config(128).ae_patch_size == 1
     big = cfg.pdiff_config(12_810)
     assert big.ae_patch_size == 32
-    with pytest.raises(DemoConfigError):
+    with pytest.raises(DemoConfigError, match="--selection"):
         DemoConfig(selection="everything").validate()

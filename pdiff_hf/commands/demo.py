@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import format_table, run_demo
+    from ..demo import run_demo
+    from ..novelty import format_accuracy_table, tune_cpu_allocator
 
     config = DemoConfig(
         output_dir=args.output_dir,
@@ -52,10 +53,11 @@ def run(args: argparse.Namespace) -> int:
         novelty=args.novelty,
     )
     config.validate()
+    tune_cpu_allocator()  # process-wide, so the command sets it, never the library (pdiff_hf.novelty.allocator)
     results = run_demo(config)
     spread = results["original_spread"]
     print()
-    print(format_table(results))
+    print(format_accuracy_table(results))
     print(
         f"\noriginals' spread: best - min accuracy {spread['best_minus_min_accuracy']:.2f} pp, mean nearest-neighbour "
         f"distance {spread['mean_nn_distance_normalized']:.4g} (normalized) / {spread['mean_nn_distance_raw']:.4g} (raw), "

@@ -3,7 +3,8 @@
 Loads the pipeline (``PDiffPipeline.from_pretrained``), the checkpoint dataset it was trained on
 (``datasets.load_from_disk``) and the target network (``<task model>.from_pretrained``), generates ``--num-models``
 parameter vectors, runs :func:`pdiff_hf.novelty.analyze_novelty`, prints a table and the verdict, and with
-``--output-dir`` writes ``results.json`` (atomically), the plots and ``report.md``.
+``--output-dir`` writes ``plots/``, ``report.md`` and ``results.json`` (last) with :func:`pdiff_hf.novelty.write_report`,
+the report writer the demo uses too.
 """
 
 import argparse
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict
 
-from ..errors import CheckpointDatasetError, LayoutMismatchError, PDiffError
+from ..errors import CheckpointDatasetError, EvaluateError, LayoutMismatchError
 
 
 @dataclass
@@ -32,10 +33,6 @@ def _mnist1d() -> Task:
 
 # name -> factory returning a Task (factories keep imports lazy); tests may register tiny tasks here.
 TASKS: Dict[str, Callable[[], Task]] = {"mnist1d": _mnist1d}
-
-
-class EvaluateError(PDiffError):
-    """Bad input to ``pdiff-hf evaluate``."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -89,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..checkpoints import check_dataset_layout, checkpoint_params, get_layout
-    from ..io_utils import write_json_atomic, write_text_atomic
-    from ..novelty import NOISE_LEVELS, analyze_novelty
+    from ..novelty import NOISE_LEVELS, analyze_novelty, tune_cpu_allocator, write_report
     from ..pipelines import PDiffPipeline
 
     if args.num_models < 1:
@@ -106,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if out is not None and out.exists() and not out.is_dir():
         raise EvaluateError(f"--output-dir: expected a folder, found a file: {out}")
     torch.set_num_threads(args.num_threads)
+    tune_cpu_allocator()  # process-wide, so the command sets it, never the library (pdiff_hf.novelty.allocator)
     start = time.perf_counter()
 
     try:
@@ -173,8 +170,6 @@ def run(args: argparse.Namespace) -> int:
         print(line)
 
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        plots = report.save_plots(out)
         results = {
             "command": "evaluate",
             "task": args.task,
@@ -186,25 +181,15 @@ def run(args: argparse.Namespace) -> int:
             "seed": args.seed,
             "selection": {"D": layout.dim, "layout": layout.to_list()},
             **report.to_dict(),
-            "plots": {k: p.name for k, p in plots.items()},
-            "timings_s": {
-                "generate": round(generate_s, 3),
-                "analyze": round(analyze_s, 3),
-                "total": round(time.perf_counter() - start, 3),
-            },
+            "timings_s": {"generate": round(generate_s, 3), "analyze": round(analyze_s, 3)},
         }
-        header = [
-            "# p-diff evaluation",
-            "",
+        intro = [
             f"- pipeline: `{pipeline_dir}`",
             f"- checkpoints: `{checkpoints_dir}` ({len(dataset)} training checkpoints, {layout.describe()})",
             f"- target: `{target_dir}` (task {args.task})",
             f"- generated: {args.num_models} models, {args.num_inference_steps} inference steps, seed {args.seed}",
-            "",
-            "",
         ]
-        write_text_atomic(out / "report.md", "\n".join(header) + report.markdown(plots, relative_to=out))
-        write_json_atomic(out / "results.json", results)
+        write_report(out, results, title="p-diff evaluation", intro=intro, novelty=report, started=start)
         print(f"\nresults: {out / 'results.json'}  report: {out / 'report.md'}")
     else:
         print("\n(pass --output-dir to save results.json, plots and report.md)")

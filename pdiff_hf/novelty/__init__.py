@@ -1,0 +1,69 @@
+"""New or memorized? Novelty of generated parameters against simple baselines.
+
+Zeng et al. (2025, arXiv 2506.07998) found that p-diff samples sit close to the average of the training checkpoints
+and behave like simple baselines. :func:`analyze_novelty` therefore evaluates generated models next to baselines
+built from the same checkpoints, every group exactly like the others, and says plainly whether they are new.
+
+| module | what |
+|---|---|
+| :mod:`.baselines` | the normalized space; noisy checkpoints, checkpoint averages, a per-dimension Gaussian |
+| :mod:`.metrics` | weight-space and function-space metrics; :func:`analyze_novelty` |
+| :mod:`.verdict` | thresholds, definitions, the verdict rules (a function of the JSON summary alone) |
+| :mod:`.report` | :class:`NoveltyReport`, markdown tables, :func:`write_report` (plots, report.md, results.json) |
+| :mod:`.plots` | matplotlib figures (Agg, written atomically); imported on first use |
+| :mod:`.allocator` | :func:`tune_cpu_allocator`, called by entry points only, never by the library |
+"""
+
+from .allocator import allocator_tuned, tune_cpu_allocator
+from .baselines import AVERAGE_K, NOISE_LEVELS, StatsNormalizer, make_baselines, resolve_normalizer
+from .metrics import GroupMetrics, analyze_novelty
+from .report import (
+    NoveltyReport,
+    format_accuracy_table,
+    format_novelty_table,
+    format_report,
+    write_report,
+)
+from .verdict import (
+    COLLAPSE_DISAGREEMENT_RATIO,
+    COLLAPSE_DISTANCE_RATIO,
+    DEFINITIONS,
+    GENERATED,
+    GOOD_MARGIN_PP,
+    MEMORIZATION_DISTANCE_RATIO,
+    MEMORIZATION_IOU_GAP_RATIO,
+    NOISE_MATCH_PP,
+    ORIGINAL,
+    novelty_verdict,
+    reference_noise,
+    verdict_thresholds,
+)
+
+__all__ = [
+    "AVERAGE_K",
+    "COLLAPSE_DISAGREEMENT_RATIO",
+    "COLLAPSE_DISTANCE_RATIO",
+    "DEFINITIONS",
+    "GENERATED",
+    "GOOD_MARGIN_PP",
+    "GroupMetrics",
+    "MEMORIZATION_DISTANCE_RATIO",
+    "MEMORIZATION_IOU_GAP_RATIO",
+    "NOISE_LEVELS",
+    "NOISE_MATCH_PP",
+    "NoveltyReport",
+    "ORIGINAL",
+    "StatsNormalizer",
+    "allocator_tuned",
+    "analyze_novelty",
+    "format_accuracy_table",
+    "format_novelty_table",
+    "format_report",
+    "make_baselines",
+    "novelty_verdict",
+    "reference_noise",
+    "resolve_normalizer",
+    "tune_cpu_allocator",
+    "verdict_thresholds",
+    "write_report",
+]
