@@ -79,9 +79,15 @@ def checkpoint_params(dataset: datasets.Dataset, check: bool = True) -> torch.Te
     if len(dataset) == 0:
         raise CheckpointDatasetError("expected at least one checkpoint, found an empty dataset")
     column = dataset.with_format("arrow")[:][PARAMS_COLUMN].combine_chunks()
-    if not pa.types.is_fixed_size_list(column.type):
-        column = column.cast(pa.list_(pa.float32(), len(column[0])))
-    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    try:
+        if not pa.types.is_fixed_size_list(column.type):
+            column = column.cast(pa.list_(pa.float32(), len(column[0])))
+        values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, TypeError, ValueError) as err:
+        raise CheckpointDatasetError(
+            f"expected the {PARAMS_COLUMN!r} column to hold lists of floats of one length, found type {column.type} "
+            f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})"
+        ) from err
     params = torch.from_numpy(values.reshape(len(dataset), -1).copy())
     if check:
         check_finite(params, "checkpoints")
@@ -174,7 +180,7 @@ def load_checkpoint_dataset(
     elif split not in (None, "train") and os.path.isdir(path):
         raise CheckpointDatasetError(f"expected a DatasetDict with split {split!r} in {path!r}, found a single Dataset")
     layout = get_layout(ds)
-    dim = ds.features[PARAMS_COLUMN].length if PARAMS_COLUMN in ds.features else None
+    dim = getattr(ds.features.get(PARAMS_COLUMN), "length", None)
     if dim is not None and dim not in (-1, layout.dim):
         raise DimensionMismatchError(
             f"{path!r}: its layout describes D={layout.dim}, its {PARAMS_COLUMN!r} column has {dim} values per row"

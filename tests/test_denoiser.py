@@ -85,3 +85,10 @@ def test_config_records_objective(tmp_path):
     x = torch.randn(2, 2, 5)
     with torch.no_grad():
         assert torch.equal(loaded(x, torch.tensor([3, 400])).sample, model(x, torch.tensor([3, 400])).sample)
+
+
+@pytest.mark.parametrize("kwargs", [dict(block_out_channels=(6, 12)), dict(block_out_channels=()),
+                                    dict(block_out_channels=(8, 0)), dict(prediction_type="x0")])  # fmt: skip
+def test_bad_config_is_refused_with_the_valid_options(kwargs):
+    with pytest.raises(ValueError, match="expected"):
+        _tiny(**kwargs)

@@ -30,7 +30,8 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from pdiff_hf.checkpoints import checkpoint_params, get_layout, load_checkpoint_dataset
-from pdiff_hf.errors import PDiffError
+from pdiff_hf.errors import PDiffError, TrainingScriptError
+from pdiff_hf.layout import check_finite
 from pdiff_hf.models import ParameterAutoencoder
 from pdiff_hf.training_utils import (
     PDiffConfig,
@@ -193,7 +194,13 @@ def main(args):
     global_step, first_epoch, resume_step = 0, 0, 0
     if resume_path:
         logger.info(f"resuming from {resume_path}")
-        accelerator.load_state(resume_path)
+        try:
+            accelerator.load_state(resume_path)
+        except Exception as err:  # safetensors, torch and accelerate each raise their own types for a broken folder
+            raise TrainingScriptError(
+                f"--resume_from_checkpoint: expected a complete checkpoint of this run's models, found {resume_path!r} "
+                f"unreadable ({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''})"
+            ) from err
         global_step = int(os.path.basename(os.path.normpath(resume_path)).split("-")[1])
         first_epoch = global_step // num_update_steps_per_epoch
         resume_step = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
@@ -255,6 +262,8 @@ def main(args):
     if ema_model is not None:
         ema_model.copy_to(autoencoder.parameters())
     autoencoder.eval()
+    for name, weight in autoencoder.named_parameters():
+        check_finite(weight, f"autoencoder weight {name} after training (diverged: lower --learning_rate)")
     autoencoder.set_latent_scaling(params.to(accelerator.device))
     if accelerator.is_main_process:
         save_pretrained_into(autoencoder.to("cpu"), args.output_dir, marker="config.json")

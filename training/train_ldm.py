@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from pdiff_hf.checkpoints import checkpoint_params, get_layout, load_checkpoint_dataset
 from pdiff_hf.errors import DimensionMismatchError, PDiffError, TrainingScriptError
+from pdiff_hf.layout import check_finite
 from pdiff_hf.models import LatentUNet1DModel, ParameterAutoencoder
 from pdiff_hf.pipelines import PDiffPipeline
 from pdiff_hf.training_utils import (
@@ -157,18 +158,22 @@ def main(args):
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
 
-    # Clean latents (N, C, L) of every checkpoint: the autoencoder is frozen and deterministic in eval mode.
-    autoencoder.eval().requires_grad_(False)
-    latents = autoencoder.params_to_latents(params).float()
-    logger.info(f"{params.shape[0]} checkpoints of D={params.shape[1]} -> latents {tuple(latents.shape[1:])}")
-
     set_seed(args.seed)
     config = PDiffConfig(
         denoiser_block_out_channels=tuple(args.block_out_channels), layers_per_block=args.layers_per_block,
         num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule,
         prediction_type=args.prediction_type,
     )
-    denoiser = build_denoiser(autoencoder, config)
+    try:
+        denoiser = build_denoiser(autoencoder, config)
+    except ValueError as err:
+        raise TrainingScriptError(f"--block_out_channels / --prediction_type: {err}") from err
+
+    # Clean latents (N, C, L) of every checkpoint: the autoencoder is frozen and deterministic in eval mode.
+    autoencoder.eval().requires_grad_(False)
+    latents = autoencoder.params_to_latents(params).float()
+    check_finite(latents, f"latents of the autoencoder {args.pretrained_autoencoder_name_or_path}")
+    logger.info(f"{params.shape[0]} checkpoints of D={params.shape[1]} -> latents {tuple(latents.shape[1:])}")
     noise_scheduler = noise_scheduler_for(denoiser)
     ema_model = None
     if args.use_ema:
@@ -227,7 +232,13 @@ def main(args):
     global_step, first_epoch, resume_step = 0, 0, 0
     if resume_path:
         logger.info(f"resuming from {resume_path}")
-        accelerator.load_state(resume_path)
+        try:
+            accelerator.load_state(resume_path)
+        except Exception as err:  # safetensors, torch and accelerate each raise their own types for a broken folder
+            raise TrainingScriptError(
+                f"--resume_from_checkpoint: expected a complete checkpoint of this run's models, found {resume_path!r} "
+                f"unreadable ({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''})"
+            ) from err
         global_step = int(os.path.basename(os.path.normpath(resume_path)).split("-")[1])
         first_epoch = global_step // num_update_steps_per_epoch
         resume_step = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
@@ -289,6 +300,8 @@ def main(args):
     if ema_model is not None:
         ema_model.copy_to(denoiser.parameters())
     denoiser.eval().to("cpu")
+    for name, weight in denoiser.named_parameters():
+        check_finite(weight, f"denoiser weight {name} after training (diverged: lower --learning_rate)")
     denoiser.register_to_config(sample_abs_max=round(float(latents.abs().max()), 4))
     if accelerator.is_main_process:
         pipeline = PDiffPipeline(

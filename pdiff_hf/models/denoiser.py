@@ -82,6 +82,13 @@ class LatentUNet1DModel(ModelMixin, ConfigMixin):
         sample_abs_max: float = 0.0,
     ):
         super().__init__()
+        if not block_out_channels or any(c < 1 or c % norm_num_groups for c in block_out_channels):
+            raise ValueError(
+                f"expected block_out_channels to be positive multiples of norm_num_groups={norm_num_groups}, "
+                f"found {list(block_out_channels)}"
+            )
+        if prediction_type not in ("epsilon", "sample", "v_prediction"):
+            raise ValueError(f"expected prediction_type 'epsilon', 'sample' or 'v_prediction', found {prediction_type!r}")
         temb_dim = block_out_channels[0] * 4
         self.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(block_out_channels[0], temb_dim)

@@ -6,7 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pdiff_hf import ParameterAutoencoder, PDiffConfig, checkpoint_params, get_layout
+from torch import nn
+
+from pdiff_hf import ParamLayout, ParameterAutoencoder, PDiffConfig, checkpoint_params, get_layout
+from pdiff_hf.checkpoints import set_layout
 from pdiff_hf.errors import CheckpointDatasetError, PDiffError, TrainingScriptError
 from pdiff_hf.fit import train_autoencoder
 from pdiff_hf.training_utils import build_autoencoder
@@ -80,6 +83,10 @@ def bad_datasets(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
     (root / "empty").mkdir()
     datasets.Dataset.from_dict({"params": [[0.0] * 4] * 3}).save_to_disk(str(root / "no_layout"))
+    layout = ParamLayout.from_module(nn.Linear(3, 1))
+    set_layout(datasets.Dataset.from_dict({"params": [[0.0] * 4, [0.0] * 3, [1.0] * 4]}), layout).save_to_disk(str(root / "ragged"))
+    set_layout(datasets.Dataset.from_dict({"params": ["a", "b", "c"]}), layout).save_to_disk(str(root / "strings"))
+    set_layout(datasets.Dataset.from_dict({"params": [[0.0] * 4]}), layout).save_to_disk(str(root / "one_row"))
     return root
 
 
@@ -89,6 +96,9 @@ def bad_datasets(tmp_path_factory):
         (["--dataset_name", "{root}/nope"], CheckpointDatasetError, "neither"),
         (["--dataset_name", "{root}/empty"], CheckpointDatasetError, "written by save_to_disk"),
         (["--dataset_name", "{root}/no_layout"], CheckpointDatasetError, "parameter layout"),
+        (["--dataset_name", "{root}/ragged"], CheckpointDatasetError, "lists of floats of one length"),
+        (["--dataset_name", "{root}/strings"], CheckpointDatasetError, "lists of floats of one length"),
+        (["--dataset_name", "{root}/one_row"], CheckpointDatasetError, "at least 2 checkpoints"),
         (["--push_to_hub"], TrainingScriptError, "--hub_model_id"),
         (["--checkpoints_total_limit", "0"], TrainingScriptError, "--checkpoints_total_limit"),
         (["--max_train_steps", "0"], TrainingScriptError, "--max_train_steps"),
@@ -104,3 +114,13 @@ def test_bad_input_is_a_named_error_before_any_work(scripts, dataset_dir, bad_da
         run_in_process(scripts["train_autoencoder"], argv)
     assert isinstance(info.value, PDiffError)
     assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_a_corrupt_checkpoint_is_a_named_error(scripts, dataset_dir, tmp_path):
+    out = tmp_path / "ae"
+    argv = _argv(dataset_dir, out, "--max_train_steps", "2", "--checkpointing_steps", "1")
+    assert run_in_process(scripts["train_autoencoder"], argv) == 0
+    weights = out / "checkpoint-2" / "autoencoder" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    with pytest.raises(TrainingScriptError, match="checkpoint-2"):
+        run_in_process(scripts["train_autoencoder"], argv[:-4] + ["--max_train_steps", "3", "--resume_from_checkpoint", "latest"])
