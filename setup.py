@@ -23,6 +23,7 @@ setup(
         "pdiff_hf.novelty",
         "pdiff_hf.tasks",
         "pdiff_hf.commands",
+        "pdiff_hf.hub",
         "pdiff_hf.pipelines",
         "pdiff_hf.hub_cards",
         "pdiff_hf.remote_code",

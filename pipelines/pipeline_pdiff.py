@@ -363,17 +363,46 @@ class PDiffPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------------------------------------ Hub
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        r"""Load from a Hub repo id (``"owner/name"``) or a local folder.
+        r"""Load from a local folder or a Hub repo id (``"owner/name"``), the same safe way for both.
 
-        Hub repos are fetched with ``huggingface_hub.snapshot_download`` (``revision``, ``cache_dir``, ``token``,
-        ``local_files_only``, ``force_download``), JSON and safetensors files only, and built with pdiff_hf's own
-        classes (code files in the repo are never run). ``target_module=`` checks the parameter layout against the
-        network the parameters are for. Hub and layout problems raise :class:`~pdiff_hf.errors.HubError` /
-        :class:`~pdiff_hf.errors.LayoutMismatchError` naming the repo. See :func:`pdiff_hf.hub.load_pipeline`.
+        A Hub repo is fetched with ``huggingface_hub.snapshot_download`` (``revision``, ``cache_dir``, ``token``,
+        ``local_files_only``, ``force_download``), JSON and safetensors files only. Folder or snapshot, the components
+        are built with pdiff_hf's own classes from JSON configs and safetensors weights: no ``.py`` file (not even one
+        named in ``model_index.json``) is imported and no pickle (``.bin``, ``.pt``) is loaded. ``target_module=``
+        checks the parameter layout against the network the parameters are for; ``autoencoder=`` / ``denoiser=`` /
+        ``scheduler=`` replace a component. See :func:`pdiff_hf.hub.load_pipeline`.
         """
         from pdiff_hf.hub import load_pipeline
 
         return load_pipeline(pretrained_model_name_or_path, pipeline_class=cls, **kwargs)
+
+    def save_pretrained(
+        self,
+        save_directory,
+        safe_serialization: bool = True,
+        variant: Optional[str] = None,
+        max_shard_size: Optional[Union[int, str]] = None,
+        push_to_hub: bool = False,
+        **kwargs,
+    ):
+        r"""Write the pipeline as a self-contained folder: safetensors weights, ``param_layout.json``, a model card
+        ``README.md`` and the code files that let stock ``DiffusionPipeline.from_pretrained(dir,
+        trust_remote_code=True)`` load it without pdiff_hf. With ``push_to_hub=True`` and ``repo_id=``, also upload
+        the folder exactly as :meth:`push_to_hub` does and return the ``CommitInfo``. Card options (``results``,
+        ``training_args``, ``target_architecture`` …) as for :meth:`push_to_hub`. See
+        :func:`pdiff_hf.hub.save_pipeline`.
+        """
+        from pdiff_hf.hub import save_pipeline
+
+        return save_pipeline(
+            self,
+            save_directory,
+            safe_serialization=safe_serialization,
+            variant=variant,
+            max_shard_size=max_shard_size,
+            push_to_hub=push_to_hub,
+            **kwargs,
+        )
 
     def push_to_hub(
         self,
@@ -386,22 +415,24 @@ class PDiffPipeline(DiffusionPipeline):
         variant: Optional[str] = None,
         **kwargs,
     ):
-        r"""Upload the pipeline with a model card (and code for ``trust_remote_code=True`` loading) to ``repo_id``.
+        r"""Upload the pipeline with a model card (and code for ``trust_remote_code=True`` loading) to ``repo_id``:
+        the same folder as :meth:`save_pretrained`, uploaded in one commit (created repo, ``revision`` branch).
 
         Extra keyword arguments (``checkpoint_dataset_id``, ``results``, ``training_args``, ``target_architecture``,
         ``revision``, ``license`` …) go to :func:`pdiff_hf.hub.push_pipeline`. Returns its ``CommitInfo``.
         """
-        from pdiff_hf.errors import HubError
-        from pdiff_hf.hub import push_pipeline
+        from pdiff_hf.hub import save_pipeline
 
-        if not safe_serialization or variant is not None:
-            raise HubError("push_to_hub uploads safetensors weights without variants (safe_serialization=True, variant=None)")
-        return push_pipeline(
+        return save_pipeline(
             self,
-            repo_id,
+            None,
+            push_to_hub=True,
+            repo_id=repo_id,
+            commit_message=commit_message,
+            private=private,
             token=token,
-            private=bool(private),
-            commit_message=commit_message or "Upload p-diff pipeline",
             create_pr=create_pr,
+            safe_serialization=safe_serialization,
+            variant=variant,
             **kwargs,
         )

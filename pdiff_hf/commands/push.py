@@ -12,11 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import CheckpointDatasetError, LayoutMismatchError, PDiffError
-
-
-class PushError(PDiffError):
-    """A folder given to ``pdiff-hf push`` lacks what it should hold."""
+from ..errors import CheckpointDatasetError, LayoutMismatchError, PushError
 
 
 def register(subparsers) -> None:

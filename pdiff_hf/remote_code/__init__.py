@@ -1,8 +1,9 @@
 """Self-contained code files that travel with a pushed pipeline, for ``trust_remote_code=True`` loading.
 
-A repo pushed by :func:`pdiff_hf.hub.push_pipeline` can be loaded with stock diffusers, without pdiff_hf installed::
+A folder written by ``PDiffPipeline.save_pretrained`` or a repo pushed by :func:`pdiff_hf.hub.push_pipeline` can be
+loaded with stock diffusers, without pdiff_hf installed::
 
-    DiffusionPipeline.from_pretrained("owner/name", trust_remote_code=True)
+    DiffusionPipeline.from_pretrained("owner/name" or folder, trust_remote_code=True)
 
 diffusers 0.42 loads a component as custom code when its folder holds ``<library_name>.py`` (the first entry of the
 component in ``model_index.json``), and a pipeline class from a ``.py`` at the repo root named by
@@ -14,8 +15,6 @@ The files are not written by hand: :func:`bundle` concatenates the sources of th
 pdiff_hf and defines no name twice. So the uploaded code is exactly the code that made the weights.
 """
 
-from __future__ import annotations
-
 import ast
 import importlib
 import importlib.util
@@ -24,21 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..errors import PDiffError
+from ..errors import RemoteCodeError
 
 PACKAGE = "pdiff_hf"
 # Module file names inside the pushed repo (``<folder>/<name>.py``) and the classes they provide.
 PIPELINE_MODULE = "pipeline_pdiff"
 AUTOENCODER_MODULE = "pdiff_autoencoder"
 DENOISER_MODULE = "pdiff_denoiser"
-# Methods of bundled classes that only make sense with pdiff_hf installed (they import pdiff_hf lazily); the remote
-# code falls back to the diffusers implementation of these.
+# Methods of bundled classes that only make sense with pdiff_hf installed (they import pdiff_hf.hub lazily); the
+# remote code falls back to the diffusers implementation of these. A method importing pdiff_hf that is not listed
+# here stops the bundling with RemoteCodeError.
 DROPPABLE_METHODS = ("from_pretrained", "push_to_hub", "save_pretrained", "download")
 _STUB_BASE = "_PDiffComponentModel"
-
-
-class RemoteCodeError(PDiffError):
-    """The pdiff_hf sources cannot be bundled into a self-contained remote-code module."""
 
 
 @dataclass

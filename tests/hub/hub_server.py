@@ -25,7 +25,7 @@ Errors carry the ``X-Error-Code`` header (``RepoNotFound``, ``RevisionNotFound``
 maps to its exception classes. Repos live in memory with a linear commit history per branch, so any branch, tag or
 commit sha can be read. Writes need a bearer token from ``tokens``; reads of public repos do not.
 
-Run standalone: ``python tests/hub_server.py --port 8765 --token hf_test``.
+Run standalone: ``python tests/hub/hub_server.py --port 8765 --token hf_test``.
 """
 
 from __future__ import annotations

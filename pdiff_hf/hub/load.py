@@ -1,0 +1,167 @@
+"""Load a pipeline from a Hub repo or a local folder without running or unpickling anything from it.
+
+Both go the same way: the folder (for a repo, a ``snapshot_download`` of its JSON and safetensors files only) is read
+by pdiff_hf itself. ``model_index.json`` is used only for the class *names* of its components, which must be
+``ParameterAutoencoder``, ``LatentUNet1DModel`` and a scheduler class of diffusers; the components are built from
+pdiff_hf's own classes and safetensors weights. Code files (``pipeline_pdiff.py`` and the component ``.py`` files that
+``trust_remote_code=True`` uses, or any module the index names) are never imported, and pickled weights (``.bin``,
+``.pt``, …) are never loaded: a component that only has pickles is reported as missing its safetensors.
+"""
+
+import json
+import os
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import snapshot_download
+from torch import nn
+
+from .. import __version__
+from ..errors import HubError, PDiffError
+from .repo import LIBRARY_NAME, check_repo_id, check_target
+
+# What a pipeline download fetches: configs and safetensors. No code, no pickles.
+PIPELINE_ALLOW_PATTERNS = ["model_index.json", "README.md", "*.json", "*.safetensors"]
+# component name -> pdiff_hf class name it must have (None: any diffusers scheduler)
+COMPONENTS = {"autoencoder": "ParameterAutoencoder", "denoiser": "LatentUNet1DModel", "scheduler": None}
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def _missing_component_files(folder: Path, name: str) -> list[str]:
+    """Files component ``name`` lacks in ``folder`` (its config, its safetensors weights)."""
+    sub = folder / name
+    if name == "scheduler":
+        return [] if (sub / "scheduler_config.json").is_file() else [f"{name}/scheduler_config.json"]
+    missing = [] if (sub / "config.json").is_file() else [f"{name}/config.json"]
+    if not sub.is_dir() or not any(p.name.endswith(".safetensors") for p in sub.iterdir()):
+        pickles = sorted(p.name for p in sub.iterdir() if p.name.endswith(_PICKLE_SUFFIXES)) if sub.is_dir() else []
+        if pickles:
+            missing.append(f"{name}/*.safetensors (found only pickle weights {pickles}, which pdiff_hf never loads)")
+        else:
+            missing.append(f"{name}/diffusion_pytorch_model.safetensors")
+    return missing
+
+
+def load_components(
+    folder: Path, label: str, skip: Collection[str] = (), torch_dtype=None, variant: str | None = None
+) -> dict[str, Any]:
+    """The components of the pipeline saved in ``folder`` (``label`` names it in errors) except those in ``skip``,
+    built with pdiff_hf's classes from JSON configs and safetensors weights; :class:`HubError` for anything missing
+    or unexpected."""
+    import diffusers
+    from diffusers import SchedulerMixin
+
+    from ..models import LatentUNet1DModel, ParameterAutoencoder
+
+    model_classes = {"ParameterAutoencoder": ParameterAutoencoder, "LatentUNet1DModel": LatentUNet1DModel}
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise HubError(f"{label} lacks model_index.json: it is not a saved diffusers pipeline")
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise HubError(f"{label} has an unreadable model_index.json ({err})") from None
+    components: dict[str, Any] = {}
+    for name, expected in COMPONENTS.items():
+        if name in skip:
+            continue
+        entry = index.get(name)
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2 or entry[1] is None:
+            raise HubError(f"{label} lacks the {name} component (no {name!r} entry in model_index.json)")
+        missing = _missing_component_files(folder, name)
+        if missing:
+            raise HubError(f"{label} lacks the {name} component: missing {', '.join(missing)}")
+        class_name = entry[1]  # entry[0], the library or module, is never imported
+        if expected is None:
+            scheduler_cls = getattr(diffusers, class_name, None)
+            if not (isinstance(scheduler_cls, type) and issubclass(scheduler_cls, SchedulerMixin)):
+                raise HubError(
+                    f"{label}: expected a diffusers scheduler class for the scheduler, found {entry[0]}.{class_name}"
+                )
+            components[name] = scheduler_cls.from_pretrained(str(folder), subfolder=name)
+            continue
+        if class_name != expected:
+            raise HubError(f"{label}: expected component {name} to be a {expected}, found {class_name}")
+        kwargs = {"use_safetensors": True, "variant": variant}
+        if torch_dtype is not None:
+            kwargs["torch_dtype"] = torch_dtype
+        try:
+            components[name] = model_classes[expected].from_pretrained(str(folder), subfolder=name, **kwargs)
+        except PDiffError as err:
+            raise type(err)(f"{label}, component {name}: {err}") from None
+        except (OSError, ValueError) as err:  # a truncated or foreign safetensors file, a config that does not fit
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise HubError(f"{label}: could not load the {name} component ({type(err).__name__}: {first})") from None
+    return components
+
+
+def _is_local_path(name: str) -> bool:
+    return os.path.exists(name) or name.startswith(("/", ".", "~")) or name.count("/") > 1
+
+
+def load_pipeline(
+    pretrained_model_name_or_path: str | os.PathLike,
+    pipeline_class=None,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+    endpoint: str | None = None,
+    target_module: nn.Module | None = None,
+    torch_dtype=None,
+    variant: str | None = None,
+    use_safetensors: bool | None = None,
+    **overrides,
+):
+    """Load a :class:`~pdiff_hf.PDiffPipeline` from a local folder or a Hub repo id (``PDiffPipeline.from_pretrained``).
+
+    A Hub repo is fetched with ``huggingface_hub.snapshot_download`` (``revision``, ``cache_dir``, ``token``,
+    ``local_files_only``, ``force_download``, ``endpoint``) — JSON and safetensors files only — and then read like a
+    local folder (see the module docstring). Errors of the Hub (``RepositoryNotFoundError``, ``RevisionNotFoundError``,
+    ``LocalEntryNotFoundError`` when offline and not cached, …) propagate unchanged.
+
+    Args:
+        target_module: the network the parameters are for; raises :class:`LayoutMismatchError` naming the repo if
+            the pipeline's parameter layout does not fit it.
+        torch_dtype / variant: passed to the model components' ``from_pretrained``.
+        overrides: components to use instead of the saved ones (``autoencoder=``, ``denoiser=``, ``scheduler=``).
+    """
+    from ..pipelines import PDiffPipeline
+
+    pipeline_class = pipeline_class or PDiffPipeline
+    if use_safetensors is False:
+        raise HubError("expected use_safetensors=True or None, found False: pdiff_hf only loads safetensors weights")
+    unknown = sorted(set(overrides) - set(COMPONENTS))
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments for loading a {pipeline_class.__name__}: {unknown}")
+    name = os.fspath(pretrained_model_name_or_path)
+    if os.path.isdir(name):
+        folder, label = Path(name), f"pipeline folder {name}"
+    elif _is_local_path(name):
+        raise HubError(f"expected a pipeline folder or a Hub repo id 'owner/name', found no folder {name!r}")
+    else:
+        repo_id = check_repo_id(name, "a pipeline folder or a Hub repo id")
+        label = f"model repo {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+        folder = Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                cache_dir=cache_dir,
+                token=token,
+                local_files_only=local_files_only,
+                force_download=force_download,
+                allow_patterns=PIPELINE_ALLOW_PATTERNS,
+                endpoint=endpoint,
+                library_name=LIBRARY_NAME,
+                library_version=__version__,
+            )
+        )
+    components = load_components(folder, label, skip=overrides, torch_dtype=torch_dtype, variant=variant)
+    pipe = pipeline_class(**{**components, **overrides})
+    pipe.register_to_config(_name_or_path=name)
+    if target_module is not None:
+        check_target(pipe.layout, target_module, label)
+    return pipe

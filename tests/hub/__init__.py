@@ -1,0 +1,1 @@
+"""Tests of pdiff_hf.hub, one module per module of the package."""
