@@ -1,31 +1,96 @@
-"""pdiff-hf: Hugging Face–native p-diff (Neural Network Diffusion, Wang et al. 2024, arXiv 2402.13144)."""
+"""pdiff-hf: Hugging Face–native p-diff (Neural Network Diffusion, Wang et al. 2024, arXiv 2402.13144).
+
+``import pdiff_hf`` is cheap: like ``diffusers`` and ``transformers``, the package only records where each public name
+lives (``_import_structure``) and imports that submodule — with torch, diffusers, datasets — on first use of the
+name (``pdiff_hf.PDiffPipeline``, ``from pdiff_hf import fit_pdiff``). Type checkers see ordinary imports.
+"""
+
+import importlib
+from typing import TYPE_CHECKING, Any, Dict, List
 
 __version__ = "0.1.0"
 
-from .checkpoints import (
-    check_dataset_layout,
-    checkpoint_params,
-    get_layout,
-    make_checkpoint_dataset,
-    set_layout,
-    split_by_runs,
+# submodule -> the public names it exports (at top level)
+_import_structure: Dict[str, List[str]] = {
+    "checkpoints": [
+        "check_dataset_layout",
+        "checkpoint_params",
+        "get_layout",
+        "load_checkpoint_dataset",
+        "make_checkpoint_dataset",
+        "set_layout",
+        "split_by_runs",
+    ],
+    "collect": ["collect_checkpoints", "collect_from_runs", "train_classifier"],
+    "data": ["ClassificationSplits"],
+    "errors": [
+        "CheckpointDatasetError",
+        "DimensionMismatchError",
+        "HubError",
+        "LayoutMismatchError",
+        "NonFiniteParametersError",
+        "PDiffError",
+        "SchedulerError",
+        "SelectionError",
+    ],
+    "evaluation": ["evaluate_parameters", "predict_with_parameters", "select_best", "summarize_accuracies"],
+    "fit": ["fit_pdiff", "train_autoencoder", "train_denoiser"],
+    "layout": ["ParamLayout", "ParamSpec"],
+    "models": ["LatentUNet1DModel", "ParameterAutoencoder"],
+    "novelty": ["NoveltyReport", "analyze_novelty", "novelty_verdict"],
+    "pipelines": ["PDiffPipeline", "PDiffPipelineOutput"],
+    "training_utils": ["PDiffConfig", "build_models"],
+}
+# submodules reachable as attributes without an import statement (pdiff_hf.hub.push_pipeline, pdiff_hf.tasks, …)
+_submodules = sorted(
+    set(_import_structure) | {"commands", "demo", "hub", "io_utils", "normalization", "remote_code", "tasks"}
 )
-from .collect import collect_checkpoints, collect_from_runs, train_classifier
-from .data import ClassificationSplits
-from .errors import (
-    CheckpointDatasetError,
-    DimensionMismatchError,
-    HubError,
-    LayoutMismatchError,
-    NonFiniteParametersError,
-    PDiffError,
-    SchedulerError,
-    SelectionError,
-)
-from .evaluation import evaluate_parameters, predict_with_parameters, select_best, summarize_accuracies
-from .layout import ParamLayout, ParamSpec
-from .models import LatentUNet1DModel, ParameterAutoencoder
-from .pipelines import PDiffPipeline, PDiffPipelineOutput
-from .fit import fit_pdiff, train_autoencoder, train_denoiser
-from .training_utils import PDiffConfig, build_models
-from .novelty import NoveltyReport, analyze_novelty, novelty_verdict
+
+_name_to_module = {name: module for module, names in _import_structure.items() for name in names}
+__all__ = ["__version__"] + sorted(_name_to_module)
+
+if TYPE_CHECKING:
+    from .checkpoints import (
+        check_dataset_layout,
+        checkpoint_params,
+        get_layout,
+        load_checkpoint_dataset,
+        make_checkpoint_dataset,
+        set_layout,
+        split_by_runs,
+    )
+    from .collect import collect_checkpoints, collect_from_runs, train_classifier
+    from .data import ClassificationSplits
+    from .errors import (
+        CheckpointDatasetError,
+        DimensionMismatchError,
+        HubError,
+        LayoutMismatchError,
+        NonFiniteParametersError,
+        PDiffError,
+        SchedulerError,
+        SelectionError,
+    )
+    from .evaluation import evaluate_parameters, predict_with_parameters, select_best, summarize_accuracies
+    from .fit import fit_pdiff, train_autoencoder, train_denoiser
+    from .layout import ParamLayout, ParamSpec
+    from .models import LatentUNet1DModel, ParameterAutoencoder
+    from .novelty import NoveltyReport, analyze_novelty, novelty_verdict
+    from .pipelines import PDiffPipeline, PDiffPipelineOutput
+    from .training_utils import PDiffConfig, build_models
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule that defines ``name`` on first access and cache the value in this module."""
+    module = _name_to_module.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    if name in _submodules:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__) | set(_submodules))

@@ -1,8 +1,9 @@
 """The ``pdiff-hf`` command line.
 
 Each subcommand lives in ``pdiff_hf/commands/<name>.py`` and exposes ``register(subparsers)``, which adds an
-``argparse`` sub-parser whose ``func(args) -> int`` runs it. Bad input ends with a one-line error and exit code 2,
-never a traceback.
+``argparse`` sub-parser whose ``func(args) -> int`` runs it. Command modules import torch, diffusers, datasets only
+inside their run functions, so ``pdiff-hf --help`` answers without loading them. Bad input ends with a one-line
+error and exit code 2, never a traceback.
 """
 
 import argparse
@@ -10,13 +11,9 @@ import importlib
 import sys
 from typing import List, Optional
 
-from .errors import PDiffError
+from .errors import CLIError, PDiffError  # noqa: F401  (CLIError: raised by the commands, re-exported here)
 
 COMMANDS = ("demo", "evaluate", "push")
-
-
-class CLIError(PDiffError):
-    """Bad command-line input (missing path, contradicting flags, …)."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,6 @@
 """Train / validation / test splits of a classification task, as tensors."""
 
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -31,11 +30,3 @@ class ClassificationSplits:
     def num_classes(self) -> int:
         return int(torch.cat([self.train_y, self.val_y, self.test_y]).max()) + 1
 
-
-def shuffled_batches(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = False) -> Iterator[torch.Tensor]:
-    """Endless stream of index batches ``(batch_size,)`` over ``range(n)``, reshuffled every epoch by ``generator``."""
-    stop = n - batch_size + 1 if drop_last else n
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        for i in range(0, stop, batch_size):
-            yield perm[i : i + batch_size]

@@ -5,20 +5,29 @@ parameters and save that selection every ``--save_every`` steps (p-diff's recipe
     python training/collect_checkpoints.py --task mnist1d --output_dir pdiff-checkpoints \
         --selection last_norm_layers --num_checkpoints 200 --save_every 1
 
+Defaults are the library's (``collect_checkpoints``, ``train_classifier``); tests/training/test_collect_checkpoints.py
+keeps them equal. Tasks come from :mod:`pdiff_hf.tasks` (``--task``).
+
 Output folder (the same layout as ``pdiff-hf demo``; each folder is written to a hidden sibling folder and renamed
 into place when complete):
 
-* ``target/`` — the trained target network (``MNIST1DCNN.from_pretrained``), i.e. the base that generated
+* ``target/`` — the trained target network (``<task model>.from_pretrained``), i.e. the base that generated
   parameters are loaded into;
 * ``checkpoints/`` — the checkpoint dataset (``datasets.load_from_disk``; columns ``params``, ``run_id``, ``seed``,
   ``step``, ``val_accuracy``, ``test_accuracy``; the parameter layout in ``info.description``). Pass it to
-  ``training/train_ldm.py --checkpoint_dataset <output_dir>/checkpoints``;
-* ``collect_args.json`` — the flags used.
+  ``training/train_ldm.py --dataset_name <output_dir>/checkpoints``;
+* ``collect_args.json`` — the flags used (without ``--hub_token``).
+
+With ``--push_to_hub`` the checkpoint dataset goes to the dataset repo ``--hub_model_id`` (parquet shards and a
+dataset card, :func:`pdiff_hf.hub.push_checkpoint_dataset`); train on it with ``--dataset_name <hub_model_id>
+--dataset_config_name <config>`` (the config is logged).
 
 Under ``accelerate launch`` with several processes only the main process collects (the work is sequential).
+Bad input ends with one line ``collect_checkpoints.py: error: …`` on stderr and exit code 2.
 """
 
-import os
+import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -27,76 +36,103 @@ import torch
 from accelerate import PartialState
 from accelerate.logging import get_logger
 
-from pdiff_hf.accelerate_loop import ArgumentParser, TrainingScriptError, run_script
+from pdiff_hf.collect import collect_checkpoints, collect_from_runs, train_classifier
+from pdiff_hf.errors import PDiffError, TrainingScriptError
+from pdiff_hf.evaluation import evaluate_parameters, summarize_accuracies
+from pdiff_hf.io_utils import atomic_directory, write_json_atomic
+from pdiff_hf.layout import ParamLayout
+from pdiff_hf.tasks import TASKS, get_task
 
+PROG = "collect_checkpoints.py"
 logger = get_logger(__name__)
-TASKS = ("mnist1d",)
 
 
-def parse_args(argv: Optional[List[str]] = None):
-    parser = ArgumentParser(prog="collect_checkpoints.py", description="Collect a p-diff checkpoint dataset.")
-    parser.add_argument("--task", type=str, default="mnist1d", choices=TASKS)
+class ArgumentParser(argparse.ArgumentParser):
+    """Errors raise :class:`TrainingScriptError` (one line, exit code 2 in :func:`cli`) instead of printing the usage
+    block; abbreviated flags are refused (a typo such as ``--learning_rat`` must not mean ``--learning_rate``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        raise TrainingScriptError(f"{message} (see --help)")
+
+
+def parse_args(input_args: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = ArgumentParser(prog=PROG, description="Collect a p-diff checkpoint dataset.")
+    parser.add_argument("--task", type=str, default="mnist1d", help=f"pdiff_hf.tasks name: {', '.join(sorted(TASKS))}.")
     parser.add_argument(
         "--output_dir", type=str, default="pdiff-checkpoints", help="Gets target/, checkpoints/ and collect_args.json."
     )
-    group = parser.add_argument_group("selection")
-    group.add_argument(
+    parser.add_argument("--seed", type=int, default=0, help="Seeds the target's init, training and collection.")
+    parser.add_argument("--data_seed", type=int, default=42, help="Seed of generated task data (MNIST-1D).")
+    # selection
+    parser.add_argument(
         "--selection",
         type=str,
         default="last_norm_layers",
         help="'last_norm_layers' (p-diff's default), 'classifier', or comma-separated glob patterns over parameter "
         "names (e.g. 'features.7.*,classifier.bias').",
     )
-    group.add_argument("--num_norm_layers", type=int, default=2, help="How many normalization layers for last_norm_layers.")
-    group.add_argument("--exclude", type=str, default=None, help="Comma-separated glob patterns removed from the selection.")
-    group.add_argument(
+    parser.add_argument("--num_norm_layers", type=int, default=2, help="Norm layers selected by last_norm_layers.")
+    parser.add_argument("--exclude", type=str, default=None, help="Comma-separated globs removed from the selection.")
+    parser.add_argument(
         "--include_buffers", action="store_true", help="Also collect float buffers (BatchNorm running statistics)."
     )
-    group = parser.add_argument_group("target model")
-    group.add_argument("--channels", type=int, default=32)
-    group.add_argument("--num_layers", type=int, default=3)
-    group.add_argument(
-        "--pretrained_target_model", type=str, default=None, help="A trained MNIST1DCNN folder; skips full training."
+    # target model
+    parser.add_argument("--channels", type=int, default=None, help="Width of the task's network (default: its own).")
+    parser.add_argument("--num_layers", type=int, default=None, help="Depth of the task's network (default: its own).")
+    parser.add_argument(
+        "--pretrained_target_model", type=str, default=None, help="A trained target network folder; skips training."
     )
-    group.add_argument("--num_train_epochs", type=int, default=30, help="Epochs of full training of the target model.")
-    group.add_argument("--train_learning_rate", type=float, default=3e-3)
-    group.add_argument("--train_batch_size", type=int, default=128)
-    group = parser.add_argument_group("collection")
-    group.add_argument("--num_checkpoints", type=int, default=200, help="Checkpoints per run.")
-    group.add_argument("--save_every", type=int, default=1, help="SGD steps on the selection between checkpoints.")
-    group.add_argument("--learning_rate", type=float, default=1e-3, help="SGD step size on the selection.")
-    group.add_argument("--momentum", type=float, default=0.9)
-    group.add_argument("--num_runs", type=int, default=1, help="Collection runs (seeds seed, seed+1, …) from the same base.")
-    group.add_argument("--seed", type=int, default=0)
-    group.add_argument("--data_seed", type=int, default=42, help="Seed of the generated MNIST-1D data.")
-    args = parser.parse_args(argv)
-    for name in ("num_checkpoints", "save_every", "num_runs", "train_batch_size", "channels", "num_layers"):
+    parser.add_argument("--num_train_epochs", type=int, default=30, help="Epochs of full training of the target model.")
+    parser.add_argument("--train_learning_rate", type=float, default=3e-3, help="AdamW step size of full training.")
+    parser.add_argument("--train_batch_size", type=int, default=128, help="Batch size of training and collection.")
+    # collection
+    parser.add_argument("--num_checkpoints", type=int, default=200, help="Checkpoints per run.")
+    parser.add_argument("--save_every", type=int, default=1, help="SGD steps on the selection between checkpoints.")
+    parser.add_argument(
+        "--learning_rate",
+        type=float,
+        default=0.2,
+        help="SGD step size on the selection; small ones make near-identical checkpoints (see collect_checkpoints).",
+    )
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum on the selection.")
+    parser.add_argument("--num_runs", type=int, default=1, help="Runs (seeds seed, seed+1, …) from the same base.")
+    # Hub
+    parser.add_argument("--push_to_hub", action="store_true", help="Push the checkpoint dataset to the Hub.")
+    parser.add_argument("--hub_model_id", type=str, default=None, help="Dataset repo 'owner/name' for the checkpoints.")
+    parser.add_argument("--hub_token", type=str, default=None, help="Hub token (default: HF_TOKEN or the saved login).")
+    parser.add_argument("--hub_private_repo", action="store_true", help="Create the dataset repo private.")
+
+    args = parser.parse_args(input_args)
+    for name in ("num_checkpoints", "save_every", "num_runs", "train_batch_size", "num_norm_layers"):
         if getattr(args, name) < 1:
-            raise TrainingScriptError(f"--{name} must be >= 1, found {getattr(args, name)}")
+            raise TrainingScriptError(f"--{name}: expected >= 1, found {getattr(args, name)}")
+    for name in ("channels", "num_layers"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise TrainingScriptError(f"--{name}: expected >= 1, found {getattr(args, name)}")
     if args.num_train_epochs < 0:
-        raise TrainingScriptError(f"--num_train_epochs must be >= 0, found {args.num_train_epochs}")
-    if args.pretrained_target_model and not os.path.isdir(args.pretrained_target_model):
-        raise TrainingScriptError(f"--pretrained_target_model {args.pretrained_target_model!r} is not a folder")
+        raise TrainingScriptError(f"--num_train_epochs: expected >= 0, found {args.num_train_epochs}")
+    if not args.learning_rate > 0:
+        raise TrainingScriptError(f"--learning_rate: expected > 0, found {args.learning_rate}")
+    if args.pretrained_target_model and not Path(args.pretrained_target_model).is_dir():
+        raise TrainingScriptError(
+            f"--pretrained_target_model: expected a folder, found none at {args.pretrained_target_model!r}"
+        )
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise TrainingScriptError(f"--output_dir: expected a folder, found a file: {args.output_dir!r}")
+    if args.push_to_hub and not args.hub_model_id:
+        raise TrainingScriptError("--push_to_hub needs --hub_model_id (the dataset repo 'owner/name')")
+    get_task(args.task)  # an unknown name is an UnknownTaskError listing the known tasks
     return args
 
 
-def load_task(args):
-    """``(model, data)`` for ``--task``."""
-    from pdiff_hf.tasks.mnist1d import MNIST1DCNN, load_mnist1d
+def select(model: torch.nn.Module, args: argparse.Namespace) -> ParamLayout:
+    def split(s):
+        return [p.strip() for p in s.split(",") if p.strip()] if s else []
 
-    data = load_mnist1d(seed=args.data_seed)
-    if args.pretrained_target_model:
-        model = MNIST1DCNN.from_pretrained(args.pretrained_target_model)
-    else:
-        torch.manual_seed(args.seed)
-        model = MNIST1DCNN(in_length=data.train_x.shape[-1], channels=args.channels, num_layers=args.num_layers)
-    return model, data
-
-
-def select(model, args):
-    from pdiff_hf.layout import ParamLayout
-
-    split = lambda s: [p.strip() for p in s.split(",") if p.strip()] if s else []  # noqa: E731
     exclude = split(args.exclude)
     if args.selection == "last_norm_layers":
         return ParamLayout.from_module(
@@ -104,27 +140,45 @@ def select(model, args):
         )
     include = ["classifier.*"] if args.selection == "classifier" else split(args.selection)
     if not include:
-        raise TrainingScriptError("--selection is empty")
+        raise TrainingScriptError("--selection: expected 'last_norm_layers', 'classifier' or globs, found nothing")
     return ParamLayout.from_module(model, include=include, exclude=exclude, include_buffers=args.include_buffers)
 
 
-def main(args) -> int:
-    from pdiff_hf.collect import collect_checkpoints, collect_from_runs, train_classifier
-    from pdiff_hf.evaluation import evaluate_parameters, summarize_accuracies
-
-    from pdiff_hf.io_utils import atomic_directory, write_json_atomic
-
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO
+    )
     out = Path(args.output_dir).resolve()
-    if out.exists() and not out.is_dir():
-        raise TrainingScriptError(f"--output_dir {args.output_dir!r} is a file")
     state = PartialState()
     logger.info("accelerate: num_processes=%d distributed_type=%s", state.num_processes, state.distributed_type)
     if state.num_processes > 1:
         logger.info("collection is sequential: only the main process works, the others wait")
+
     if state.is_main_process:
-        model, data = load_task(args)
+        # 1. task data and target network
+        task = get_task(args.task)
+        data = task.load_data(seed=args.data_seed)
+        if args.pretrained_target_model:
+            try:
+                model = task.model_class.from_pretrained(args.pretrained_target_model)
+            except (OSError, ValueError) as err:
+                raise TrainingScriptError(
+                    f"--pretrained_target_model: expected a saved {task.model_class.__name__} in "
+                    f"{args.pretrained_target_model!r}, found none ({type(err).__name__})"
+                ) from None
+        else:
+            overrides = {k: getattr(args, k) for k in ("channels", "num_layers") if getattr(args, k) is not None}
+            torch.manual_seed(args.seed)
+            try:
+                model = task.build_model(data, **overrides)
+            except TypeError as err:
+                raise TrainingScriptError(
+                    f"expected flags that the network of task {args.task!r} takes, found {sorted(overrides)} ({err})"
+                ) from None
         layout = select(model, args)
-        logger.info("selection: %s", layout.describe())
+        logger.info("task %s; selection: %s", args.task, layout.describe())
+
+        # 2. full training of the target (p-diff's step 1)
         if args.num_train_epochs > 0 and not args.pretrained_target_model:
             logger.info("training the target model for %d epochs", args.num_train_epochs)
             train_classifier(
@@ -134,18 +188,18 @@ def main(args) -> int:
                 learning_rate=args.train_learning_rate,
                 batch_size=args.train_batch_size,
                 seed=args.seed,
-                progress=True,
             )
         base = layout.flatten(model)[None]
         base_test = float(evaluate_parameters(model, layout, base, data.test_x, data.test_y)[0])
         logger.info("target model test accuracy: %.2f%%", base_test)
+
+        # 3. keep training only the selection, one checkpoint every --save_every steps
         kwargs = dict(
             num_checkpoints=args.num_checkpoints,
             save_every=args.save_every,
             learning_rate=args.learning_rate,
             batch_size=args.train_batch_size,
             momentum=args.momentum,
-            progress=True,
         )
         if args.num_runs == 1:
             ds = collect_checkpoints(model, data, layout, seed=args.seed, **kwargs)
@@ -158,11 +212,13 @@ def main(args) -> int:
             stats = summarize_accuracies(torch.tensor(ds[f"{split}_accuracy"]))
             logger.info("checkpoint %s accuracy: %s", split, stats)
 
+        # 4. save (each folder appears complete or not at all), then push
         with atomic_directory(out / "target") as tmp:
             model.save_pretrained(str(tmp))
         with atomic_directory(out / "checkpoints") as tmp:
             ds.save_to_disk(str(tmp))
-        write_json_atomic(out / "collect_args.json", vars(args))
+        settings = {k: v for k, v in vars(args).items() if k != "hub_token"}
+        write_json_atomic(out / "collect_args.json", settings)
         logger.info(
             "saved %d checkpoints (D=%d) to %s and the target model to %s",
             len(ds),
@@ -170,12 +226,33 @@ def main(args) -> int:
             out / "checkpoints",
             out / "target",
         )
+
+        if args.push_to_hub:
+            import pdiff_hf.hub as hub
+
+            config = {k: v for k, v in model.config.items() if not k.startswith("_")}
+            architecture = f"{type(model).__name__}({', '.join(f'{k}={v!r}' for k, v in config.items())})"
+            info = hub.push_checkpoint_dataset(
+                ds, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo, architecture=architecture
+            )
+            config_name = getattr(info, "config_name", None)
+            logger.info("pushed the checkpoint dataset to %s (config %s)", args.hub_model_id, config_name)
     state.wait_for_everyone()
     return 0
 
 
-def cli(argv: Optional[List[str]] = None) -> int:
-    return run_script(main, parse_args, argv, prog="collect_checkpoints.py")
+def cli(input_args: Optional[List[str]] = None) -> int:
+    """Run the script: bad input ends with ``collect_checkpoints.py: error: <one line>`` on stderr and exit code 2,
+    Ctrl-C with exit code 130. Usable in-process (``input_args``) and as ``__main__``."""
+    try:
+        return int(main(parse_args(input_args)) or 0)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    except (PDiffError, FileNotFoundError, NotADirectoryError) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

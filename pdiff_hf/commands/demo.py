@@ -2,42 +2,40 @@
 
 import argparse
 
-from ..demo import DemoConfig
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    d = DemoConfig()
+    # Defaults are DemoConfig's, applied in run(): a flag left at None is not passed on. Importing pdiff_hf.demo here
+    # would load torch, diffusers and datasets for every `pdiff-hf --help`.
     p = subparsers.add_parser(
         "demo",
         help="run p-diff end to end on MNIST-1D (collect, train, generate, evaluate, report)",
         description="Run p-diff end to end on MNIST-1D generated locally and write a report folder.",
     )
     p.add_argument("--output-dir", required=True, help="folder for target/, checkpoints/, pipeline/, report.md, results.json")
-    p.add_argument("--selection", choices=["norm", "classifier"], default=d.selection,
+    p.add_argument("--selection", choices=["norm", "classifier"], default=None,
                    help="norm: last two BatchNorm layers (D=128, default); classifier: final linear layer (D=12,810)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--data-seed", type=int, default=d.data_seed, help="MNIST-1D generator seed")
-    p.add_argument("--target-epochs", type=int, default=d.target_epochs)
-    p.add_argument("--num-checkpoints", type=int, default=d.num_checkpoints)
-    p.add_argument("--save-every", type=int, default=d.save_every, help="SGD steps between saved checkpoints")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--data-seed", type=int, default=None, help="MNIST-1D generator seed")
+    p.add_argument("--target-epochs", type=int, default=None)
+    p.add_argument("--num-checkpoints", type=int, default=None)
+    p.add_argument("--save-every", type=int, default=None, help="SGD steps between saved checkpoints")
     p.add_argument("--collect-learning-rate", type=float, default=None,
                    help="SGD step size on the selection while collecting (default: 0.2 norm, 0.05 classifier)")
-    p.add_argument("--ae-steps", type=int, default=d.ae_steps)
-    p.add_argument("--denoiser-steps", type=int, default=d.denoiser_steps)
-    p.add_argument("--num-models", type=int, default=d.num_models, help="models to generate")
-    p.add_argument("--num-inference-steps", type=int, default=d.num_inference_steps)
-    p.add_argument("--num-threads", type=int, default=d.num_threads,
+    p.add_argument("--ae-steps", type=int, default=None)
+    p.add_argument("--denoiser-steps", type=int, default=None)
+    p.add_argument("--num-models", type=int, default=None, help="models to generate")
+    p.add_argument("--num-inference-steps", type=int, default=None)
+    p.add_argument("--num-threads", type=int, default=None,
                    help="torch threads (1 is usually fastest for these small models)")
     p.add_argument("--no-novelty", dest="novelty", action="store_false", help="skip baselines and novelty analysis")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
+    from ..demo import DemoConfig, run_demo
     from ..novelty import format_accuracy_table, tune_cpu_allocator
 
-    config = DemoConfig(
-        output_dir=args.output_dir,
+    options = dict(
         selection=args.selection,
         seed=args.seed,
         data_seed=args.data_seed,
@@ -50,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
         num_models=args.num_models,
         num_inference_steps=args.num_inference_steps,
         num_threads=args.num_threads,
-        novelty=args.novelty,
     )
+    given = {name: value for name, value in options.items() if value is not None}
+    config = DemoConfig(output_dir=args.output_dir, novelty=args.novelty, **given)
     config.validate()
     tune_cpu_allocator()  # process-wide, so the command sets it, never the library (pdiff_hf.novelty.allocator)
     results = run_demo(config)

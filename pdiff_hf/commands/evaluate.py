@@ -9,30 +9,10 @@ the report writer the demo uses too.
 
 import argparse
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict
 
 from ..errors import CheckpointDatasetError, EvaluateError, LayoutMismatchError
-
-
-@dataclass
-class Task:
-    """A built-in task: how to load its splits and which ``ModelMixin`` class its target network is saved as."""
-
-    load_data: Callable
-    model_class: Callable
-    description: str = ""
-
-
-def _mnist1d() -> Task:
-    from ..tasks.mnist1d import MNIST1DCNN, load_mnist1d
-
-    return Task(load_mnist1d, MNIST1DCNN, "MNIST-1D (generated locally) with MNIST1DCNN")
-
-
-# name -> factory returning a Task (factories keep imports lazy); tests may register tiny tasks here.
-TASKS: Dict[str, Callable[[], Task]] = {"mnist1d": _mnist1d}
+from ..tasks import TASKS, Task, get_task  # noqa: F401  (the task registry; tests register tiny tasks in TASKS)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -136,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     check_dataset_layout(dataset, layout, what=f"the pipeline at {pipeline_dir}")
     train_params = checkpoint_params(dataset)
 
-    task = TASKS[args.task]()
+    task = get_task(args.task)
     target = task.model_class.from_pretrained(str(target_dir))
     layout.check_module(target)
     data = task.load_data()

@@ -1,0 +1,83 @@
+"""``import pdiff_hf`` is lazy: no heavy library is imported until a public name is used, and every name resolves."""
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pdiff_hf
+
+HEAVY = ("diffusers", "datasets", "transformers", "matplotlib")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter; it prints one JSON object as its last line."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_import_is_lazy_and_every_public_name_resolves():
+    result = _python(
+        f"""
+import importlib, json, sys
+import pdiff_hf
+heavy = {HEAVY!r}
+after_import = sorted(m for m in heavy if m in sys.modules)
+torch_after_import = "torch" in sys.modules
+import pdiff_hf.tasks, pdiff_hf.errors
+after_tasks = sorted(m for m in heavy if m in sys.modules)
+wrong = []
+for module, names in pdiff_hf._import_structure.items():
+    mod = importlib.import_module("pdiff_hf." + module)
+    for name in names:
+        if getattr(pdiff_hf, name) is not getattr(mod, name):
+            wrong.append(name)
+print(json.dumps({{"after_import": after_import, "torch": torch_after_import, "after_tasks": after_tasks,
+                  "wrong": wrong, "pipeline": pdiff_hf.PDiffPipeline.__name__, "fit": pdiff_hf.fit_pdiff.__name__}}))
+"""
+    )
+    assert result["after_import"] == [], f"import pdiff_hf imported {result['after_import']}"
+    assert not result["torch"], "import pdiff_hf imported torch"
+    assert result["after_tasks"] == [], f"import pdiff_hf.tasks imported {result['after_tasks']}"
+    assert result["wrong"] == []
+    assert result["pipeline"] == "PDiffPipeline" and result["fit"] == "fit_pdiff"
+
+
+def test_public_names_dir_and_type_checking_imports_agree():
+    structure = pdiff_hf._import_structure
+    names = {n for ns in structure.values() for n in ns}
+    assert set(pdiff_hf.__all__) == names | {"__version__"}
+    assert len(names) == sum(len(ns) for ns in structure.values()), "a name is exported by two submodules"
+    expected = {  # the public API (new: load_checkpoint_dataset)
+        "PDiffPipeline", "PDiffPipelineOutput", "ParamLayout", "ParamSpec", "ParameterAutoencoder", "LatentUNet1DModel",
+        "PDiffConfig", "build_models", "fit_pdiff", "train_autoencoder", "train_denoiser", "collect_checkpoints",
+        "collect_from_runs", "train_classifier", "ClassificationSplits", "evaluate_parameters", "select_best",
+        "predict_with_parameters", "summarize_accuracies", "NoveltyReport", "analyze_novelty", "novelty_verdict",
+        "check_dataset_layout", "checkpoint_params", "get_layout", "make_checkpoint_dataset", "set_layout",
+        "split_by_runs", "load_checkpoint_dataset", "PDiffError", "SelectionError", "LayoutMismatchError",
+        "DimensionMismatchError", "NonFiniteParametersError", "CheckpointDatasetError", "SchedulerError", "HubError",
+    }  # fmt: skip
+    assert names == expected
+    assert names <= set(dir(pdiff_hf)) and {"tasks", "hub", "novelty", "pipelines"} <= set(dir(pdiff_hf))
+
+    # the TYPE_CHECKING block imports exactly _import_structure, so type checkers and IDEs see the same API
+    tree = ast.parse(Path(pdiff_hf.__file__).read_text(encoding="utf-8"))
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", None) == "TYPE_CHECKING")
+    seen = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom) and node.level == 1
+        seen.setdefault(node.module, []).extend(a.name for a in node.names)
+    assert {k: sorted(v) for k, v in seen.items()} == {k: sorted(v) for k, v in structure.items()}
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    import pytest
+
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        pdiff_hf.nope  # noqa: B018
+    assert not hasattr(pdiff_hf, "CLIError")  # not part of the top-level API (pdiff_hf.errors.CLIError)
+    assert pdiff_hf.errors.PDiffError is pdiff_hf.PDiffError
+    assert pdiff_hf.__version__
