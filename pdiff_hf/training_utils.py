@@ -7,7 +7,6 @@ with Accelerate) and in :mod:`pdiff_hf.fit` (a plain single-process loop). Both 
 one-process script run and ``fit_pdiff`` train the same weights.
 """
 
-import os
 from dataclasses import dataclass
 from typing import Iterator, Tuple
 
@@ -271,98 +270,3 @@ def tracker_config(args) -> dict:
             value = ",".join(str(v) for v in value)
         out[key] = "None" if value is None else value
     return out
-
-
-def checkpoint_folders(output_dir: str) -> list:
-    """Complete ``checkpoint-<step>`` folders under ``output_dir``, oldest first (a checkpoint is renamed into
-    place only once complete, see :func:`save_checkpoint`)."""
-    import os
-    import re
-
-    if not os.path.isdir(output_dir):
-        return []
-    found = [d for d in os.listdir(output_dir) if re.fullmatch(r"checkpoint-\d+", d)]
-    return [os.path.join(output_dir, d) for d in sorted(found, key=lambda d: int(d.split("-")[1]))]
-
-
-def resolve_resume_checkpoint(output_dir: str, resume_from_checkpoint: str):
-    """``--resume_from_checkpoint`` → a checkpoint folder, or None to start fresh. ``"latest"`` is the newest
-    complete checkpoint in ``output_dir`` (None if there is none); anything else must be an existing checkpoint
-    folder (a path, or a name under ``output_dir``)."""
-    import os
-
-    from .errors import TrainingScriptError
-
-    if not resume_from_checkpoint:
-        return None
-    if resume_from_checkpoint == "latest":
-        found = checkpoint_folders(output_dir)
-        return found[-1] if found else None
-    for path in (resume_from_checkpoint, os.path.join(output_dir, resume_from_checkpoint)):
-        if os.path.isdir(path) and os.path.basename(os.path.normpath(path)).startswith("checkpoint-"):
-            return path
-    raise TrainingScriptError(
-        f"--resume_from_checkpoint: expected 'latest' or an existing checkpoint-<step> folder, found "
-        f"{resume_from_checkpoint!r} (looked in {output_dir!r} too)"
-    )
-
-
-def check_output_dir(output_dir: str, resume_from_checkpoint) -> None:
-    """Refuse to start a new run in a folder that holds another run's checkpoints: a later ``latest`` would
-    resume from them."""
-    from .errors import TrainingScriptError
-
-    if not resume_from_checkpoint and checkpoint_folders(output_dir):
-        names = ", ".join(os.path.basename(p) for p in checkpoint_folders(output_dir))
-        raise TrainingScriptError(
-            f"--output_dir {output_dir!r}: expected no checkpoints of an earlier run, found {names}; pass "
-            "--resume_from_checkpoint latest to continue it, or choose a new --output_dir"
-        )
-
-
-def save_checkpoint(accelerator, output_dir: str, step: int, total_limit=None) -> str:
-    """``accelerator.save_state`` into a hidden folder, renamed to ``checkpoint-<step>`` once every process has
-    written its part; only then are the oldest checkpoints beyond ``total_limit`` deleted (a crash during a save
-    never leaves fewer complete checkpoints than before). Call on every process."""
-    import shutil
-
-    path = os.path.join(output_dir, f"checkpoint-{step}")
-    tmp = os.path.join(output_dir, f".checkpoint-{step}.tmp")
-    if accelerator.is_main_process and os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-        if total_limit is not None:
-            for old in checkpoint_folders(output_dir)[:-total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return path
-
-
-def save_pretrained_into(obj, output_dir: str, marker: str) -> None:
-    """``obj.save_pretrained`` into ``output_dir`` (which may hold checkpoints too): written to a hidden folder
-    first, then moved in entry by entry with ``marker`` (``config.json`` / ``model_index.json``) last, so a folder
-    with the marker is complete."""
-    import shutil
-    import tempfile
-
-    os.makedirs(output_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".save-", dir=output_dir)
-    try:
-        obj.save_pretrained(tmp)
-        marker_path = os.path.join(output_dir, marker)
-        if os.path.exists(marker_path):
-            os.remove(marker_path)
-        names = sorted(os.listdir(tmp), key=lambda name: name == marker)
-        for name in names:
-            dest = os.path.join(output_dir, name)
-            if os.path.isdir(dest):
-                shutil.rmtree(dest)
-            os.replace(os.path.join(tmp, name), dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

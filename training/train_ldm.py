@@ -19,7 +19,6 @@ import argparse
 import logging
 import math
 import os
-import signal
 import sys
 
 import torch
@@ -30,6 +29,15 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from pdiff_hf.checkpointing import (
+    StopOnSignal,
+    check_output_dir,
+    load_checkpoint,
+    register_checkpoint_hooks,
+    resolve_resume_checkpoint,
+    save_checkpoint,
+    save_pretrained_into,
+)
 from pdiff_hf.checkpoints import checkpoint_params, get_layout, load_checkpoint_dataset
 from pdiff_hf.errors import DimensionMismatchError, PDiffError, TrainingScriptError
 from pdiff_hf.layout import check_finite
@@ -38,15 +46,11 @@ from pdiff_hf.pipelines import PDiffPipeline
 from pdiff_hf.training_utils import (
     PDiffConfig,
     build_denoiser,
-    check_output_dir,
     check_training_args,
     denoiser_loss,
     make_dataloader,
     noise_scheduler_for,
-    resolve_resume_checkpoint,
     sampling_scheduler_for,
-    save_checkpoint,
-    save_pretrained_into,
     tracker_config,
 )
 
@@ -183,27 +187,7 @@ def main(args):
         )
 
     # Checkpoints hold the denoiser (and its EMA) as save_pretrained folders: safetensors, readable without this script.
-    def save_model_hook(models, weights, output_dir):
-        if accelerator.is_main_process:
-            if ema_model is not None:
-                with torch.random.fork_rng(devices=[]):  # it builds a model: saving must not move the RNG
-                    ema_model.save_pretrained(os.path.join(output_dir, "denoiser_ema"))
-            for model in models:
-                model.save_pretrained(os.path.join(output_dir, "denoiser"))
-                weights.pop()
-
-    def load_model_hook(models, input_dir):
-        if ema_model is not None:
-            loaded = EMAModel.from_pretrained(os.path.join(input_dir, "denoiser_ema"), LatentUNet1DModel)
-            ema_model.load_state_dict(loaded.state_dict())
-            ema_model.to(accelerator.device)
-        while models:
-            model = models.pop()
-            loaded = LatentUNet1DModel.from_pretrained(input_dir, subfolder="denoiser")
-            model.load_state_dict(loaded.state_dict())
-
-    accelerator.register_save_state_pre_hook(save_model_hook)
-    accelerator.register_load_state_pre_hook(load_model_hook)
+    register_checkpoint_hooks(accelerator, LatentUNet1DModel, "denoiser", ema_model)
 
     train_dataloader = make_dataloader(latents, args.train_batch_size, seed=args.seed, num_workers=args.dataloader_num_workers)
     sampler = train_dataloader.sampler
@@ -232,66 +216,56 @@ def main(args):
     global_step, first_epoch, resume_step = 0, 0, 0
     if resume_path:
         logger.info(f"resuming from {resume_path}")
-        try:
-            accelerator.load_state(resume_path)
-        except Exception as err:  # safetensors, torch and accelerate each raise their own types for a broken folder
-            raise TrainingScriptError(
-                f"--resume_from_checkpoint: expected a complete checkpoint of this run's models, found {resume_path!r} "
-                f"unreadable ({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''})"
-            ) from err
-        global_step = int(os.path.basename(os.path.normpath(resume_path)).split("-")[1])
-        first_epoch = global_step // num_update_steps_per_epoch
-        resume_step = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
+        global_step, first_epoch, resume_step = load_checkpoint(
+            accelerator, resume_path, num_update_steps_per_epoch, args.gradient_accumulation_steps
+        )
     else:
         set_seed(args.seed, device_specific=True)  # different diffusion noise on every process
-
-    # Ctrl-C / SIGTERM: finish the step, save a checkpoint on every process, exit with 130.
-    stop = {"requested": False}
-    signal.signal(signal.SIGINT, lambda *_: stop.update(requested=True))
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
 
     logger.info(f"***** training the denoiser: {max_train_steps} steps, {num_train_epochs} epochs, batch "
                 f"{args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps} *****")
     progress_bar = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process)
     denoiser.train()
-    for epoch in range(first_epoch, num_train_epochs):
-        loader = train_dataloader
-        if epoch == first_epoch and resume_step:
-            loader = accelerator.skip_first_batches(train_dataloader, resume_step)
-        loader.set_epoch(epoch)
-        sampler.set_epoch(epoch)  # with several processes, accelerate's loader does not pass the epoch on
-        for batch in loader:
-            with accelerator.accumulate(denoiser):
-                loss = denoiser_loss(denoiser, noise_scheduler, batch)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm:
-                    accelerator.clip_grad_norm_(denoiser.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
-            if ema_model is not None:
-                ema_model.step(denoiser.parameters())
-            global_step += 1
-            progress_bar.update(1)
-            logs = {"loss": accelerator.reduce(loss.detach(), "mean").item(), "lr": lr_scheduler.get_last_lr()[0]}
-            progress_bar.set_postfix(**logs)
-            accelerator.log(logs, step=global_step)
-            if stop["requested"]:
-                accelerator.set_trigger()
-            interrupted = accelerator.check_trigger()
-            if global_step % args.checkpointing_steps == 0 or interrupted:
-                path = save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
-                logger.info(f"saved state to {path}")
-            if interrupted:
-                logger.warning(f"interrupted at step {global_step}; resume with --resume_from_checkpoint latest")
-                accelerator.end_training()
-                return 130
+    # Ctrl-C / SIGTERM: finish the step, save a checkpoint on every process, exit with 130.
+    with StopOnSignal() as stop:
+        for epoch in range(first_epoch, num_train_epochs):
+            loader = train_dataloader
+            if epoch == first_epoch and resume_step:
+                loader = accelerator.skip_first_batches(train_dataloader, resume_step)
+            loader.set_epoch(epoch)
+            sampler.set_epoch(epoch)  # with several processes, accelerate's loader does not pass the epoch on
+            for batch in loader:
+                with accelerator.accumulate(denoiser):
+                    loss = denoiser_loss(denoiser, noise_scheduler, batch)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and args.max_grad_norm:
+                        accelerator.clip_grad_norm_(denoiser.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if not accelerator.sync_gradients:
+                    continue
+                if ema_model is not None:
+                    ema_model.step(denoiser.parameters())
+                global_step += 1
+                progress_bar.update(1)
+                logs = {"loss": accelerator.reduce(loss.detach(), "mean").item(), "lr": lr_scheduler.get_last_lr()[0]}
+                progress_bar.set_postfix(**logs)
+                accelerator.log(logs, step=global_step)
+                if stop.requested:
+                    accelerator.set_trigger()
+                interrupted = accelerator.check_trigger()
+                if global_step % args.checkpointing_steps == 0 or interrupted:
+                    path = save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+                    logger.info(f"saved state to {path}")
+                if interrupted:
+                    logger.warning(f"interrupted at step {global_step}; resume with --resume_from_checkpoint latest")
+                    accelerator.end_training()
+                    return 130
+                if global_step >= max_train_steps:
+                    break
             if global_step >= max_train_steps:
                 break
-        if global_step >= max_train_steps:
-            break
     progress_bar.close()
 
     # Assemble the pipeline with the (EMA) weights, sample a few models as a check, save it at --output_dir.
