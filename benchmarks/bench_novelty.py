@@ -45,7 +45,7 @@ def build_setting(args):
         layout = ParamLayout.from_module(model, last_norm_layers=2)
         dataset = collect_checkpoints(model, data, layout, num_checkpoints=200, learning_rate=args.collect_lr, seed=0)
         config = PDiffConfig(ae_steps=args.train_steps, denoiser_steps=args.train_steps)
-        pipe = fit_pdiff(checkpoint_params(dataset), layout, config)
+        pipe = fit_pdiff(checkpoint_params(dataset), layout, config, progress=False)
         print(f"setting built in {time.perf_counter() - t0:.1f} s")
         if cache is not None:
             model.save_pretrained(cache / "target")

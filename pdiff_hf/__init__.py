@@ -30,8 +30,10 @@ _import_structure: Dict[str, List[str]] = {
         "LayoutMismatchError",
         "NonFiniteParametersError",
         "PDiffError",
+        "PipelineInputError",
         "SchedulerError",
         "SelectionError",
+        "TrainingScriptError",
     ],
     "evaluation": ["evaluate_parameters", "predict_with_parameters", "select_best", "summarize_accuracies"],
     "fit": ["fit_pdiff", "train_autoencoder", "train_denoiser"],
@@ -43,7 +45,7 @@ _import_structure: Dict[str, List[str]] = {
 }
 # submodules reachable as attributes without an import statement (pdiff_hf.hub.push_pipeline, pdiff_hf.tasks, …)
 _submodules = sorted(
-    set(_import_structure) | {"commands", "demo", "hub", "io_utils", "normalization", "remote_code", "tasks"}
+    set(_import_structure) | {"checkpointing", "commands", "demo", "hub", "io_utils", "normalization", "remote_code", "tasks"}
 )
 
 _name_to_module = {name: module for module, names in _import_structure.items() for name in names}
@@ -68,8 +70,10 @@ if TYPE_CHECKING:
         LayoutMismatchError,
         NonFiniteParametersError,
         PDiffError,
+        PipelineInputError,
         SchedulerError,
         SelectionError,
+        TrainingScriptError,
     )
     from .evaluation import evaluate_parameters, predict_with_parameters, select_best, summarize_accuracies
     from .fit import fit_pdiff, train_autoencoder, train_denoiser

@@ -32,6 +32,10 @@ class CheckpointDatasetError(PDiffError):
     """A checkpoint dataset lacks the expected columns, layout metadata or rows."""
 
 
+class UnknownTaskError(PDiffError):
+    """A task name that is not in the registry ``pdiff_hf.tasks.TASKS``."""
+
+
 # ------------------------------------------------------------------------------------------- models, pipeline
 class SchedulerError(PDiffError):
     """A scheduler is unknown or incompatible with the objective the denoiser was trained with."""

@@ -86,7 +86,7 @@ def parse_args(input_args: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--pretrained_target_model", type=str, default=None, help="A trained target network folder; skips training."
     )
-    parser.add_argument("--num_train_epochs", type=int, default=30, help="Epochs of full training of the target model.")
+    parser.add_argument("--num_train_epochs", type=int, default=15, help="Epochs of full training of the target model.")
     parser.add_argument("--train_learning_rate", type=float, default=3e-3, help="AdamW step size of full training.")
     parser.add_argument("--train_batch_size", type=int, default=128, help="Batch size of training and collection.")
     # collection

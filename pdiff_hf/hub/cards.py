@@ -36,7 +36,7 @@ _SECRET_KEY = re.compile(r"token|secret|password|passwd|api[_-]?key|credential|a
 _MAX_LAYOUT_ROWS = 64  # a card lists at most this many tensors; the layout file has them all
 _SUMMARY_KEYS = ("count", "best", "mean", "median", "min", "std")
 # Keys of a results.json that are not results: the run's settings (shown as training settings) and its selection.
-_NOT_RESULTS = ("original", "generated", "baselines", "novelty", "config", "selection", "training_args")
+_NOT_RESULTS = ("original", "generated", "baselines", "novelty", "config", "selection", "training_args", "plots")
 # Config keys of the components shown among the training settings.
 _AUTOENCODER_SETTINGS = (
     "in_dim", "block_out_channels", "latent_channels", "pos_channels", "input_noise", "latent_noise", "norm_mode",

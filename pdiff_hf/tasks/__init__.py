@@ -15,17 +15,13 @@ One registry for everything that needs a task by name (``training/collect_checkp
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
-from ..errors import PDiffError
+from ..errors import UnknownTaskError
 
 if TYPE_CHECKING:
     from torch import nn
 
     from ..data import ClassificationSplits
     from .mnist1d import MNIST1DCNN, load_mnist1d
-
-
-class UnknownTaskError(PDiffError):
-    """A task name that is not in :data:`TASKS`."""
 
 
 @dataclass(frozen=True)

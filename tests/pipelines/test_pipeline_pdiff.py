@@ -107,15 +107,15 @@ def test_state_dicts_and_load_into_agree_with_layout(tiny_pipeline, bn_layout, b
 
 
 def test_saved_layout_files(saved_dir):
+    """save_pretrained writes the self-contained folder of a push: remote-code module names in model_index.json
+    (so stock diffusers loads it with trust_remote_code=True), the code next to them, safetensors weights."""
     index = json.loads((saved_dir / "model_index.json").read_text())
-    assert index["_class_name"] == "PDiffPipeline"
-    assert index["autoencoder"] == ["pdiff_hf.models.autoencoder", "ParameterAutoencoder"]
-    assert index["denoiser"] == ["pdiff_hf.models.denoiser", "LatentUNet1DModel"]
+    assert index["_class_name"] == ["pipeline_pdiff", "PDiffPipeline"]
+    assert index["autoencoder"] == ["pdiff_autoencoder", "ParameterAutoencoder"]
+    assert index["denoiser"] == ["pdiff_denoiser", "LatentUNet1DModel"]
     assert index["scheduler"] == ["diffusers", "DPMSolverMultistepScheduler"]
-    for key in ("autoencoder", "denoiser", "scheduler"):
-        library = index[key][0]
-        assert library == "diffusers" or library.startswith("pdiff_hf."), library
-        assert "pipelines" not in library and "pipeline_pdiff" not in library
+    for path in ("pipeline_pdiff.py", "autoencoder/pdiff_autoencoder.py", "denoiser/pdiff_denoiser.py"):
+        assert (saved_dir / path).is_file()
     files = [os.path.relpath(os.path.join(root, f), saved_dir) for root, _, fs in os.walk(saved_dir) for f in fs]
     weights = [f for f in files if f.endswith(".safetensors")]
     assert sorted(weights) == [

@@ -38,8 +38,9 @@ def test_script_defaults_are_pdiff_config_defaults(scripts, script, flags):
     assert found == expected
 
 
-def _defaults(cls):
-    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if p.default is not p.empty}
+def _defaults(obj):
+    function = obj.__init__ if isinstance(obj, type) else obj
+    return {k: p.default for k, p in inspect.signature(function).parameters.items() if p.default is not p.empty}
 
 
 def test_model_class_defaults_are_pdiff_config_defaults():
@@ -53,3 +54,13 @@ def test_model_class_defaults_are_pdiff_config_defaults():
     assert denoiser["in_channels"] == config.latent_channels
     for name in ("layers_per_block", "num_train_timesteps", "beta_schedule", "prediction_type"):
         assert denoiser[name] == getattr(config, name), name
+
+
+def test_the_demo_runs_the_library_defaults():
+    from pdiff_hf import collect_checkpoints, train_classifier
+    from pdiff_hf.demo import COLLECT_LR, DemoConfig
+
+    demo = DemoConfig()
+    assert demo.pdiff_config(128) == PDiffConfig()  # the default selection (D = 128) trains with PDiffConfig()
+    assert demo.target_epochs == _defaults(train_classifier)["epochs"]
+    assert COLLECT_LR[demo.selection] == _defaults(collect_checkpoints)["learning_rate"]

@@ -1,8 +1,8 @@
 """The training scripts as real processes: Ctrl-C and SIGKILL in the middle of training then resume bit-identically,
 `accelerate launch` with two CPU processes (gloo), and bad input ending with exit code 2 and one line.
 
-The subprocesses start together when this module's first test starts (each pays several seconds of imports) and run
-while the tests wait for them.
+The launch and bad-input runs start together when this module's first test starts (each pays several seconds of
+imports) and run while the other tests go on; the interrupted runs start in their tests.
 """
 
 import signal
@@ -39,12 +39,6 @@ def runs(scripts, dataset_dir, tmp_path_factory):
     assert run_in_process(scripts["train_autoencoder"], ["--dataset_name", dataset_dir, "--output_dir", ae_dir, *TINY_AE,
                                                          "--max_train_steps", "4"]) == 0  # fmt: skip
     started = {}
-    python = [sys.executable]
-    started["kill"] = Background(python + [SCRIPTS / "train_autoencoder.py", "--dataset_name", dataset_dir,
-                                           "--output_dir", root / "kill", *TINY_AE, *ENDLESS], env, root / "kill.log")
-    started["ctrl_c"] = Background(python + [SCRIPTS / "train_ldm.py", "--dataset_name", dataset_dir,
-                                             "--pretrained_autoencoder_name_or_path", ae_dir, "--output_dir",
-                                             root / "ctrl_c", *TINY_LDM, *ENDLESS], env, root / "ctrl_c.log")
     launch = [BIN / "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port"]  # fmt: skip
     ddp = root / "ddp"
@@ -57,17 +51,21 @@ def runs(scripts, dataset_dir, tmp_path_factory):
                                       *TINY_LDM, "--max_train_steps", "4", "--checkpointing_steps", "2"]))
     )  # fmt: skip
     started["ddp"] = Background(["bash", "-c", two_stages], env, root / "ddp.log")
-    started["bad"] = Background(python + [SCRIPTS / "train_ldm.py", "--dataset_name", root / "nope",
-                                          "--pretrained_autoencoder_name_or_path", ae_dir], env, root / "bad.log")
-    yield {"root": root, "ae": ae_dir, **started}
+    started["bad"] = Background([sys.executable, SCRIPTS / "train_ldm.py", "--dataset_name", root / "nope",
+                                 "--pretrained_autoencoder_name_or_path", ae_dir], env, root / "bad.log")
+    yield {"root": root, "ae": ae_dir, "env": env, **started}
     for proc in started.values():
         proc.stop()
 
 
 def test_sigkill_during_training_then_resume_latest_is_bit_identical(scripts, dataset_dir, runs, tmp_path):
-    proc, out = runs["kill"], runs["root"] / "kill"
-    _wait_for(lambda: (out / "checkpoint-10").is_dir(), proc)
+    # started here, not with the other runs: the step it is killed at must stay small (it is replayed in-process)
+    out = tmp_path / "kill"
+    proc = Background([sys.executable, SCRIPTS / "train_autoencoder.py", "--dataset_name", dataset_dir,
+                       "--output_dir", out, *TINY_AE, *ENDLESS], runs["env"], tmp_path / "kill.log")  # fmt: skip
+    _wait_for(lambda: any(int(p.name.split("-")[1]) >= 10 for p in out.glob("checkpoint-*")), proc)
     proc.stop()  # SIGKILL to the whole session, wherever it is (possibly in the middle of a save)
+    assert proc.proc.returncode == -signal.SIGKILL
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     step = int(checkpoints[-1].name.split("-")[1])
     assert step >= 10 and not (out / "config.json").exists()
@@ -80,10 +78,16 @@ def test_sigkill_during_training_then_resume_latest_is_bit_identical(scripts, da
 
 
 def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes_bit_identically(scripts, dataset_dir, runs, tmp_path):
-    proc, out = runs["ctrl_c"], runs["root"] / "ctrl_c"
-    _wait_for(lambda: (out / "checkpoint-5").is_dir(), proc)
+    out = tmp_path / "ctrl_c"
+    proc = Background([sys.executable, SCRIPTS / "train_ldm.py", "--dataset_name", dataset_dir,
+                       "--pretrained_autoencoder_name_or_path", runs["ae"], "--output_dir", out, *TINY_LDM, *ENDLESS],
+                      runs["env"], tmp_path / "ctrl_c.log")  # fmt: skip
+    _wait_for(lambda: any(out.glob("checkpoint-*")), proc)
     proc.proc.send_signal(signal.SIGINT)
-    rc, log = proc.result(timeout=120)
+    try:
+        rc, log = proc.result(timeout=120)
+    finally:
+        proc.stop()
     assert rc == 130, log[-3000:]
     assert "resume with --resume_from_checkpoint latest" in log, log[-3000:]
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
