@@ -32,7 +32,7 @@ setup(
     package_data={"pdiff_hf.hub_cards": ["*.md"]},
     install_requires=[
         "torch>=2.1",
-        "diffusers>=0.30",
+        "diffusers>=0.42",  # older versions import a .py that a local model_index.json names
         "transformers>=4.40",
         "accelerate>=0.30",
         "datasets>=2.19",

@@ -28,6 +28,45 @@ COMPONENTS = {"autoencoder": "ParameterAutoencoder", "denoiser": "LatentUNet1DMo
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
+def _read_json_object(path: Path, folder: Path, label: str) -> dict:
+    """The JSON object in ``path``; :class:`HubError` naming the file if it is not one."""
+    rel = path.relative_to(folder).as_posix()
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise HubError(f"{label}: expected {rel} to be a JSON file, found unreadable content ({err})") from None
+    if not isinstance(obj, dict):
+        raise HubError(f"{label}: expected {rel} to hold a JSON object, found a {type(obj).__name__}")
+    return obj
+
+
+def _check_safetensors(path: Path, folder: Path, label: str) -> None:
+    """Read the header of the safetensors file ``path`` (cheap: no tensor is loaded); :class:`HubError` naming the
+    file if it is truncated, random bytes or empty."""
+    from safetensors import SafetensorError, safe_open
+
+    rel = path.relative_to(folder).as_posix()
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except (OSError, SafetensorError) as err:
+        size = path.stat().st_size if path.exists() else 0
+        raise HubError(
+            f"{label}: expected {rel} to be a complete safetensors file, found {size} bytes that are not one ({err})"
+        ) from None
+
+
+def _check_component_files(folder: Path, name: str, label: str) -> None:
+    """Parse every config and safetensors header of component ``name`` before anything is built."""
+    sub = folder / name
+    if name == "scheduler":
+        _read_json_object(sub / "scheduler_config.json", folder, label)
+        return
+    _read_json_object(sub / "config.json", folder, label)
+    for path in sorted(sub.glob("*.safetensors")):
+        _check_safetensors(path, folder, label)
+
+
 def _missing_component_files(folder: Path, name: str) -> list[str]:
     """Files component ``name`` lacks in ``folder`` (its config, its safetensors weights)."""
     sub = folder / name
@@ -58,20 +97,22 @@ def load_components(
     index_path = folder / "model_index.json"
     if not index_path.is_file():
         raise HubError(f"{label} lacks model_index.json: it is not a saved diffusers pipeline")
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise HubError(f"{label} has an unreadable model_index.json ({err})") from None
-    components: dict[str, Any] = {}
-    for name, expected in COMPONENTS.items():
-        if name in skip:
-            continue
+    index = _read_json_object(index_path, folder, label)
+    wanted = [name for name in COMPONENTS if name not in skip]
+    for name in wanted:  # every file is checked before any component is built
         entry = index.get(name)
-        if not isinstance(entry, (list, tuple)) or len(entry) != 2 or entry[1] is None:
-            raise HubError(f"{label} lacks the {name} component (no {name!r} entry in model_index.json)")
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not isinstance(entry[1], str):
+            raise HubError(
+                f"{label} lacks the {name} component: expected a {name!r} entry [library, class name] in "
+                f"model_index.json, found {entry!r}"
+            )
         missing = _missing_component_files(folder, name)
         if missing:
             raise HubError(f"{label} lacks the {name} component: missing {', '.join(missing)}")
+        _check_component_files(folder, name, label)
+    components: dict[str, Any] = {}
+    for name in sorted(wanted, key=lambda n: n != "scheduler"):  # the scheduler is cheap: its values first
+        expected, entry = COMPONENTS[name], index[name]
         class_name = entry[1]  # entry[0], the library or module, is never imported
         if expected is None:
             scheduler_cls = getattr(diffusers, class_name, None)
@@ -79,7 +120,14 @@ def load_components(
                 raise HubError(
                     f"{label}: expected a diffusers scheduler class for the scheduler, found {entry[0]}.{class_name}"
                 )
-            components[name] = scheduler_cls.from_pretrained(str(folder), subfolder=name)
+            try:
+                components[name] = scheduler_cls.from_pretrained(str(folder), subfolder=name)
+            except (OSError, ValueError, TypeError, NotImplementedError) as err:  # values the class rejects
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                raise HubError(
+                    f"{label}: expected scheduler/scheduler_config.json to configure a {class_name}, found values it "
+                    f"rejects ({type(err).__name__}: {first})"
+                ) from None
             continue
         if class_name != expected:
             raise HubError(f"{label}: expected component {name} to be a {expected}, found {class_name}")

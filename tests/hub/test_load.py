@@ -127,6 +127,52 @@ def test_component_override_and_bad_arguments(tiny_pipeline, saved_dir, tmp_path
         PDiffPipeline.from_pretrained(tmp_path)
 
 
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+CORRUPTIONS = {  # case -> (change to a saved folder, text the HubError must contain)
+    "index_not_json": (lambda d: (d / "model_index.json").write_text("{not json"), "expected model_index.json to be"),
+    "index_a_list": (lambda d: (d / "model_index.json").write_text("[1, 2]"), "model_index.json to hold a JSON object"),
+    "truncated_weights": (
+        lambda d: _truncate(d / "denoiser" / "diffusion_pytorch_model.safetensors"),
+        "expected denoiser/diffusion_pytorch_model.safetensors to be a complete safetensors file",
+    ),
+    "random_weights": (
+        lambda d: (d / "denoiser" / "diffusion_pytorch_model.safetensors").write_bytes(bytes(range(256)) * 4),
+        "expected denoiser/diffusion_pytorch_model.safetensors to be a complete safetensors file, found 1024 bytes",
+    ),
+    "config_missing": (lambda d: (d / "denoiser" / "config.json").unlink(), "missing denoiser/config.json"),
+    "config_not_json": (lambda d: (d / "denoiser" / "config.json").write_text("{"), "expected denoiser/config.json"),
+    "scheduler_missing": (lambda d: shutil.rmtree(d / "scheduler"), "missing scheduler/scheduler_config.json"),
+    "scheduler_bad_value": (
+        lambda d: (d / "scheduler" / "scheduler_config.json").write_text('{"beta_schedule": "nope"}'),
+        "expected scheduler/scheduler_config.json to configure a DPMSolverMultistepScheduler, found values it rejects",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPTIONS))
+def test_corrupt_local_folder_is_a_hub_error_naming_the_file(saved_dir, tmp_path, monkeypatch, case):
+    """Every file is checked, and the scheduler built, before any model is built: a broken denoiser or scheduler
+    file fails before the autoencoder is loaded (a patched ``from_pretrained`` that fails would show otherwise)."""
+    from pdiff_hf import HubError, PDiffPipeline, ParameterAutoencoder
+
+    folder = tmp_path / case
+    shutil.copytree(saved_dir, folder)
+    corrupt, needle = CORRUPTIONS[case]
+    corrupt(folder)
+
+    def built_too_early(*args, **kwargs):
+        raise AssertionError("the autoencoder was built before the folder was checked")
+
+    monkeypatch.setattr(ParameterAutoencoder, "from_pretrained", built_too_early)
+    with pytest.raises(HubError) as info:
+        PDiffPipeline.from_pretrained(folder)
+    assert needle in str(info.value) and str(folder) in str(info.value)
+    assert len(str(info.value).splitlines()) == 1
+
+
 # ======================================================================================================= Hub repos
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
