@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -141,21 +142,30 @@ class ParamLayout:
 
     @classmethod
     def from_list(cls, items: Iterable[Mapping]) -> "ParamLayout":
-        specs = []
+        """The layout written by :meth:`to_list`; :class:`LayoutMismatchError` for an entry without a name, with a
+        shape that is not a list of positive integers, an unknown dtype or kind, or a repeated name."""
+        if isinstance(items, (str, bytes, Mapping)):
+            raise LayoutMismatchError(f"expected a list of layout entries, found a {type(items).__name__}")
+        specs, seen = [], set()
         for item in items:
-            try:
-                specs.append(
-                    ParamSpec(
-                        str(item["name"]),
-                        tuple(int(d) for d in item["shape"]),
-                        str(item.get("dtype", "float32")),
-                        str(item.get("kind", "parameter")),
-                    )
-                )
-            except (KeyError, TypeError) as err:
+            if not isinstance(item, Mapping) or "name" not in item or "shape" not in item:
+                raise LayoutMismatchError(f"expected layout entries with 'name' and 'shape', found {item!r}")
+            name, shape = str(item["name"]), item["shape"]
+            if not isinstance(shape, (list, tuple)) or not all(
+                isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1 for d in shape
+            ):
                 raise LayoutMismatchError(
-                    f"expected layout entries with 'name' and 'shape', found {item!r}"
-                ) from err
+                    f"expected the shape of {name!r} to be a list of positive integers, found {shape!r}"
+                )
+            dtype, kind = str(item.get("dtype", "float32")), str(item.get("kind", "parameter"))
+            if dtype not in _DTYPES:
+                raise LayoutMismatchError(f"expected the dtype of {name!r} to be one of {sorted(_DTYPES)}, found {dtype!r}")
+            if kind not in ("parameter", "buffer"):
+                raise LayoutMismatchError(f"expected the kind of {name!r} to be 'parameter' or 'buffer', found {kind!r}")
+            if name in seen:
+                raise LayoutMismatchError(f"expected each tensor name once in a layout, found {name!r} twice")
+            seen.add(name)
+            specs.append(ParamSpec(name, tuple(int(d) for d in shape), dtype, kind))
         if not specs:
             raise LayoutMismatchError("expected a non-empty parameter layout, found an empty one")
         return cls(tuple(specs))

@@ -257,6 +257,33 @@ def test_from_list_errors():
         ParamLayout.from_list([{"shape": [3]}])
 
 
+@pytest.mark.parametrize(
+    "entry, needle",
+    [
+        ({"name": "w", "shape": [-4]}, "shape of 'w' to be a list of positive integers, found [-4]"),
+        ({"name": "w", "shape": [3, 0]}, "found [3, 0]"),
+        ({"name": "w", "shape": [2.5]}, "found [2.5]"),
+        ({"name": "w", "shape": "12"}, "found '12'"),
+        ({"name": "w", "shape": [True]}, "found [True]"),
+        ({"name": "w", "shape": [3], "dtype": "int64"}, "dtype of 'w' to be one of"),
+        ({"name": "w", "shape": [3], "kind": "weights"}, "'parameter' or 'buffer', found 'weights'"),
+        ("w", "expected layout entries with 'name' and 'shape', found 'w'"),
+    ],
+)
+def test_from_list_refuses_shapes_dtypes_and_kinds_it_cannot_hold(entry, needle):
+    with pytest.raises(LayoutMismatchError) as info:
+        ParamLayout.from_list([{"name": "b", "shape": [2]}, entry])
+    assert needle in str(info.value)
+
+
+def test_from_list_refuses_repeated_names_and_a_non_list():
+    with pytest.raises(LayoutMismatchError, match="found 'w' twice"):
+        ParamLayout.from_list([{"name": "w", "shape": [2]}, {"name": "w", "shape": [3]}])
+    with pytest.raises(LayoutMismatchError, match="expected a list of layout entries, found a dict"):
+        ParamLayout.from_list({"name": "w", "shape": [2]})
+    assert ParamLayout.from_list([{"name": "s", "shape": []}]).dim == 1  # a scalar tensor is a valid entry
+
+
 def test_non_finite_vectors_are_not_loaded(bn_mlp):
     layout = ParamLayout.from_module(bn_mlp, last_norm_layers=2)
     before = layout.flatten(bn_mlp)
