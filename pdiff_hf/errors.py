@@ -50,6 +50,11 @@ class TrainingScriptError(PDiffError):
     """Bad command-line input for a training script (missing path, contradicting or out-of-range flags, …)."""
 
 
+class PDiffConfigError(PDiffError):
+    """A :class:`~pdiff_hf.PDiffConfig` given to ``fit_pdiff`` has a step count, batch size or learning rate out of
+    range."""
+
+
 # ------------------------------------------------------------------------------------------------- Hub
 class HubError(PDiffError):
     """A Hub operation was refused by pdiff_hf's own checks: a malformed repo id, a repo holding files that are

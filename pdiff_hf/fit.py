@@ -6,12 +6,13 @@ builders, losses, data loader, optimizer, learning-rate schedule, EMA and seeds 
 one-process script run trains the same weights.
 """
 
+import math
 from typing import List, Optional
 
 import torch
 from tqdm.auto import tqdm
 
-from .errors import DimensionMismatchError
+from .errors import CheckpointDatasetError, DimensionMismatchError, LayoutMismatchError, PDiffConfigError
 from .layout import ParamLayout, check_finite
 from .training_utils import (
     PDiffConfig,
@@ -126,14 +127,53 @@ def train_denoiser(denoiser, latents: torch.Tensor, config: Optional[PDiffConfig
     return losses
 
 
+_POSITIVE_INT_FIELDS = ("ae_steps", "ae_train_batch_size", "denoiser_steps", "denoiser_train_batch_size", "latent_channels")
+_POSITIVE_FLOAT_FIELDS = ("ae_learning_rate", "denoiser_learning_rate")
+
+
+def check_fit_inputs(params, layout, config: PDiffConfig) -> None:
+    """Everything ``fit_pdiff`` can check before training: a float tensor ``(N, D)`` with ``N >= 2`` finite rows and
+    ``D == layout.dim``, a :class:`ParamLayout`, and step counts, batch sizes and learning rates in range."""
+    if not isinstance(layout, ParamLayout):
+        raise LayoutMismatchError(f"expected a ParamLayout, found a {type(layout).__name__}")
+    if not isinstance(params, torch.Tensor) or not params.is_floating_point():
+        found = f"a {params.dtype} tensor" if isinstance(params, torch.Tensor) else f"a {type(params).__name__}"
+        raise DimensionMismatchError(f"expected a float tensor of checkpoints (N, {layout.dim}), found {found}")
+    if params.dim() != 2 or params.shape[1] != layout.dim:
+        raise DimensionMismatchError(
+            f"expected checkpoints of shape (N, {layout.dim}) for the layout, found {tuple(params.shape)}"
+        )
+    if params.shape[0] < 2:
+        raise CheckpointDatasetError(
+            f"expected at least 2 checkpoints (rows) to fit normalization statistics, found {params.shape[0]}"
+        )
+    check_finite(params, "training checkpoints")
+    if not isinstance(config, PDiffConfig):
+        raise PDiffConfigError(f"expected a PDiffConfig, found a {type(config).__name__}")
+    for field in _POSITIVE_INT_FIELDS:
+        value = getattr(config, field)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise PDiffConfigError(f"expected config.{field} to be a positive integer, found {value!r}")
+    for field in _POSITIVE_FLOAT_FIELDS:
+        value = getattr(config, field)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise PDiffConfigError(f"expected config.{field} to be a finite number > 0, found {value!r}")
+    if not isinstance(config.num_train_timesteps, int) or config.num_train_timesteps < 2:
+        raise PDiffConfigError(
+            f"expected config.num_train_timesteps to be an integer >= 2, found {config.num_train_timesteps!r}"
+        )
+
+
 def fit_pdiff(params: torch.Tensor, layout: ParamLayout, config: Optional[PDiffConfig] = None, progress: bool = True):
     """Train an autoencoder and a latent denoiser on checkpoints ``(N, D)`` and return a ready ``PDiffPipeline``
     with a DPM-Solver++ sampling scheduler. ``progress=False`` hides the progress bars.
 
-    Seeds the global torch RNG with ``config.seed`` (model initialization and training noise come from it)."""
+    Seeds the global torch RNG with ``config.seed`` (model initialization and training noise come from it).
+    Bad inputs raise a named error before anything is built (see :func:`check_fit_inputs`)."""
     from .pipelines.pipeline_pdiff import PDiffPipeline
 
     config = config or PDiffConfig()
+    check_fit_inputs(params, layout, config)
     torch.manual_seed(config.seed)
     autoencoder = build_autoencoder(layout, config)
     train_autoencoder(autoencoder, params, config, progress=progress)
