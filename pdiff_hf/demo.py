@@ -28,7 +28,7 @@ from .collect import collect_checkpoints, train_classifier
 from .errors import DemoConfigError
 from .evaluation import evaluate_parameters, predict_with_parameters, summarize_accuracies
 from .fit import fit_pdiff
-from .io_utils import atomic_directory
+from .io_utils import atomic_directory, locked_dir
 from .layout import ParamLayout
 from .novelty import analyze_novelty, write_report
 from .tasks.mnist1d import MNIST1DCNN, load_mnist1d
@@ -113,11 +113,18 @@ def nearest_neighbour_distances(params: torch.Tensor) -> torch.Tensor:
 
 
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> Dict:
-    """Run the whole demo and return the content of ``results.json``."""
+    """Run the whole demo and return the content of ``results.json``.
+
+    Before any work: the options are validated, the output folder is created and written to once
+    (:class:`~pdiff_hf.errors.OutputFolderError` if it cannot be), and its lock is taken for the whole run (a second
+    run on the same folder gets :class:`~pdiff_hf.errors.OutputFolderInUseError` at once)."""
     config.validate()
+    with locked_dir(config.output_dir, "--output-dir") as out:
+        return _run_demo(config, out, log)
+
+
+def _run_demo(config: DemoConfig, out: Path, log: Callable[[str], None]) -> Dict:
     torch.set_num_threads(config.num_threads)
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     if results_path.exists():
         results_path.unlink()  # a folder without results.json is visibly incomplete while we run

@@ -55,6 +55,15 @@ class PDiffConfigError(PDiffError):
     range."""
 
 
+# ---------------------------------------------------------------------------------------------- output folders
+class OutputFolderError(PDiffError):
+    """An output folder cannot be created or written (checked with a probe file before any work starts)."""
+
+
+class OutputFolderInUseError(OutputFolderError):
+    """Another running job holds the lock of the output folder (its ``.lock`` file)."""
+
+
 # ------------------------------------------------------------------------------------------------- Hub
 class HubError(PDiffError):
     """A Hub operation was refused by pdiff_hf's own checks: a malformed repo id, a repo holding files that are

@@ -1,5 +1,8 @@
-"""Atomic writes: an output either appears complete or not at all."""
+"""Atomic writes: an output either appears complete or not at all. Output folders: checked writable before any
+work, and locked against a second concurrent run."""
 
+import errno
+import fcntl
 import json
 import os
 import shutil
@@ -7,6 +10,10 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator, Union
+
+from .errors import OutputFolderError, OutputFolderInUseError
+
+LOCK_NAME = ".lock"
 
 
 def _umask() -> int:
@@ -63,3 +70,55 @@ def atomic_directory(path: Union[str, Path]) -> Iterator[Path]:
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def check_writable_dir(path: Union[str, Path], what: str = "output folder") -> Path:
+    """Create ``path`` (with its parents) if needed and write and remove a probe file in it, so that a read-only or
+    non-creatable folder is an :class:`OutputFolderError` before any work, not a traceback after it."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputFolderError(f"{what}: expected a folder, found a file: {path}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputFolderError(
+            f"{what}: expected a folder that can be created, found that {path} cannot be ({err.strerror or err})"
+        ) from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputFolderError(
+            f"{what}: expected a writable folder, found that nothing can be written in {path} ({err.strerror or err})"
+        ) from None
+    return path
+
+
+@contextmanager
+def locked_dir(path: Union[str, Path], what: str = "output folder") -> Iterator[Path]:
+    """Hold an exclusive lock on ``path/.lock`` (``fcntl.flock``) while the block runs; a second run on the same
+    folder gets :class:`OutputFolderInUseError` at once instead of writing into it too. The lock goes with the
+    process (exit, SIGKILL), so a crashed run never leaves the folder locked; the empty ``.lock`` file stays."""
+    path = check_writable_dir(path, what)
+    lock_path = path / LOCK_NAME
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "another process"
+            raise OutputFolderInUseError(
+                f"{what}: expected no other run writing into {path}, found it locked by {holder} ({lock_path}); "
+                "wait for that run to end or choose another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        try:
+            yield path
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

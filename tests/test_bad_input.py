@@ -1,5 +1,11 @@
-"""Bad input to the library's entry points is a named error before any work: ``fit_pdiff`` and output folders
-(the Hub loader's cases are in ``tests/hub/test_load.py``, the layout's in ``tests/test_layout.py``)."""
+"""Bad input to the library's entry points is a named error before any work: ``fit_pdiff``, and the output folders
+of ``pdiff-hf demo`` and ``pdiff-hf evaluate`` (writable, not in use by another run). The Hub loader's cases are in
+``tests/hub/test_load.py``, the layout's in ``tests/test_layout.py``."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,7 +13,15 @@ import torch
 import pdiff_hf.fit
 from pdiff_hf import CheckpointDatasetError, DimensionMismatchError, NonFiniteParametersError, PDiffConfig, ParamLayout
 from pdiff_hf import fit_pdiff
-from pdiff_hf.errors import LayoutMismatchError, PDiffConfigError
+from pdiff_hf.cli import main
+from pdiff_hf.errors import (
+    LayoutMismatchError,
+    OutputFolderError,
+    OutputFolderInUseError,
+    PDiffConfigError,
+    PDiffError,
+)
+from pdiff_hf.io_utils import LOCK_NAME, locked_dir
 
 LAYOUT = ParamLayout.from_list([{"name": "w", "shape": [2, 3]}, {"name": "b", "shape": [2]}])  # D = 8
 
@@ -44,3 +58,91 @@ def test_fit_pdiff_refuses_bad_input_before_training(no_training, params, layout
     with pytest.raises(error) as info:
         fit_pdiff(params, layout, config, progress=False)
     assert needle in str(info.value)
+
+
+# ================================================================================================= output folders
+def _read_only_folder(tmp_path):
+    """An existing folder this process cannot write in: a chmod 0o555 folder, or /sys when running as root (root
+    ignores file modes)."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    try:  # sysfs refuses new files even to root
+        os.close(os.open("/sys/.pdiff-probe", os.O_CREAT | os.O_WRONLY))
+    except OSError:
+        return Path("/sys")
+    os.unlink("/sys/.pdiff-probe")
+    pytest.skip("no folder this process cannot write in")
+
+
+def _evaluate_argv(tmp_path, out):
+    inputs = tmp_path / "inputs"  # existing folders: the output folder is checked before they are read
+    inputs.mkdir(exist_ok=True)
+    return ["evaluate", "--pipeline", str(inputs), "--checkpoints", str(inputs), "--target", str(inputs),
+            "--output-dir", str(out)]  # fmt: skip
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Loading data (demo) or a dataset (evaluate) fails the test: output folders must be checked first."""
+    import datasets
+
+    from pdiff_hf import demo
+
+    def worked(*args, **kwargs):
+        raise AssertionError("work started before the output folder was checked")
+
+    monkeypatch.setattr(demo, "load_mnist1d", worked)
+    monkeypatch.setattr(datasets, "load_from_disk", worked)
+
+
+@pytest.mark.parametrize("command", ["demo", "evaluate"])
+@pytest.mark.parametrize("where", ["read_only", "under_a_file", "not_creatable"])
+def test_unwritable_output_folder_is_refused_before_any_work(no_work, tmp_path, capsys, command, where):
+    if where == "read_only":
+        out, needle = _read_only_folder(tmp_path), "expected a writable folder, found that nothing can be written"
+    elif where == "under_a_file":
+        (tmp_path / "file").write_text("x")
+        out, needle = tmp_path / "file" / "out", "expected a folder that can be created"
+    else:
+        out, needle = Path("/proc/pdiff-out"), "expected a folder that can be created"
+    argv = ["demo", "--output-dir", str(out)] if command == "demo" else _evaluate_argv(tmp_path, out)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--output-dir" in err[0] and needle in err[0] and str(out) in err[0], err
+    assert issubclass(OutputFolderError, PDiffError)
+
+
+HOLD_LOCK = """
+import sys, time
+from pdiff_hf.io_utils import locked_dir
+with locked_dir(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("command", ["demo", "evaluate"])
+def test_second_run_on_a_locked_output_folder_fails_at_once(no_work, tmp_path, capsys, command):
+    """Another process holds the folder's lock: the run fails at once naming it; once that process is killed
+    (SIGKILL, no clean-up), the lock is free again."""
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        argv = ["demo", "--output-dir", str(out)] if command == "demo" else _evaluate_argv(tmp_path, out)
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"found it locked by pid {holder.pid}" in err and len(err.splitlines()) == 1, err
+        with pytest.raises(OutputFolderInUseError):
+            with locked_dir(out):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with locked_dir(out) as folder:  # released by the kernel with the process
+        assert folder == out and (out / LOCK_NAME).read_text() == f"pid {os.getpid()}\n"
+    with locked_dir(out):  # and by the block's end
+        pass

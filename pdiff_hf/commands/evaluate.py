@@ -62,12 +62,7 @@ def _saved_without_rows(folder: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    import datasets
-    import torch
-
-    from ..checkpoints import check_dataset_layout, checkpoint_params, get_layout
-    from ..novelty import NOISE_LEVELS, analyze_novelty, tune_cpu_allocator, write_report
-    from ..pipelines import PDiffPipeline
+    from ..io_utils import locked_dir
 
     if args.num_models < 1:
         raise EvaluateError(f"--num-models: expected >= 1, found {args.num_models}")
@@ -81,6 +76,20 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output_dir) if args.output_dir else None
     if out is not None and out.exists() and not out.is_dir():
         raise EvaluateError(f"--output-dir: expected a folder, found a file: {out}")
+    if out is None:
+        return _evaluate(args, pipeline_dir, checkpoints_dir, target_dir, None)
+    with locked_dir(out, "--output-dir"):  # writable, and no second run writing into it, before any work
+        return _evaluate(args, pipeline_dir, checkpoints_dir, target_dir, out)
+
+
+def _evaluate(args: argparse.Namespace, pipeline_dir: Path, checkpoints_dir: Path, target_dir: Path, out: Path | None) -> int:
+    import datasets
+    import torch
+
+    from ..checkpoints import check_dataset_layout, checkpoint_params, get_layout
+    from ..novelty import NOISE_LEVELS, analyze_novelty, tune_cpu_allocator, write_report
+    from ..pipelines import PDiffPipeline
+
     torch.set_num_threads(args.num_threads)
     tune_cpu_allocator()  # process-wide, so the command sets it, never the library (pdiff_hf.novelty.allocator)
     start = time.perf_counter()
