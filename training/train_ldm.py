@@ -131,7 +131,9 @@ def main(args):
     resume_path = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
     check_output_dir(args.output_dir, args.resume_from_checkpoint)
     try:
-        autoencoder = ParameterAutoencoder.from_pretrained(args.pretrained_autoencoder_name_or_path, cache_dir=args.cache_dir)
+        autoencoder = ParameterAutoencoder.from_pretrained(
+            args.pretrained_autoencoder_name_or_path, cache_dir=args.cache_dir, use_safetensors=True
+        )
     except (OSError, ValueError) as err:
         if isinstance(err, PDiffError):
             raise
