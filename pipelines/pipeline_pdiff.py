@@ -3,14 +3,12 @@
 import copy
 import inspect
 import numbers
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, ModelMixin
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
@@ -19,72 +17,10 @@ from pdiff_hf.layout import ParamLayout, check_finite
 from pdiff_hf.models.autoencoder import ParameterAutoencoder
 from pdiff_hf.models.denoiser import LatentUNet1DModel
 
+from .pipeline_output import OUTPUT_TYPES, GeneratedModels, PDiffPipelineOutput, postprocess
+
 # Config keys that define the forward (noising) process; a sampling scheduler must agree with training on them.
 OBJECTIVE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")
-
-# What `output_type` may ask for. "latent" stops before the decoder; the others are made from the decoded parameters
-# by `postprocess`. To add a type: name it here, add a branch to `postprocess`, and say in
-# `PDiffPipelineOutput._vectors` whether `state_dicts()` / `load_into()` can read it.
-OUTPUT_TYPES = ("pt", "np", "latent")
-
-
-def postprocess(samples: torch.Tensor, output_type: str) -> Any:
-    """Turn the end of sampling into what ``output_type`` asks for (the role of diffusers'
-    ``VaeImageProcessor.postprocess``). ``samples`` are the final latents ``(N, C, L)`` for ``"latent"``, else the
-    decoded, de-normalized parameters ``(N, D)`` (float32, CPU)."""
-    if output_type in ("latent", "pt"):
-        return samples
-    if output_type == "np":
-        return samples.numpy()
-    raise PipelineInputError(f"expected output_type in {OUTPUT_TYPES}, found {output_type!r}")
-
-
-@dataclass
-class PDiffPipelineOutput(BaseOutput):
-    """
-    Args:
-        params: what ``output_type`` asked for, one entry per generated model (like diffusers' ``images``):
-            ``"pt"``: `torch.Tensor` `(num_models, D)`, de-normalized parameter vectors (float32);
-            ``"np"``: the same as a `numpy.ndarray`;
-            ``"latent"``: `torch.Tensor` `(num_models, C, L)`, the final latents, not decoded
-            (``pipe.autoencoder.latents_to_params(latents)`` decodes them).
-        layout (`ParamLayout`): how each parameter vector maps onto named tensors of the target network.
-        output_type (`str`): the ``output_type`` that made ``params``.
-    """
-
-    params: Any
-    layout: Optional[ParamLayout] = None
-    output_type: str = "pt"
-
-    def state_dicts(self) -> List[Dict[str, torch.Tensor]]:
-        """One partial state dict per generated model (only the selected tensors), for ``load_state_dict(strict=False)``."""
-        return [self._layout().unflatten(p) for p in self._vectors()]
-
-    def load_into(self, module: nn.Module, index: int = 0) -> nn.Module:
-        """Write generated model ``index`` into ``module`` (in place) and return it. Negative indices count from
-        the end, as for lists."""
-        vectors = self._vectors()
-        n = vectors.shape[0]
-        if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not -n <= index < n:
-            raise PipelineInputError(f"expected a model index in [0, {n}) (or [-{n}, 0)), found {index!r}")
-        return self._layout().load_into(module, vectors[int(index)])
-
-    def _vectors(self) -> torch.Tensor:
-        """``params`` as a ``(num_models, D)`` tensor, for the output types that hold parameter vectors."""
-        if self.output_type == "pt":
-            return self.params
-        if self.output_type == "np":
-            return torch.from_numpy(self.params)
-        raise PipelineInputError(
-            f"expected an output of parameter vectors (output_type 'pt' or 'np'), found output_type "
-            f"{self.output_type!r}; decode latents with pipe.autoencoder.latents_to_params(out.params) first"
-        )
-
-    def _layout(self) -> ParamLayout:
-        if self.layout is None:
-            raise LayoutMismatchError("this pipeline's autoencoder has no parameter layout in its config")
-        return self.layout
-
 
 def check_scheduler(scheduler, denoiser: LatentUNet1DModel) -> None:
     """Raise :class:`SchedulerError` unless ``scheduler`` is a diffusers noise scheduler whose forward process
@@ -147,6 +83,33 @@ def _check_scheduler_steps(scheduler, denoiser: LatentUNet1DModel) -> None:
         ) from err
 
 
+def check_target(target: Optional[nn.Module], layout: Optional[ParamLayout]) -> None:
+    """Raise unless ``target`` is ``None`` or an ``nn.Module`` holding every tensor of ``layout`` with its shape
+    (:class:`LayoutMismatchError` naming the missing tensors and wrong shapes; :class:`PipelineInputError` for a
+    target that is neither a transformers ``PreTrainedModel`` nor a diffusers ``ModelMixin``: the pipeline saves its
+    components with their own ``save_pretrained``)."""
+    if target is None:
+        return
+    is_pretrained = any(
+        c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers.") for c in type(target).__mro__
+    )
+    if not (isinstance(target, ModelMixin) or is_pretrained):
+        raise PipelineInputError(
+            f"expected target to be a transformers PreTrainedModel or a diffusers ModelMixin (components that save "
+            f"and load with the pipeline) or None, found {type(target).__module__}.{type(target).__name__}; for a "
+            "plain nn.Module use GeneratedModels(module, pipe.layout, out.params) or out.load_into(module, i)"
+        )
+    if layout is None:
+        raise LayoutMismatchError(
+            f"expected an autoencoder with a parameter layout to check the target {type(target).__name__} against, "
+            "found none in its config"
+        )
+    try:
+        layout.check_module(target)
+    except LayoutMismatchError as err:
+        raise LayoutMismatchError(f"target {type(target).__name__}: {err}") from None
+
+
 def _is_int(value: Any) -> bool:
     """An integer (Python or numpy), but not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -161,16 +124,37 @@ class PDiffPipeline(DiffusionPipeline):
         denoiser ([`LatentUNet1DModel`]): predicts the noise (or ``x0`` / ``v``) of noisy latents.
         scheduler ([`SchedulerMixin`]): any DDPM-family diffusers scheduler matching the training objective
             (DDPM, DDIM, DPMSolverMultistep, EulerDiscrete, …).
+        target (`nn.Module`, *optional*): the network the parameters are for, saved in ``target/`` with the
+            pipeline: a transformers ``PreTrainedModel`` (``ViTForImageClassification`` …) or a diffusers
+            ``ModelMixin`` (``pdiff_hf.tasks.MNIST1DCNN``). Its tensors outside the selection are those of every
+            generated model; ``output_type="model"`` needs it. Checked against the autoencoder's layout
+            (:class:`LayoutMismatchError` naming missing tensors). For a plain ``nn.Module``, build the models
+            with ``GeneratedModels(module, pipe.layout, out.params)``.
     """
 
     model_cpu_offload_seq = "denoiser->autoencoder"
+    _optional_components = ["target"]
     # Tensors a `callback_on_step_end` may read and replace (by returning them in its dict).
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, autoencoder: ParameterAutoencoder, denoiser: LatentUNet1DModel, scheduler: SchedulerMixin):
+    def __init__(
+        self,
+        autoencoder: ParameterAutoencoder,
+        denoiser: LatentUNet1DModel,
+        scheduler: SchedulerMixin,
+        target: Optional[nn.Module] = None,
+    ):
         super().__init__()
         check_scheduler(scheduler, denoiser)
-        self.register_modules(autoencoder=autoencoder, denoiser=denoiser, scheduler=scheduler)
+        check_target(target, autoencoder.param_layout)
+        self.register_modules(autoencoder=autoencoder, denoiser=denoiser, scheduler=scheduler, target=target)
+
+    def set_target(self, target: Optional[nn.Module]) -> "PDiffPipeline":
+        """Check ``target`` against the layout and make it the pipeline's target network (``None`` removes it);
+        returns the pipeline, e.g. ``fit_pdiff(params, layout).set_target(model)``."""
+        check_target(target, self.layout)
+        self.register_modules(target=target)
+        return self
 
     @property
     def layout(self) -> Optional[ParamLayout]:
@@ -221,6 +205,17 @@ class PDiffPipeline(DiffusionPipeline):
                 )
         if not isinstance(output_type, str) or output_type not in OUTPUT_TYPES:
             raise PipelineInputError(f"expected output_type in {OUTPUT_TYPES}, found {output_type!r}")
+        if output_type in ("state_dict", "model") and self.layout is None:
+            raise PipelineInputError(
+                f"expected an autoencoder with a parameter layout for output_type {output_type!r}, found none"
+            )
+        if output_type == "model" and getattr(self, "target", None) is None:
+            raise PipelineInputError(
+                "expected a pipeline with a target network for output_type='model', found target=None; pass "
+                "target= to PDiffPipeline (or pipe.set_target(model)), or load vectors with out.load_into(model, i)"
+            )
+        if output_type == "model":
+            check_target(self.target, self.layout)  # the target may have been replaced after construction
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise PipelineInputError(
                 f"expected callback_on_step_end to be callable, found {type(callback_on_step_end).__name__}"
@@ -276,7 +271,9 @@ class PDiffPipeline(DiffusionPipeline):
             latents (`torch.Tensor`, *optional*): initial noise ``(num_models, C, L)``; drawn from ``generator`` if
                 absent.
             output_type (`str`): ``"pt"`` (default) a float32 tensor ``(num_models, D)`` of parameters, ``"np"`` the
-                same as a numpy array, ``"latent"`` the final latents ``(num_models, C, L)``, not decoded.
+                same as a numpy array, ``"state_dict"`` a list of partial state dicts, ``"model"`` working networks
+                (``out.models``, copies of ``pipe.target`` built one at a time on access), ``"latent"`` the final
+                latents ``(num_models, C, L)``, not decoded.
             return_dict (`bool`): return a [`PDiffPipelineOutput`] (default) or a tuple ``(params,)``.
             callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*): called
                 after each denoising step as ``callback_on_step_end(pipe, i, t, callback_kwargs)`` with
@@ -288,8 +285,8 @@ class PDiffPipeline(DiffusionPipeline):
 
         Returns:
             [`PDiffPipelineOutput`] (or a tuple ``(params,)``) whose ``params`` is what ``output_type`` asked for; for
-            ``"pt"`` and ``"np"``, its ``state_dicts()`` and ``load_into(module, i)`` give the same as state dicts or
-            a loaded module. Raises :class:`PipelineInputError` / :class:`SchedulerError` on bad input before any
+            every type but ``"latent"``, its ``state_dicts()`` and ``load_into(module, i)`` give the same as state
+            dicts or a loaded module. Raises :class:`PipelineInputError` / :class:`SchedulerError` on bad input before any
             denoising step, :class:`NonFiniteParametersError` if any generated vector contains NaN or Inf.
 
         Example:
@@ -299,6 +296,8 @@ class PDiffPipeline(DiffusionPipeline):
         >>> out = pipe(num_models=10, generator=torch.Generator().manual_seed(0))
         >>> out.params.shape  # (10, D)
         >>> out.load_into(model, index=0)
+        >>> models = pipe(num_models=10, output_type="model").models  # needs pipe.target
+        >>> models[0](x)  # a working copy of the target with generated parameters 0
         ```
 
         Several threads may call the same pipeline at once: the scheduler's per-call state lives in a copy.
@@ -354,8 +353,8 @@ class PDiffPipeline(DiffusionPipeline):
             check_finite(samples, "generated parameters")
         self.maybe_free_model_hooks()
 
-        # 5. Postprocess to what output_type asks for
-        output = postprocess(samples, output_type)
+        # 5. Postprocess to what output_type asks for (vectors, state dicts, or lazily built copies of the target)
+        output = postprocess(samples, output_type, self.layout, getattr(self, "target", None))
         if not return_dict:
             return (output,)
         return PDiffPipelineOutput(params=output, layout=self.layout, output_type=output_type)
@@ -436,3 +435,14 @@ class PDiffPipeline(DiffusionPipeline):
             variant=variant,
             **kwargs,
         )
+
+
+__all__ = [
+    "OUTPUT_TYPES",
+    "GeneratedModels",
+    "PDiffPipeline",
+    "PDiffPipelineOutput",
+    "check_scheduler",
+    "check_target",
+    "postprocess",
+]

@@ -141,6 +141,10 @@ def load_components(
         except (OSError, ValueError) as err:  # a truncated or foreign safetensors file, a config that does not fit
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise HubError(f"{label}: could not load the {name} component ({type(err).__name__}: {first})") from None
+    if "target" not in skip and index.get("target") not in (None, [None, None]):  # optional: the target network
+        from .target import load_target
+
+        components["target"] = load_target(folder, index["target"], label)
     return components
 
 
@@ -175,14 +179,15 @@ def load_pipeline(
         target_module: the network the parameters are for; raises :class:`LayoutMismatchError` naming the repo if
             the pipeline's parameter layout does not fit it.
         torch_dtype / variant: passed to the model components' ``from_pretrained``.
-        overrides: components to use instead of the saved ones (``autoencoder=``, ``denoiser=``, ``scheduler=``).
+        overrides: components to use instead of the saved ones (``autoencoder=``, ``denoiser=``, ``scheduler=``,
+            ``target=``; the saved ``target/`` is built by :func:`pdiff_hf.hub.target.load_target`).
     """
     from ..pipelines import PDiffPipeline
 
     pipeline_class = pipeline_class or PDiffPipeline
     if use_safetensors is False:
         raise HubError("expected use_safetensors=True or None, found False: pdiff_hf only loads safetensors weights")
-    unknown = sorted(set(overrides) - set(COMPONENTS))
+    unknown = sorted(set(overrides) - set(COMPONENTS) - {"target"})
     if unknown:
         raise TypeError(f"unexpected keyword arguments for loading a {pipeline_class.__name__}: {unknown}")
     name = os.fspath(pretrained_model_name_or_path)

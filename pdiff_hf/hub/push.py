@@ -7,6 +7,7 @@
     autoencoder/  config.json  diffusion_pytorch_model.safetensors  [pdiff_autoencoder.py]
     denoiser/     config.json  diffusion_pytorch_model.safetensors  [pdiff_denoiser.py]
     scheduler/    scheduler_config.json
+    [target/]     config.json  *.safetensors  [pdiff_target.py]  the target network, if the pipeline has one
     param_layout.json                     the tensors of the generated vector (D values)
     README.md                             the model card (hub_cards/model_card.md)
     [pipeline_pdiff.py]                   with remote code: the pipeline, bundled from pdiff_hf's own source
@@ -28,11 +29,12 @@ from huggingface_hub import CommitInfo
 from ..errors import HubError
 from .cards import DEFAULT_LICENSE, build_model_card
 from .repo import LAYOUT_FILE, check_repo_id, hub_api
+from .target import check_savable_target
 
 logger = logging.getLogger(__name__)
 
 # Files of an earlier push that a new push replaces (deleted when the new upload does not bring them again).
-PIPELINE_DELETE_PATTERNS = ["*.py", "autoencoder/*", "denoiser/*", "scheduler/*"]
+PIPELINE_DELETE_PATTERNS = ["*.py", "autoencoder/*", "denoiser/*", "scheduler/*", "target/*"]
 # What the card of a folder saved without a repo id loads from (its snippets need a name; the folder may be renamed
 # or moved after saving, as the training scripts do, so its own path would be wrong).
 LOCAL_FOLDER_NAME = "path/to/this/folder"
@@ -72,6 +74,8 @@ def save_for_hub(
             "expected a diffusers scheduler class that loads by name, found "
             f"{scheduler_cls.__module__}.{scheduler_cls.__name__}"
         )
+    target = getattr(pipe, "target", None)
+    check_savable_target(target)
     # The base-class method: PDiffPipeline.save_pretrained itself comes back here.
     DiffusionPipeline.save_pretrained(
         pipe, folder, safe_serialization=True, variant=variant, max_shard_size=max_shard_size
@@ -80,10 +84,10 @@ def save_for_hub(
     if remote_code:
         from ..remote_code import remote_code_files, remote_model_index
 
-        for rel, source in remote_code_files().items():
+        for rel, source in remote_code_files(target).items():
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             (folder / rel).write_text(source, encoding="utf-8")
-        index = remote_model_index(json.loads(index_path.read_text(encoding="utf-8")))
+        index = remote_model_index(json.loads(index_path.read_text(encoding="utf-8")), target)
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if pipe.layout is not None:
         document = {"param_layout": pipe.layout.to_list(), "dim": pipe.layout.dim}

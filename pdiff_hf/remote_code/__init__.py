@@ -30,6 +30,8 @@ PACKAGE = "pdiff_hf"
 PIPELINE_MODULE = "pipeline_pdiff"
 AUTOENCODER_MODULE = "pdiff_autoencoder"
 DENOISER_MODULE = "pdiff_denoiser"
+# The code of a target network whose class is neither a transformers nor a diffusers class (``target/pdiff_target.py``).
+TARGET_MODULE = "pdiff_target"
 # Methods of bundled classes that only make sense with pdiff_hf installed (they import pdiff_hf.hub lazily); the
 # remote code falls back to the diffusers implementation of these. A method importing pdiff_hf that is not listed
 # here stops the bundling with RemoteCodeError.
@@ -239,9 +241,28 @@ def _guard_import_scan(source: str) -> str:
     return "\n".join(lines)
 
 
-def remote_code_files() -> Dict[str, str]:
-    """``{path in repo: source}`` of the code files of a pushed pipeline."""
-    return {
+def _target_code_module(target) -> Optional[str]:
+    """The module whose source becomes ``target/pdiff_target.py``: ``None`` for no target or a transformers /
+    diffusers class (stock libraries load those by name), else the module defining the target's class (a
+    ``ModelMixin`` of pdiff_hf's tasks or of the user, bundled like pdiff_hf's own models)."""
+    if target is None:
+        return None
+    module = type(target).__module__
+    if module.split(".")[0] in ("transformers", "diffusers"):
+        return None
+    if module == "__main__" or importlib.util.find_spec(module) is None:
+        raise RemoteCodeError(
+            f"expected the target's class {type(target).__name__} to be defined in an importable module (its source "
+            f"is uploaded as target/{TARGET_MODULE}.py), found module {module!r}; move the class into a .py file, "
+            "or save with remote_code=False"
+        )
+    return module
+
+
+def remote_code_files(target=None) -> Dict[str, str]:
+    """``{path in repo: source}`` of the code files of a pushed pipeline; with a ``target`` network whose class is
+    not a transformers or diffusers class, also its code as ``target/pdiff_target.py``."""
+    files = {
         f"{PIPELINE_MODULE}.py": bundle(
             "pdiff_hf.pipelines.pipeline_pdiff",
             stubs=("pdiff_hf.models.autoencoder", "pdiff_hf.models.denoiser"),
@@ -250,16 +271,22 @@ def remote_code_files() -> Dict[str, str]:
         f"autoencoder/{AUTOENCODER_MODULE}.py": bundle("pdiff_hf.models.autoencoder", title="ParameterAutoencoder"),
         f"denoiser/{DENOISER_MODULE}.py": bundle("pdiff_hf.models.denoiser", title="LatentUNet1DModel"),
     }
+    module = _target_code_module(target)
+    if module is not None:
+        files[f"target/{TARGET_MODULE}.py"] = bundle(module, title=f"{type(target).__name__} (target network)")
+    return files
 
 
-def remote_model_index(model_index: Dict) -> Dict:
+def remote_model_index(model_index: Dict, target=None) -> Dict:
     """``model_index.json`` of a pushed pipeline: the pipeline and model classes point at the uploaded code files,
-    schedulers stay diffusers classes."""
+    schedulers (and transformers / diffusers target classes) stay library classes."""
     out = dict(model_index)
     out["_class_name"] = [PIPELINE_MODULE, "PDiffPipeline"]
     out["autoencoder"] = [AUTOENCODER_MODULE, "ParameterAutoencoder"]
     out["denoiser"] = [DENOISER_MODULE, "LatentUNet1DModel"]
+    if _target_code_module(target) is not None:
+        out["target"] = [TARGET_MODULE, type(target).__name__]
     return out
 
 
-__all__ = ["RemoteCodeError", "bundle", "remote_code_files", "remote_model_index"]
+__all__ = ["TARGET_MODULE", "RemoteCodeError", "bundle", "remote_code_files", "remote_model_index"]

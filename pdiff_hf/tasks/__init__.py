@@ -69,7 +69,19 @@ def get_task(name: str) -> Task:
     return TASKS[name]()
 
 
-_LAZY = {"MNIST1DCNN": "mnist1d", "load_mnist1d": "mnist1d"}
+def model_classes() -> Dict[str, type]:
+    """``{class name: class}`` of every registered task's network: the classes that
+    ``PDiffPipeline.from_pretrained`` may build a ``target/`` component with (besides transformers and diffusers
+    model classes). Imports each task's code."""
+    out = {}
+    for name in sorted(TASKS):
+        cls = TASKS[name]().model_class
+        if isinstance(cls, type):
+            out[cls.__name__] = cls
+    return out
+
+
+_LAZY = {"MNIST1DCNN": "mnist1d_cnn", "load_mnist1d": "mnist1d"}
 
 
 def __getattr__(name: str):
@@ -84,4 +96,4 @@ def __dir__() -> List[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["TASKS", "Task", "UnknownTaskError", "get_task", "MNIST1DCNN", "load_mnist1d"]
+__all__ = ["TASKS", "Task", "UnknownTaskError", "get_task", "model_classes", "MNIST1DCNN", "load_mnist1d"]
