@@ -3,6 +3,12 @@
 One row per checkpoint: a fixed-size float32 ``params`` column of length ``D`` plus metadata columns (``run_id``,
 ``seed``, ``step``, ``val_accuracy``, ``test_accuracy``, …). The parameter layout is stored in the dataset's
 ``info.description`` as JSON, so ``save_to_disk``/``load_from_disk`` (and ``select``, ``filter``, splits) keep it.
+
+The ``params`` column has the features ``datasets.Features({"params": Sequence(Value("float32"), length=D)})``
+would give, but is built from one Arrow buffer and read back as one Arrow array: for 200 checkpoints of
+D = 10^5, 0.22 s to build against 5.5 s for ``Dataset.from_dict(..., features=...)``, and 0.03 s to read (NaN/Inf
+check included) against 0.10 s for ``with_format("torch")``
+(``OMP_NUM_THREADS=1 python benchmarks/bench_checkpoint_dataset.py --repeats 5``, medians).
 """
 
 import json
