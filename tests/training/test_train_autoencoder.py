@@ -124,3 +124,18 @@ def test_a_corrupt_checkpoint_is_a_named_error(scripts, dataset_dir, tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])  # truncated
     with pytest.raises(TrainingScriptError, match="checkpoint-2"):
         run_in_process(scripts["train_autoencoder"], argv[:-4] + ["--max_train_steps", "3", "--resume_from_checkpoint", "latest"])
+
+
+def test_tracks_loss_and_flags_with_tensorboard(scripts, dataset_dir, tmp_path):
+    out = tmp_path / "ae"
+    argv = _argv(dataset_dir, out, "--max_train_steps", "3", "--hub_token", "hf_secret_value")
+    argv[argv.index("--report_to") + 1] = "tensorboard"
+    assert run_in_process(scripts["train_autoencoder"], argv) == 0
+    events = list((out / "logs" / "pdiff-autoencoder").rglob("events.out.tfevents*"))
+    assert events, list(out.rglob("*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(events[0].parent))
+    accumulator.Reload()
+    assert [e.step for e in accumulator.Scalars("loss")] == [1, 2, 3]
+    assert not any(b"hf_secret_value" in p.read_bytes() for p in out.rglob("*") if p.is_file())
