@@ -99,26 +99,37 @@ def check_writable_dir(path: Union[str, Path], what: str = "output folder") -> P
 def locked_dir(path: Union[str, Path], what: str = "output folder") -> Iterator[Path]:
     """Hold an exclusive lock on ``path/.lock`` (``fcntl.flock``) while the block runs; a second run on the same
     folder gets :class:`OutputFolderInUseError` at once instead of writing into it too. The lock goes with the
-    process (exit, SIGKILL), so a crashed run never leaves the folder locked; the empty ``.lock`` file stays."""
+    process (exit, SIGKILL), so a crashed run never leaves the folder locked (only an unlocked ``.lock`` file, reused
+    by the next run); a run that ends normally removes the file."""
     path = check_writable_dir(path, what)
     lock_path = path / LOCK_NAME
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "another process"
+            os.close(fd)
             if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "another process"
             raise OutputFolderInUseError(
                 f"{what}: expected no other run writing into {path}, found it locked by {holder} ({lock_path}); "
                 "wait for that run to end or choose another folder"
             ) from None
+        try:  # the file may have been removed by the run that held it, after this process opened it: retry
+            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
-        try:
-            yield path
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        yield path
     finally:
-        os.close(fd)
+        try:
+            os.unlink(lock_path)  # still holding the lock: a run waiting on this file retries on a new one
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # releases the lock

@@ -142,7 +142,9 @@ def test_second_run_on_a_locked_output_folder_fails_at_once(no_work, tmp_path, c
     finally:
         holder.kill()
         holder.wait()
-    with locked_dir(out) as folder:  # released by the kernel with the process
+    assert (out / LOCK_NAME).exists()  # left by the killed holder, unlocked by the kernel with the process
+    with locked_dir(out) as folder:
         assert folder == out and (out / LOCK_NAME).read_text() == f"pid {os.getpid()}\n"
-    with locked_dir(out):  # and by the block's end
+    assert not (out / LOCK_NAME).exists()  # removed at the block's end
+    with locked_dir(out):
         pass
