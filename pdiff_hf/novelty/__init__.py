@@ -16,17 +16,21 @@ built from the same checkpoints, every group exactly like the others, and says p
 
 from .allocator import allocator_tuned, tune_cpu_allocator
 from .baselines import AVERAGE_K, NOISE_LEVELS, StatsNormalizer, make_baselines, resolve_normalizer
-from .metrics import GroupMetrics, analyze_novelty
+from .metrics import GroupMetrics, analyze_novelty, bootstrap_intervals
 from .report import (
     NoveltyReport,
     format_accuracy_table,
+    format_intervals_table,
     format_novelty_table,
     format_report,
     write_report,
 )
 from .verdict import (
+    BOOTSTRAP_RESAMPLES,
     COLLAPSE_DISAGREEMENT_RATIO,
     COLLAPSE_DISTANCE_RATIO,
+    COMPARISONS,
+    CONFIDENCE,
     DEFINITIONS,
     GENERATED,
     GOOD_MARGIN_PP,
@@ -34,6 +38,8 @@ from .verdict import (
     MEMORIZATION_IOU_GAP_RATIO,
     NOISE_MATCH_PP,
     ORIGINAL,
+    comparison_outcome,
+    noise_reference,
     novelty_verdict,
     reference_noise,
     verdict_thresholds,
@@ -41,8 +47,11 @@ from .verdict import (
 
 __all__ = [
     "AVERAGE_K",
+    "BOOTSTRAP_RESAMPLES",
     "COLLAPSE_DISAGREEMENT_RATIO",
     "COLLAPSE_DISTANCE_RATIO",
+    "COMPARISONS",
+    "CONFIDENCE",
     "DEFINITIONS",
     "GENERATED",
     "GOOD_MARGIN_PP",
@@ -56,10 +65,14 @@ __all__ = [
     "StatsNormalizer",
     "allocator_tuned",
     "analyze_novelty",
+    "bootstrap_intervals",
+    "comparison_outcome",
     "format_accuracy_table",
+    "format_intervals_table",
     "format_novelty_table",
     "format_report",
     "make_baselines",
+    "noise_reference",
     "novelty_verdict",
     "reference_noise",
     "resolve_normalizer",

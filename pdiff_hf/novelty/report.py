@@ -97,6 +97,9 @@ class NoveltyReport:
         nov = self.summary["novelty"]
         lines = ["## Novelty against simple baselines", "", self.table(), "", "### Verdict", ""]
         lines += [f"- {v}" for v in self.verdict]
+        intervals = nov.get("intervals")
+        if intervals:
+            lines += ["", "### Uncertainty of the verdict", "", format_intervals_table(intervals)]
         lines += [
             "",
             "### Definitions and thresholds",
@@ -145,6 +148,32 @@ def format_novelty_table(summary: Mapping) -> str:
             f"{'-' if bv is None else f'{bv:.2f}'} | {d['nn_distance']['median']:.4g} | {d['max_iou']['median']:.3f} "
             f"| {d['max_agreement']['mean']:.3f} | {d['mean_model_agreement']['median']:.3f} "
             f"| {d['good_and_novel_fraction']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+_OUTCOME_WORDS = {"below": "below: decides", "above": "above: decides", "straddles": "straddles: INCONCLUSIVE"}
+
+
+def format_intervals_table(intervals: Mapping) -> str:
+    """Markdown table of the verdict's decisive comparisons (``novelty.intervals``): value on all models, bootstrap
+    interval, threshold and whether the interval lies on one side of it."""
+    first = next(iter(intervals.values()))
+    lines = [
+        f"{first['confidence']:.0%} bootstrap intervals ({first['resamples']} resamples of each group's models, "
+        "medians recomputed); a comparison decides only when its interval lies on one side of the threshold.",
+        "",
+        "| comparison | statistic | value | interval | threshold | outcome |",
+        "|" + "---|" * 6,
+    ]
+
+    def num(x) -> str:
+        return "inf" if x is None else f"{x:.4g}"
+
+    for key, e in intervals.items():
+        lines.append(
+            f"| {key} | {e['statistic']} | {num(e['value'])} | [{num(e['low'])}, {num(e['high'])}] | "
+            f"{e['threshold']:g} | {_OUTCOME_WORDS.get(e['outcome'], e['outcome'])} |"
         )
     return "\n".join(lines)
 

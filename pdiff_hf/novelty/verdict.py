@@ -9,15 +9,24 @@ independent checkpoints of the same runs pass as novel whatever the scale of the
 * **memorizing**: the nearest-checkpoint distance, or ``1 - max-IoU`` (functional copies), well below the originals';
 * **collapsed to the checkpoint average**: the distance to the mean checkpoint, or the disagreement with the
   mean-checkpoint model, well below the originals';
-* **at equal accuracy**: the noise baseline compared with is the strongest one within :data:`NOISE_MATCH_PP` of the
-  generated models' mean accuracy (:func:`reference_noise`).
+* **at equal accuracy**: the noise baselines' median max-IoU, interpolated (between the two noise amplitudes whose
+  mean accuracies bracket it) at the generated models' mean accuracy minus :data:`NOISE_MATCH_PP` — the strongest
+  noise that is not worse by more than 1 pp (:func:`noise_reference`). Interpolating, rather than picking one
+  amplitude by a hard accuracy threshold, makes the reference move continuously with the generated accuracy, so a
+  difference in the last digits (1 vs 2 torch threads) cannot swap the amplitude compared with.
+
+Each of these comparisons (except accuracy) comes with a bootstrap confidence interval over the models
+(:data:`BOOTSTRAP_RESAMPLES` resamples of each group's models, medians recomputed, :data:`CONFIDENCE` percentile
+interval; computed by :func:`pdiff_hf.novelty.metrics.bootstrap_intervals` and stored under ``novelty.intervals``).
+A comparison whose interval lies on one side of its threshold decides; one whose interval straddles it makes the
+verdict ``INCONCLUSIVE`` (naming the comparison) instead of flipping with the sample.
 
 The verdict (:func:`novelty_verdict`) is a function of the JSON summary alone, so it can be recomputed from any
-``results.json``. Thresholds and definitions are stored in every summary under ``novelty.thresholds`` and
-``novelty.definitions``.
+``results.json`` (a summary without ``novelty.intervals`` is judged on the point values alone). Thresholds and
+definitions are stored in every summary under ``novelty.thresholds`` and ``novelty.definitions``.
 """
 
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 ORIGINAL = "original"
 GENERATED = "generated"
@@ -28,6 +37,38 @@ MEMORIZATION_IOU_GAP_RATIO = 0.5  # 1 - generated max-IoU < ratio * (1 - origina
 COLLAPSE_DISTANCE_RATIO = 0.5  # collapsed: generated distance to the mean checkpoint < ratio * originals', or
 COLLAPSE_DISAGREEMENT_RATIO = 0.5  # 1 - agreement with the mean-checkpoint model < ratio * originals' (1 - agreement)
 NOISE_MATCH_PP = 1.0  # a noise baseline is "at equal accuracy" when its mean is within this many pp of generated
+BOOTSTRAP_RESAMPLES = 1000  # resamples of each group's models for the intervals of the comparisons
+CONFIDENCE = 0.95  # percentile interval of the bootstrap
+
+# The decisive comparisons: key -> (what is compared, threshold key in ``novelty.thresholds`` or None for 0, what a
+# value below the threshold means). Their intervals are in ``novelty.intervals[key]``.
+COMPARISONS = {
+    "memorization_distance": (
+        "generated median nn_distance / originals' median nn_distance",
+        "memorization_distance_ratio",
+        "memorizing (near-copies in weight space)",
+    ),
+    "memorization_iou_gap": (
+        "(1 - generated median max_iou) / (1 - originals' median max_iou)",
+        "memorization_iou_gap_ratio",
+        "memorizing (functional copies)",
+    ),
+    "collapse_distance": (
+        "generated median distance_to_mean / originals' median distance_to_mean",
+        "collapse_distance_ratio",
+        "collapsed to the checkpoint average (in weight space)",
+    ),
+    "collapse_disagreement": (
+        "(1 - generated median mean_model_agreement) / (1 - originals' median mean_model_agreement)",
+        "collapse_disagreement_ratio",
+        "collapsed to the checkpoint average (in function space)",
+    ),
+    "novelty_vs_noise": (
+        "generated median max_iou - noise median max_iou at equal accuracy (interpolated)",
+        None,
+        "more novel than noise",
+    ),
+}
 
 DEFINITIONS = {
     "normalized_space": "per-dimension standardization of the pipeline's autoencoder (log space for BatchNorm "
@@ -45,6 +86,9 @@ DEFINITIONS = {
     "good": "test accuracy >= originals' mean test accuracy - 1 pp",
     "novel": "max_iou < originals' mean pairwise IoU",
     "best_by_val": "test accuracy of the model with the highest validation accuracy",
+    "intervals": f"{CONFIDENCE:.0%} bootstrap percentile interval of each decisive comparison: the models of each "
+    f"group resampled with replacement {BOOTSTRAP_RESAMPLES} times (seeded), medians recomputed; a ratio with a zero "
+    "denominator is infinite, written null; INCONCLUSIVE when the interval straddles the threshold",
 }
 
 
@@ -70,6 +114,8 @@ def verdict_thresholds(good_test_accuracy: float, novel_max_iou: float) -> Dict:
         f"generated median mean_model_agreement < {COLLAPSE_DISAGREEMENT_RATIO:g} x (1 - originals' median "
         "mean_model_agreement)",
         "noise_match_pp": NOISE_MATCH_PP,
+        "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+        "confidence": CONFIDENCE,
     }
 
 
@@ -93,6 +139,71 @@ def reference_noise(summary: Mapping) -> Optional[str]:
     return min(noise, key=lambda n: (abs(n[2] - gen_mean), n[0]))[1]
 
 
+def noise_reference(summary: Mapping) -> Optional[Dict]:
+    """The noise the generated models are compared with "at equal accuracy": ``{"names", "weights",
+    "target_accuracy", "max_iou"}``. The target is the generated mean accuracy minus :data:`NOISE_MATCH_PP`; the
+    largest amplitude at least that accurate (:func:`reference_noise`) and the next larger one, less accurate, are
+    interpolated linearly in mean accuracy (their median max-IoU weighted by ``weights``). With no larger amplitude,
+    or no amplitude that accurate, the one amplitude of :func:`reference_noise`. ``None`` without noise baselines."""
+    ref = reference_noise(summary)
+    if ref is None:
+        return None
+    gen_mean = float(summary[GENERATED]["mean"])
+    target = gen_mean - NOISE_MATCH_PP
+    baselines = summary["baselines"]
+    noise = sorted(
+        (float(v.get("amplitude", 0.0)), k) for k, v in baselines.items() if v.get("kind") == "noise"
+    )
+    names = [k for _, k in noise]
+    i = names.index(ref)
+    acc = float(baselines[ref]["mean"])
+    pair, weights = [ref], [1.0]
+    if acc >= target and i + 1 < len(names):
+        nxt = names[i + 1]
+        acc_next = float(baselines[nxt]["mean"])
+        if acc_next < target:  # true unless the accuracy is not monotone in the amplitude
+            t = (acc - target) / (acc - acc_next)
+            pair, weights = [ref, nxt], [1.0 - t, t]
+    groups = summary["novelty"]["groups"]
+    max_iou = sum(w * float(groups[k]["max_iou"]["median"]) for k, w in zip(pair, weights))
+    return {
+        "names": pair,
+        "weights": [float(f"{w:.6g}") for w in weights],
+        "target_accuracy": float(f"{target:.6g}"),
+        "max_iou": float(f"{max_iou:.6g}"),
+    }
+
+
+def comparison_outcome(summary: Mapping, key: str, point: float) -> Tuple[str, str]:
+    """``(outcome, interval text)`` of comparison ``key``: ``"below"`` / ``"above"`` its threshold, or
+    ``"straddles"`` when its interval (``novelty.intervals[key]``) contains the threshold. Without an interval, the
+    point value alone decides and the text is empty."""
+    nov = summary["novelty"]
+    threshold = 0.0 if COMPARISONS[key][1] is None else float(nov["thresholds"][COMPARISONS[key][1]])
+    entry = (nov.get("intervals") or {}).get(key)
+    if entry is None:
+        return ("below" if point < threshold else "above"), ""
+    low = float("inf") if entry["low"] is None else float(entry["low"])
+    high = float("inf") if entry["high"] is None else float(entry["high"])
+    text = f"{entry.get('confidence', CONFIDENCE):.0%} interval [{_fmt(low)}, {_fmt(high)}]"
+    if high < threshold:
+        return "below", text
+    if low >= threshold:
+        return "above", text
+    return "straddles", text
+
+
+def _fmt(x: float) -> str:
+    return "inf" if x == float("inf") else f"{x:.3g}"
+
+
+def _either(*outcomes: str) -> Optional[bool]:
+    """Flagged when any comparison is below its threshold, unknown (``None``) when none is but one straddles it."""
+    if "below" in outcomes:
+        return True
+    return None if "straddles" in outcomes else False
+
+
 def _ratio(a: float, b: float) -> float:
     if b <= 0:
         return 0.0 if a <= 0 else float("inf")
@@ -101,15 +212,25 @@ def _ratio(a: float, b: float) -> float:
 
 def novelty_verdict(summary: Mapping) -> List[str]:
     """Plain-text verdict lines from a summary (``NoveltyReport.summary`` or the same keys of a ``results.json``):
-    accuracy; novelty against the noise baseline at equal accuracy; memorization; collapse to the checkpoint
-    average; the good-and-novel fraction; and a one-line overall verdict (``MEMORIZING``, ``COLLAPSED TO THE
-    CHECKPOINT AVERAGE``, ``NOVEL`` or ``NOT MORE NOVEL THAN NOISE``)."""
+    accuracy; novelty against noise at equal accuracy; memorization; collapse to the checkpoint average; the
+    good-and-novel fraction; and a one-line overall verdict (``MEMORIZING``, ``COLLAPSED TO THE CHECKPOINT
+    AVERAGE``, ``NOVEL``, ``NOT MORE NOVEL THAN NOISE``, or ``INCONCLUSIVE`` naming the comparisons whose interval
+    straddles their threshold)."""
     orig, gen = summary[ORIGINAL], summary[GENERATED]
     nov = summary["novelty"]
     th = nov["thresholds"]
     groups = nov["groups"]
     go, gg = groups[ORIGINAL], groups[GENERATED]
     lines = []
+    undecided: Dict[str, str] = {}  # comparisons whose interval straddles the threshold
+
+    def interval(text: str) -> str:
+        return f" ({text})" if text else ""
+
+    def straddles(key: str, text: str) -> None:
+        what, th_key, _ = COMPARISONS[key]
+        threshold = 0.0 if th_key is None else th[th_key]
+        undecided[key] = f"{key}: {what}, {text}, straddles {threshold:g}"
 
     gap = orig["mean"] - gen["mean"]
     best = gen.get("best_by_val", gen["best"])
@@ -122,37 +243,63 @@ def novelty_verdict(summary: Mapping) -> List[str]:
     g_nn, o_nn = gg["nn_distance"]["median"], go["nn_distance"]["median"]
     g_iou, o_iou = gg["max_iou"]["median"], go["max_iou"]["median"]
 
-    more_novel = None
+    more_novel: Optional[bool] = None
+    has_noise = False
     ref_within = False
-    ref = nov.get("reference_noise") or reference_noise(summary)
+    ref = nov.get("reference_noise_interpolation") or noise_reference(summary)
     if ref is not None:
-        rb, rn = summary["baselines"][ref], groups[ref]
-        n_iou, n_nn = rn["max_iou"]["median"], rn["nn_distance"]["median"]
-        more_novel = g_iou < n_iou
-        ref_within = abs(rb["mean"] - gen["mean"]) <= th["noise_match_pp"]
-        if ref_within:
-            how = f"the largest noise amplitude within {th['noise_match_pp']:g} pp of their mean accuracy"
-        elif rb["mean"] > gen["mean"]:
-            how = f"the largest noise amplitude, still more accurate by over {th['noise_match_pp']:g} pp"
+        has_noise = True
+        n_iou = ref["max_iou"]
+        names = ref["names"]
+        rb = summary["baselines"][names[0]]
+        n_nn = sum(w * groups[k]["nn_distance"]["median"] for k, w in zip(names, ref["weights"]))
+        outcome, text = comparison_outcome(summary, "novelty_vs_noise", g_iou - n_iou)
+        more_novel = {"below": True, "above": False, "straddles": None}[outcome]
+        if outcome == "straddles":
+            straddles("novelty_vs_noise", text)
+        if len(names) == 2:
+            ref_within = True
+            ref_name = f"{names[0]}/{names[1]} interpolated"
+            how = (
+                f"at {ref['target_accuracy']:.2f}%, {th['noise_match_pp']:g} pp below their mean accuracy; "
+                f"{names[0]} {rb['mean']:.2f}%, {names[1]} {summary['baselines'][names[1]]['mean']:.2f}%"
+            )
         else:
-            how = f"the most accurate noise amplitude, less accurate by over {th['noise_match_pp']:g} pp"
+            ref_name = names[0]
+            ref_within = abs(rb["mean"] - gen["mean"]) <= th["noise_match_pp"]
+            if ref_within:
+                how = f"the largest noise amplitude within {th['noise_match_pp']:g} pp of their mean accuracy"
+            elif rb["mean"] > gen["mean"]:
+                how = f"the largest noise amplitude, still more accurate by over {th['noise_match_pp']:g} pp"
+            else:
+                how = f"the most accurate noise amplitude, less accurate by over {th['noise_match_pp']:g} pp"
+            how += f": mean {rb['mean']:.2f}% vs {gen['mean']:.2f}%"
+        word = {True: "MORE", False: "NOT MORE", None: "NOT CLEARLY MORE OR LESS"}[more_novel]
         lines.append(
-            f"Novelty vs noise: generated models are {'MORE' if more_novel else 'NOT MORE'} novel than {ref} "
-            f"({how}: mean {rb['mean']:.2f}% vs {gen['mean']:.2f}%): median max-IoU {g_iou:.3f} vs {n_iou:.3f}, "
-            f"median nearest-checkpoint distance {g_nn:.4g} vs {n_nn:.4g}."
+            f"Novelty vs noise: generated models are {word} novel than {ref_name} ({how}): median max-IoU "
+            f"{g_iou:.3f} vs {n_iou:.3f}{interval(text and 'difference ' + text)}, median nearest-checkpoint "
+            f"distance {g_nn:.4g} vs {n_nn:.4g}."
         )
 
     ratio = _ratio(g_nn, o_nn)
     iou_ratio = _ratio(1.0 - g_iou, 1.0 - o_iou) if o_iou < 1.0 else float("inf")
-    weight_copy = ratio < th["memorization_distance_ratio"]
-    function_copy = iou_ratio < th["memorization_iou_gap_ratio"]
-    memorizing = weight_copy or function_copy
+    weight_copy, weight_text = comparison_outcome(summary, "memorization_distance", ratio)
+    function_copy, function_text = comparison_outcome(summary, "memorization_iou_gap", iou_ratio)
+    memorizing = _either(weight_copy, function_copy)
+    if memorizing is not True:  # a definite copy decides; otherwise each undecided comparison is named
+        for key, outcome, text in (
+            ("memorization_distance", weight_copy, weight_text),
+            ("memorization_iou_gap", function_copy, function_text),
+        ):
+            if outcome == "straddles":
+                straddles(key, text)
+    word = {True: "MEMORIZING", False: "not memorizing", None: "INCONCLUSIVE"}[memorizing]
     lines.append(
-        f"Memorization: {'MEMORIZING' if memorizing else 'not memorizing'} - median distance to the nearest "
-        f"training checkpoint {g_nn:.4g} = {ratio:.2f}x the originals' own nearest-neighbour distance {o_nn:.4g} "
-        f"(memorizing below {th['memorization_distance_ratio']:g}x); median max-IoU {g_iou:.3f} vs originals "
-        f"{o_iou:.3f} (functional copies when 1 - max-IoU is below {th['memorization_iou_gap_ratio']:g}x the "
-        f"originals')"
+        f"Memorization: {word} - median distance to the nearest "
+        f"training checkpoint {g_nn:.4g} = {_fmt(ratio)}x{interval(weight_text)} the originals' own nearest-neighbour "
+        f"distance {o_nn:.4g} (memorizing below {th['memorization_distance_ratio']:g}x); median max-IoU {g_iou:.3f} "
+        f"vs originals {o_iou:.3f}, 1 - max-IoU {_fmt(iou_ratio)}x{interval(function_text)} the originals' "
+        f"(functional copies below {th['memorization_iou_gap_ratio']:g}x)"
         + (": generated models are near-copies of training checkpoints." if memorizing else ".")
     )
 
@@ -160,13 +307,27 @@ def novelty_verdict(summary: Mapping) -> List[str]:
     g_ag, o_ag = gg["mean_model_agreement"]["median"], go["mean_model_agreement"]["median"]
     d_ratio = _ratio(g_dm, o_dm)
     ag_ratio = _ratio(1.0 - g_ag, 1.0 - o_ag) if o_ag < 1.0 else float("inf")
-    collapsed = d_ratio < th["collapse_distance_ratio"] or ag_ratio < th["collapse_disagreement_ratio"]
+    distance_collapse, distance_text = comparison_outcome(summary, "collapse_distance", d_ratio)
+    function_collapse, agreement_text = comparison_outcome(summary, "collapse_disagreement", ag_ratio)
+    collapsed = _either(distance_collapse, function_collapse)
+    if collapsed is not True:
+        for key, outcome, text in (
+            ("collapse_distance", distance_collapse, distance_text),
+            ("collapse_disagreement", function_collapse, agreement_text),
+        ):
+            if outcome == "straddles":
+                straddles(key, text)
+    word = {
+        True: "COLLAPSED to the checkpoint average",
+        False: "no collapse to the checkpoint average",
+        None: "INCONCLUSIVE whether collapsed to the checkpoint average",
+    }[collapsed]
     lines.append(
-        f"Average collapse: {'COLLAPSED to the checkpoint average' if collapsed else 'no collapse to the checkpoint average'}"
-        f" - median distance to the mean checkpoint {g_dm:.4g} = {d_ratio:.2f}x the originals' {o_dm:.4g} "
-        f"(collapse below {th['collapse_distance_ratio']:g}x); median prediction agreement with the mean-checkpoint "
-        f"model {g_ag:.3f} vs originals {o_ag:.3f} (collapse when 1 - agreement is below "
-        f"{th['collapse_disagreement_ratio']:g}x the originals')."
+        f"Average collapse: {word} - median distance to the mean checkpoint {g_dm:.4g} = {_fmt(d_ratio)}x"
+        f"{interval(distance_text)} the originals' {o_dm:.4g} (collapse below {th['collapse_distance_ratio']:g}x); "
+        f"median prediction agreement with the mean-checkpoint model {g_ag:.3f} vs originals {o_ag:.3f}, "
+        f"1 - agreement {_fmt(ag_ratio)}x{interval(agreement_text)} the originals' (collapse below "
+        f"{th['collapse_disagreement_ratio']:g}x)."
     )
 
     baseline_gn = {k: v["good_and_novel_fraction"] for k, v in summary.get("baselines", {}).items()}
@@ -179,6 +340,7 @@ def novelty_verdict(summary: Mapping) -> List[str]:
         f"the originals' mean pairwise IoU)."
     )
 
+    undecided_text = "; ".join(undecided[k] for k in COMPARISONS if k in undecided)
     flags = []
     if memorizing:
         flags.append("MEMORIZING")
@@ -187,6 +349,10 @@ def novelty_verdict(summary: Mapping) -> List[str]:
     notes = []
     if flags:
         overall = " and ".join(flags)
+        if undecided:
+            notes.append("undecided: " + undecided_text)
+    elif memorizing is None or collapsed is None or (more_novel is None and has_noise):
+        overall = "INCONCLUSIVE - " + undecided_text
     elif more_novel is False:
         overall = "NOT MORE NOVEL THAN NOISE - generated models fail like noisy copies of training checkpoints"
     else:

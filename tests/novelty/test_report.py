@@ -43,7 +43,7 @@ def test_write_report_writes_plots_report_then_results(novel_report, tmp_path):
     md = (out / "report.md").read_text()
     assert md.startswith("# A title\n\n- one\n- two\n\n## Original vs generated\n")
     assert headings(md) == ["Original vs generated", "Extra", "Novelty against simple baselines", "Timings (s)"]
-    assert headings(md, "### ") == ["Verdict", "Definitions and thresholds", "Plots"]
+    assert headings(md, "### ") == ["Verdict", "Uncertainty of the verdict", "Definitions and thresholds", "Plots"]
     assert format_accuracy_table(results) in md and novel_report.table() in md
     for name in PLOTS:
         assert f"![{name}](plots/{name}.png)" in md
