@@ -28,6 +28,8 @@ _import_structure: Dict[str, List[str]] = {
         "DimensionMismatchError",
         "HubError",
         "LayoutMismatchError",
+        "MissingLabelsError",
+        "ModelOutputError",
         "NonFiniteParametersError",
         "PDiffError",
         "PipelineInputError",
@@ -41,11 +43,12 @@ _import_structure: Dict[str, List[str]] = {
     "models": ["LatentUNet1DModel", "ParameterAutoencoder"],
     "novelty": ["NoveltyReport", "analyze_novelty", "novelty_verdict"],
     "pipelines": ["PDiffPipeline", "PDiffPipelineOutput"],
+    "pipelines.pipeline_output": ["GeneratedModels"],
     "training_utils": ["PDiffConfig", "build_models"],
 }
 # submodules reachable as attributes without an import statement (pdiff_hf.hub.push_pipeline, pdiff_hf.tasks, …)
 _submodules = sorted(
-    set(_import_structure) | {"checkpointing", "commands", "demo", "hub", "io_utils", "normalization", "remote_code", "tasks"}
+    {m for m in _import_structure if "." not in m} | {"checkpointing", "commands", "demo", "hub", "io_utils", "normalization", "remote_code", "scoring", "tasks"}
 )
 
 _name_to_module = {name: module for module, names in _import_structure.items() for name in names}
@@ -68,6 +71,8 @@ if TYPE_CHECKING:
         DimensionMismatchError,
         HubError,
         LayoutMismatchError,
+        MissingLabelsError,
+        ModelOutputError,
         NonFiniteParametersError,
         PDiffError,
         PipelineInputError,
@@ -81,6 +86,7 @@ if TYPE_CHECKING:
     from .models import LatentUNet1DModel, ParameterAutoencoder
     from .novelty import NoveltyReport, analyze_novelty, novelty_verdict
     from .pipelines import PDiffPipeline, PDiffPipelineOutput
+    from .pipelines.pipeline_output import GeneratedModels
     from .training_utils import PDiffConfig, build_models
 
 

@@ -9,7 +9,7 @@ Each checkpoint is then evaluated (batched) on the validation and test splits an
 checkpoint dataset (:mod:`pdiff_hf.checkpoints`).
 """
 
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import datasets
 import torch
@@ -17,44 +17,47 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoints import get_layout, make_checkpoint_dataset, set_layout
-from .data import ClassificationSplits
+from .data import Batch, num_examples, split_sources, training_batches
+from .errors import DimensionMismatchError
 from .evaluation import evaluate_parameters
 from .layout import ParamLayout
+from .scoring import ScoreFn, classification_loss, get_logits
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless stream of index batches ``(batch_size,)`` over ``range(n)``, reshuffled every epoch by ``generator``;
-    the last incomplete batch of each epoch is dropped (BatchNorm statistics of a tiny batch are noise)."""
-    batch_size = min(batch_size, n)
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        for i in range(0, n - batch_size + 1, batch_size):
-            yield perm[i : i + batch_size]
+def _loss(model: nn.Module, batch: Batch, loss_fn: Optional[LossFn]) -> torch.Tensor:
+    """``loss_fn(logits, labels)`` (default: cross-entropy) of one training batch; ``model(**batch)`` for dict
+    batches, ``model(x)`` for tensors."""
+    logits = get_logits(model(*batch.args, **batch.kwargs))
+    return (loss_fn or classification_loss)(logits, batch.require_labels())
 
 
 def train_classifier(
     model: nn.Module,
-    data: ClassificationSplits,
+    data: Any,
     epochs: int = 15,
     learning_rate: float = 3e-3,
     batch_size: int = 128,
     weight_decay: float = 0.0,
     seed: int = 0,
     progress: bool = True,
+    loss_fn: Optional[LossFn] = None,
 ) -> nn.Module:
     """Train every parameter of ``model`` with AdamW and a cosine schedule (step 1 of the recipe), with a tqdm
-    progress bar unless ``progress=False``."""
+    progress bar unless ``progress=False``. ``data``: :class:`ClassificationSplits` or a mapping of splits (see
+    :func:`collect_checkpoints`)."""
+    train = split_sources(data)["train"]
     gen = torch.Generator().manual_seed(seed)
-    n = data.train_x.shape[0]
-    steps_per_epoch = max(n // batch_size, 1)
+    it = training_batches(train, batch_size, gen, model)
+    n = num_examples(train)
+    steps_per_epoch = max(n // batch_size, 1) if n is not None else len(train)
     total = epochs * steps_per_epoch
     opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1))
     model.train()
-    it = _shuffled_batches(n, batch_size, gen)
     for _ in tqdm(range(total), desc="train target", disable=not progress, leave=False):
-        idx = next(it)
-        loss = nn.functional.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+        loss = _loss(model, next(it), loss_fn)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -86,7 +89,7 @@ def _freeze_for_collection(model: nn.Module, layout: ParamLayout):
 
 def collect_checkpoints(
     model: nn.Module,
-    data: ClassificationSplits,
+    data: Any,
     layout: ParamLayout,
     num_checkpoints: int = 200,
     save_every: int = 1,
@@ -99,6 +102,8 @@ def collect_checkpoints(
     train_learning_rate: float = 3e-3,
     evaluate: bool = True,
     progress: bool = True,
+    loss_fn: Optional[LossFn] = None,
+    score_fn: Optional[ScoreFn] = None,
 ) -> datasets.Dataset:
     """Run p-diff's collection recipe on ``model`` (modified in place) and return the checkpoint dataset.
 
@@ -132,32 +137,48 @@ def collect_checkpoints(
             checkpoints anyway (the demo's novelty analysis) pass ``False`` and add the columns themselves.
         progress: tqdm progress bars (target training, collection), as diffusers pipelines show; ``False`` silences.
 
+    Data: a :class:`ClassificationSplits` (tensors), or a mapping of splits — ``"train"`` and optionally
+    ``"validation"`` (or ``"val"``) and ``"test"``, e.g. a ``datasets.DatasetDict`` — each a source of
+    :mod:`pdiff_hf.data` (a ``datasets.Dataset``, a DataLoader of dict batches, a mapping of columns, an
+    ``(inputs, labels)`` pair). Dict batches are called as ``model(**batch)`` without their labels, so transformers
+    models need no wrapper and the layout keeps the model's own tensor names.
+
+    loss_fn: ``loss_fn(logits, labels)`` for the SGD steps (default: cross-entropy, labels ``-100`` ignored).
+    score_fn: per-example ``score_fn(logits, labels) -> (B,)`` for the evaluation columns (default: accuracy).
+
     Columns: ``params``, ``run_id``, ``seed``, ``step``, and with ``evaluate`` ``val_accuracy``, ``test_accuracy``
-    (percent).
+    (percent; ``val_score`` / ``test_score`` with a ``score_fn``) for the splits that ``data`` has.
     """
     layout.check_module(model)
     if num_checkpoints < 1 or save_every < 1:
-        raise ValueError(f"expected num_checkpoints >= 1 and save_every >= 1, found {num_checkpoints}, {save_every}")
+        raise DimensionMismatchError(
+            f"expected num_checkpoints >= 1 and save_every >= 1, found {num_checkpoints}, {save_every}"
+        )
+    sources = split_sources(data)
     torch.manual_seed(seed)
     if train_epochs > 0:
-        train_classifier(model, data, epochs=train_epochs, learning_rate=train_learning_rate, seed=seed, progress=progress)
+        train_classifier(
+            model, data, epochs=train_epochs, learning_rate=train_learning_rate, seed=seed, progress=progress,
+            loss_fn=loss_fn,
+        )  # fmt: skip
 
     gen = torch.Generator().manual_seed(seed + 1)
     undo = _freeze_for_collection(model, layout)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(trainable, lr=learning_rate, momentum=momentum) if trainable else None
-    it = _shuffled_batches(data.train_x.shape[0], batch_size, gen)
+    it = training_batches(sources["train"], batch_size, gen, model)
     vectors, steps = [], []
     bar = tqdm(total=num_checkpoints, desc="collect checkpoints", disable=not progress, leave=False)
     step = 0
     while len(vectors) < num_checkpoints:
-        idx = next(it)
-        out = model(data.train_x[idx])
+        batch = next(it)
         if opt is not None:
-            loss = nn.functional.cross_entropy(out, data.train_y[idx])
+            loss = _loss(model, batch, loss_fn)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        else:  # nothing trainable is selected (only running statistics): the forward pass updates them
+            model(*batch.args, **batch.kwargs)
         step += 1
         if step % save_every == 0:
             vectors.append(layout.flatten(model))
@@ -170,14 +191,17 @@ def collect_checkpoints(
     n = len(vectors)
     columns = {"run_id": [run_id] * n, "seed": [seed] * n, "step": steps}
     if evaluate:
-        columns["val_accuracy"] = evaluate_parameters(model, layout, params, data.val_x, data.val_y).tolist()
-        columns["test_accuracy"] = evaluate_parameters(model, layout, params, data.test_x, data.test_y).tolist()
+        metric = "accuracy" if score_fn is None else "score"
+        for split in ("val", "test"):
+            if sources[split] is not None:
+                scores = evaluate_parameters(model, layout, params, sources[split], score_fn=score_fn)
+                columns[f"{split}_{metric}"] = scores.tolist()
     return make_checkpoint_dataset(params, layout, columns)
 
 
 def collect_from_runs(
     model: nn.Module,
-    data: ClassificationSplits,
+    data: Any,
     layout: ParamLayout,
     seeds: Sequence[int],
     reset: Optional[Callable[[nn.Module, int], None]] = None,

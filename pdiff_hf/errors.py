@@ -36,6 +36,19 @@ class UnknownTaskError(PDiffError):
     """A task name that is not in the registry ``pdiff_hf.tasks.TASKS``."""
 
 
+class MissingLabelsError(PDiffError):
+    """A batch used for scoring or training carries no labels (no ``labels`` entry, no second element)."""
+
+
+class ModelOutputError(PDiffError):
+    """A model output holds no logits (not a tensor, no ``logits`` entry, no tensor first element) and no
+    ``score_fn`` was given to score it."""
+
+
+class CheckpointFileError(PDiffError):
+    """A checkpoint file or state dict cannot be read safely or does not fit the parameter layout."""
+
+
 # ------------------------------------------------------------------------------------------- models, pipeline
 class SchedulerError(PDiffError):
     """A scheduler is unknown or incompatible with the objective the denoiser was trained with."""

@@ -12,6 +12,7 @@ from pdiff_hf import (
     select_best,
     summarize_accuracies,
 )
+from pdiff_hf.errors import MissingLabelsError, ModelOutputError
 from pdiff_hf.evaluation import accuracy_from_predictions
 
 
@@ -127,3 +128,130 @@ def test_accuracy_and_select_best():
     assert select_best(val, 2).tolist() == [1, 3]
     assert select_best(val, 10).tolist() == [1, 3, 2, 0]
     assert select_best(val).numel() == 4
+
+
+# ------------------------------------------------------------------------------ sources, outputs, metrics, fallback
+class _DictNet(nn.Module):
+    """Called with keywords like a transformers model; returns a dict with ``logits`` (or, with ``key``, without)."""
+
+    def __init__(self, key="logits"):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Linear(6, 8)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 3)
+        self.key = key
+
+    def forward(self, features, mask=None):
+        h = self.norm(torch.relu(self.body(features)))  # (B, 8)
+        if mask is not None:
+            h = h * mask[:, None]
+        return {self.key: self.head(h)}  # (B, 3)
+
+
+def test_every_source_gives_the_same_scores(bn_mlp_factory):
+    import datasets
+
+    model = _DictNet()
+    layout = ParamLayout.from_module(model, include="head.*", last_norm_layers=1)
+    vectors = _perturbed_vectors(model, layout, n=5)
+    x, y = _data(n=40)
+    mask = (torch.arange(40) % 3 != 0).float()
+    columns = {"features": x, "mask": mask, "labels": y}
+    reference = evaluate_parameters(model, layout, vectors, columns, batch_size=16)
+    # the plain loop on the same calls
+    expected = []
+    for v in vectors:
+        layout.load_into(model, v)
+        with torch.no_grad():
+            expected.append((model(x, mask)["logits"].argmax(-1) == y).float().mean() * 100)
+    torch.testing.assert_close(reference, torch.stack(expected))
+    ds = datasets.Dataset.from_dict(
+        {"features": x.tolist(), "mask": mask.tolist(), "label": y.tolist(), "text": ["unused"] * 40}
+    )
+    loader = torch.utils.data.DataLoader(ds.with_format("torch"), batch_size=7)
+    for source in (ds, loader, [columns]):
+        torch.testing.assert_close(evaluate_parameters(model, layout, vectors, source, batch_size=9), reference)
+    # tuple batches (inputs, labels) of a plain network
+    net = bn_mlp_factory(seed=0)
+    bn = ParamLayout.from_module(net, last_norm_layers=2, include_buffers=True)
+    v = _perturbed_vectors(net, bn, n=3)
+    pairs = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    torch.testing.assert_close(evaluate_parameters(net, bn, v, pairs), evaluate_parameters(net, bn, v, x, y))
+    assert torch.equal(predict_with_parameters(net, bn, v, pairs), predict_with_parameters(net, bn, v, x))
+
+
+def test_score_fn_and_outputs_without_logits():
+    model = _DictNet(key="scores")
+    layout = ParamLayout.from_module(model, include="head.*")
+    vectors = _perturbed_vectors(model, layout, n=4)
+    x, y = _data(n=20)
+    with pytest.raises(ModelOutputError, match=r"expected the model to return logits.*found dict with keys \['scores'\]"):
+        evaluate_parameters(model, layout, vectors, {"features": x, "labels": y})
+
+    def neg_loss(output, labels):  # (B,)
+        return -nn.functional.cross_entropy(output["scores"], labels, reduction="none")
+
+    scores = evaluate_parameters(model, layout, vectors, {"features": x, "labels": y}, score_fn=neg_loss)
+    expected = []
+    for v in vectors:
+        layout.load_into(model, v)
+        with torch.no_grad():
+            expected.append(neg_loss(model(x), y).mean())
+    torch.testing.assert_close(scores, torch.stack(expected))
+    with pytest.raises(DimensionMismatchError, match=r"one score per example, shape \(20,\), found \(\)"):
+        evaluate_parameters(model, layout, vectors, {"features": x, "labels": y}, batch_size=20,
+                            score_fn=lambda out, labels: out["scores"].sum())  # fmt: skip
+
+
+def test_batches_without_labels_are_named():
+    model = _DictNet()
+    layout = ParamLayout.from_module(model, include="head.*")
+    vectors = _perturbed_vectors(model, layout, n=2)
+    x, _ = _data(n=10)
+    with pytest.raises(MissingLabelsError, match=r"expected every batch to carry labels.*found a batch with keys \['features'\]"):
+        evaluate_parameters(model, layout, vectors, {"features": x})
+    with pytest.raises(MissingLabelsError, match="found a batch with 1 tensor"):
+        evaluate_parameters(model, layout, vectors, [x])
+    assert predict_with_parameters(model, layout, vectors, {"features": x}).shape == (2, 10)  # no labels needed
+
+
+def test_per_position_accuracy_ignores_minus_100():
+    from pdiff_hf.scoring import accuracy_scores
+
+    logits = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])  # (2, 3, 2)
+    labels = torch.tensor([[1, 1, -100], [0, -100, -100]])
+    assert accuracy_scores(logits, labels).tolist() == [0.5, 1.0]
+    with pytest.raises(DimensionMismatchError, match=r"expected labels of shape \(2, 3\).*found \(2,\)"):
+        accuracy_scores(logits, labels[:, 0])
+
+
+class _Branchy(nn.Module):
+    """Data-dependent control flow on a parameter: vmap cannot run it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(6, 3)
+        self.gate = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x):
+        return self.lin(x) if self.gate > 0 else -self.lin(x)
+
+
+def test_models_that_cannot_be_vmapped_fall_back_and_say_so_once(caplog):
+    from pdiff_hf import evaluation
+
+    model = _Branchy()
+    layout = ParamLayout.from_module(model)
+    vectors = _perturbed_vectors(model, layout, n=5, scale=2.0)
+    x, y = _data(n=30)
+    evaluation._SEQUENTIAL_LOGGED.discard("_Branchy")
+    with caplog.at_level("WARNING", logger="pdiff_hf.evaluation"):
+        acc = evaluate_parameters(model, layout, vectors, x, y, batch_size=8, models_per_chunk=2)
+        preds = predict_with_parameters(model, layout, vectors, x, batch_size=8)
+    messages = [r.getMessage() for r in caplog.records if "one model at a time" in r.getMessage()]
+    assert len(messages) == 1 and "_Branchy" in messages[0]
+    reference = _loop_predictions(model, layout, vectors, x)
+    assert torch.equal(preds, reference)
+    assert torch.equal(acc, (reference == y).float().mean(-1) * 100)

@@ -59,7 +59,7 @@ def test_public_names_dir_and_type_checking_imports_agree():
         "check_dataset_layout", "checkpoint_params", "get_layout", "make_checkpoint_dataset", "set_layout",
         "split_by_runs", "load_checkpoint_dataset", "PDiffError", "SelectionError", "LayoutMismatchError",
         "DimensionMismatchError", "NonFiniteParametersError", "CheckpointDatasetError", "SchedulerError", "HubError",
-        "PipelineInputError", "TrainingScriptError",
+        "PipelineInputError", "TrainingScriptError", "GeneratedModels", "MissingLabelsError", "ModelOutputError",
     }  # fmt: skip
     assert names == expected
     assert names <= set(dir(pdiff_hf)) and {"tasks", "hub", "novelty", "pipelines"} <= set(dir(pdiff_hf))
