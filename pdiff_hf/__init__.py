@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 # submodule -> the public names it exports (at top level)
 _import_structure: Dict[str, List[str]] = {
+    "checkpoint_import": ["checkpoints_from_files", "checkpoints_from_state_dicts"],
     "checkpoints": [
         "check_dataset_layout",
         "checkpoint_params",
@@ -25,6 +26,7 @@ _import_structure: Dict[str, List[str]] = {
     "data": ["ClassificationSplits"],
     "errors": [
         "CheckpointDatasetError",
+        "CheckpointFileError",
         "DimensionMismatchError",
         "HubError",
         "LayoutMismatchError",
@@ -55,6 +57,7 @@ _name_to_module = {name: module for module, names in _import_structure.items() f
 __all__ = ["__version__"] + sorted(_name_to_module)
 
 if TYPE_CHECKING:
+    from .checkpoint_import import checkpoints_from_files, checkpoints_from_state_dicts
     from .checkpoints import (
         check_dataset_layout,
         checkpoint_params,
@@ -68,6 +71,7 @@ if TYPE_CHECKING:
     from .data import ClassificationSplits
     from .errors import (
         CheckpointDatasetError,
+        CheckpointFileError,
         DimensionMismatchError,
         HubError,
         LayoutMismatchError,
