@@ -42,7 +42,7 @@ _import_structure: Dict[str, List[str]] = {
     "evaluation": ["evaluate_parameters", "predict_with_parameters", "select_best", "summarize_accuracies"],
     "fit": ["fit_pdiff", "train_autoencoder", "train_denoiser"],
     "layout": ["ParamLayout", "ParamSpec"],
-    "models": ["LatentUNet1DModel", "ParameterAutoencoder"],
+    "models": ["LatentUNet1DModel", "ParameterAutoencoder", "TokenParameterAutoencoder"],
     "novelty": ["NoveltyReport", "analyze_novelty", "novelty_verdict"],
     "pipelines": ["PDiffPipeline", "PDiffPipelineOutput"],
     "pipelines.pipeline_output": ["GeneratedModels"],
@@ -87,7 +87,7 @@ if TYPE_CHECKING:
     from .evaluation import evaluate_parameters, predict_with_parameters, select_best, summarize_accuracies
     from .fit import fit_pdiff, train_autoencoder, train_denoiser
     from .layout import ParamLayout, ParamSpec
-    from .models import LatentUNet1DModel, ParameterAutoencoder
+    from .models import LatentUNet1DModel, ParameterAutoencoder, TokenParameterAutoencoder
     from .novelty import NoveltyReport, analyze_novelty, novelty_verdict
     from .pipelines import PDiffPipeline, PDiffPipelineOutput
     from .pipelines.pipeline_output import GeneratedModels
