@@ -127,7 +127,9 @@ def train_denoiser(denoiser, latents: torch.Tensor, config: Optional[PDiffConfig
     return losses
 
 
-_POSITIVE_INT_FIELDS = ("ae_steps", "ae_train_batch_size", "denoiser_steps", "denoiser_train_batch_size", "latent_channels")
+_POSITIVE_INT_FIELDS = (
+    "ae_steps", "ae_train_batch_size", "denoiser_steps", "denoiser_train_batch_size", "latent_channels",
+)
 _POSITIVE_FLOAT_FIELDS = ("ae_learning_rate", "denoiser_learning_rate")
 
 

@@ -159,9 +159,13 @@ class ParamLayout:
                 )
             dtype, kind = str(item.get("dtype", "float32")), str(item.get("kind", "parameter"))
             if dtype not in _DTYPES:
-                raise LayoutMismatchError(f"expected the dtype of {name!r} to be one of {sorted(_DTYPES)}, found {dtype!r}")
+                raise LayoutMismatchError(
+                    f"expected the dtype of {name!r} to be one of {sorted(_DTYPES)}, found {dtype!r}"
+                )
             if kind not in ("parameter", "buffer"):
-                raise LayoutMismatchError(f"expected the kind of {name!r} to be 'parameter' or 'buffer', found {kind!r}")
+                raise LayoutMismatchError(
+                    f"expected the kind of {name!r} to be 'parameter' or 'buffer', found {kind!r}"
+                )
             if name in seen:
                 raise LayoutMismatchError(f"expected each tensor name once in a layout, found {name!r} twice")
             seen.add(name)

@@ -40,7 +40,7 @@ def no_training(monkeypatch):
     "params, layout, config, error, needle",
     [
         (torch.randn(1, 8), LAYOUT, None, CheckpointDatasetError, "at least 2 checkpoints (rows)"),
-        (torch.randn(8), LAYOUT, None, DimensionMismatchError, "expected checkpoints of shape (N, 8) for the layout, found (8,)"),
+        (torch.randn(8), LAYOUT, None, DimensionMismatchError, "expected checkpoints of shape (N, 8) for the layout"),
         (torch.randn(4, 2, 4), LAYOUT, None, DimensionMismatchError, "found (4, 2, 4)"),
         (torch.randn(4, 9), LAYOUT, None, DimensionMismatchError, "found (4, 9)"),
         (torch.ones(4, 8, dtype=torch.long), LAYOUT, None, DimensionMismatchError, "found a torch.int64 tensor"),

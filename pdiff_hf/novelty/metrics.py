@@ -405,7 +405,9 @@ def bootstrap_intervals(
     g = torch.Generator().manual_seed(int(seed))
     ref = summary["novelty"].get("reference_noise_interpolation")
     needed = [ORIGINAL, GENERATED] + (list(ref["names"]) if ref else [])
-    resample = {name: torch.randint(0, groups[name].count, (num_resamples, groups[name].count), generator=g) for name in needed}
+    resample = {
+        name: torch.randint(0, groups[name].count, (num_resamples, groups[name].count), generator=g) for name in needed
+    }
 
     def median(name: str, attr: str) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(median of all models, (num_resamples,) medians of the resamples)``."""
