@@ -166,16 +166,21 @@ def check_fit_inputs(params, layout, config: PDiffConfig) -> None:
         )
 
 
-def fit_pdiff(params: torch.Tensor, layout: ParamLayout, config: Optional[PDiffConfig] = None, progress: bool = True):
+def fit_pdiff(
+    params: torch.Tensor, layout: ParamLayout, config: Optional[PDiffConfig] = None, progress: bool = True, target=None
+):
     """Train an autoencoder and a latent denoiser on checkpoints ``(N, D)`` and return a ready ``PDiffPipeline``
-    with a DPM-Solver++ sampling scheduler. ``progress=False`` hides the progress bars.
+    with a DPM-Solver++ sampling scheduler. ``progress=False`` hides the progress bars. ``target``: the network the
+    parameters are for (a transformers ``PreTrainedModel`` or diffusers ``ModelMixin``), set with ``pipe.set_target``
+    so that ``output_type="model"`` works and the network is saved and pushed with the pipeline.
 
     Seeds the global torch RNG with ``config.seed`` (model initialization and training noise come from it).
     Bad inputs raise a named error before anything is built (see :func:`check_fit_inputs`)."""
-    from .pipelines.pipeline_pdiff import PDiffPipeline
+    from .pipelines.pipeline_pdiff import PDiffPipeline, check_target
 
     config = config or PDiffConfig()
     check_fit_inputs(params, layout, config)
+    check_target(target, layout)  # a target that lacks a selected tensor fails before training
     torch.manual_seed(config.seed)
     autoencoder = build_autoencoder(layout, config)
     train_autoencoder(autoencoder, params, config, progress=progress)
@@ -184,4 +189,5 @@ def fit_pdiff(params: torch.Tensor, layout: ParamLayout, config: Optional[PDiffC
     torch.manual_seed(config.seed)
     denoiser = build_denoiser(autoencoder, config)
     train_denoiser(denoiser, latents, config, progress=progress)
-    return PDiffPipeline(autoencoder=autoencoder, denoiser=denoiser, scheduler=sampling_scheduler_for(denoiser))
+    pipe = PDiffPipeline(autoencoder=autoencoder, denoiser=denoiser, scheduler=sampling_scheduler_for(denoiser))
+    return pipe.set_target(target) if target is not None else pipe
