@@ -25,6 +25,8 @@ from .repo import LIBRARY_NAME, check_repo_id, check_target
 PIPELINE_ALLOW_PATTERNS = ["model_index.json", "README.md", "*.json", "*.safetensors"]
 # component name -> pdiff_hf class name it must have (None: any diffusers scheduler)
 COMPONENTS = {"autoencoder": "ParameterAutoencoder", "denoiser": "LatentUNet1DModel", "scheduler": None}
+# other pdiff_hf classes a component may have (same interface as the one above)
+ALTERNATIVE_CLASSES = {"autoencoder": ("TokenParameterAutoencoder",)}
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
@@ -91,9 +93,10 @@ def load_components(
     import diffusers
     from diffusers import SchedulerMixin
 
-    from ..models import LatentUNet1DModel, ParameterAutoencoder
+    from ..models import LatentUNet1DModel, ParameterAutoencoder, TokenParameterAutoencoder
 
-    model_classes = {"ParameterAutoencoder": ParameterAutoencoder, "LatentUNet1DModel": LatentUNet1DModel}
+    model_classes = {"ParameterAutoencoder": ParameterAutoencoder, "LatentUNet1DModel": LatentUNet1DModel,
+                     "TokenParameterAutoencoder": TokenParameterAutoencoder}  # fmt: skip
     index_path = folder / "model_index.json"
     if not index_path.is_file():
         raise HubError(f"{label} lacks model_index.json: it is not a saved diffusers pipeline")
@@ -129,13 +132,13 @@ def load_components(
                     f"rejects ({type(err).__name__}: {first})"
                 ) from None
             continue
-        if class_name != expected:
+        if class_name != expected and class_name not in ALTERNATIVE_CLASSES.get(name, ()):
             raise HubError(f"{label}: expected component {name} to be a {expected}, found {class_name}")
         kwargs = {"use_safetensors": True, "variant": variant}
         if torch_dtype is not None:
             kwargs["torch_dtype"] = torch_dtype
         try:
-            components[name] = model_classes[expected].from_pretrained(str(folder), subfolder=name, **kwargs)
+            components[name] = model_classes[class_name].from_pretrained(str(folder), subfolder=name, **kwargs)
         except PDiffError as err:
             raise type(err)(f"{label}, component {name}: {err}") from None
         except (OSError, ValueError) as err:  # a truncated or foreign safetensors file, a config that does not fit

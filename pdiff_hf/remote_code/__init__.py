@@ -268,7 +268,10 @@ def remote_code_files(target=None) -> Dict[str, str]:
             stubs=("pdiff_hf.models.autoencoder", "pdiff_hf.models.denoiser"),
             title="PDiffPipeline (p-diff, arXiv 2402.13144)",
         ),
-        f"autoencoder/{AUTOENCODER_MODULE}.py": bundle("pdiff_hf.models.autoencoder", title="ParameterAutoencoder"),
+        # token_autoencoder imports autoencoder, so the file defines both autoencoder classes
+        f"autoencoder/{AUTOENCODER_MODULE}.py": bundle(
+            "pdiff_hf.models.token_autoencoder", title="ParameterAutoencoder, TokenParameterAutoencoder"
+        ),
         f"denoiser/{DENOISER_MODULE}.py": bundle("pdiff_hf.models.denoiser", title="LatentUNet1DModel"),
     }
     module = _target_code_module(target)
@@ -282,7 +285,7 @@ def remote_model_index(model_index: Dict, target=None) -> Dict:
     schedulers (and transformers / diffusers target classes) stay library classes."""
     out = dict(model_index)
     out["_class_name"] = [PIPELINE_MODULE, "PDiffPipeline"]
-    out["autoencoder"] = [AUTOENCODER_MODULE, "ParameterAutoencoder"]
+    out["autoencoder"] = [AUTOENCODER_MODULE, (out.get("autoencoder") or [None, "ParameterAutoencoder"])[1]]
     out["denoiser"] = [DENOISER_MODULE, "LatentUNet1DModel"]
     if _target_code_module(target) is not None:
         out["target"] = [TARGET_MODULE, type(target).__name__]
