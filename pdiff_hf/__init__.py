@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 # submodule -> the public names it exports (at top level)
 _import_structure: Dict[str, List[str]] = {
-    "checkpoint_import": ["checkpoints_from_files", "checkpoints_from_state_dicts"],
+    "checkpoint_import": ["checkpoints_from_files", "checkpoints_from_hub", "checkpoints_from_state_dicts"],
     "checkpoints": [
         "check_dataset_layout",
         "checkpoint_params",
@@ -46,6 +46,7 @@ _import_structure: Dict[str, List[str]] = {
     "novelty": ["NoveltyReport", "analyze_novelty", "novelty_verdict"],
     "pipelines": ["PDiffPipeline", "PDiffPipelineOutput"],
     "pipelines.pipeline_output": ["GeneratedModels"],
+    "trainer_callback": ["PDiffCheckpointCallback"],
     "training_utils": ["PDiffConfig", "build_models"],
 }
 # submodules reachable as attributes without an import statement (pdiff_hf.hub.push_pipeline, pdiff_hf.tasks, …)
@@ -57,7 +58,7 @@ _name_to_module = {name: module for module, names in _import_structure.items() f
 __all__ = ["__version__"] + sorted(_name_to_module)
 
 if TYPE_CHECKING:
-    from .checkpoint_import import checkpoints_from_files, checkpoints_from_state_dicts
+    from .checkpoint_import import checkpoints_from_files, checkpoints_from_hub, checkpoints_from_state_dicts
     from .checkpoints import (
         check_dataset_layout,
         checkpoint_params,
@@ -91,6 +92,7 @@ if TYPE_CHECKING:
     from .novelty import NoveltyReport, analyze_novelty, novelty_verdict
     from .pipelines import PDiffPipeline, PDiffPipelineOutput
     from .pipelines.pipeline_output import GeneratedModels
+    from .trainer_callback import PDiffCheckpointCallback
     from .training_utils import PDiffConfig, build_models
 
 

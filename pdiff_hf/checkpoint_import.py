@@ -4,11 +4,17 @@
 
     ds = checkpoints_from_state_dicts(state_dicts, layout)          # any iterable of (partial) state dicts
     ds = checkpoints_from_files("runs/", layout)                     # a folder (or list) of .safetensors files
+    ds = checkpoints_from_hub(["owner/run-1", "owner/run-2"], layout) # Hub model repos (safetensors only)
 
 Only the tensors of ``layout`` are read from each state dict (others are ignored), so full model checkpoints work.
 ``.safetensors`` files are read without unpickling; ``.pt`` / ``.bin`` / ``.pth`` files only with
 ``torch.load(weights_only=True)``, which refuses arbitrary pickled objects. A tensor of another shape, a missing tensor
-or an unreadable file is a :class:`~pdiff_hf.errors.CheckpointFileError` naming the checkpoint.
+or an unreadable file is a :class:`~pdiff_hf.errors.CheckpointFileError` naming the checkpoint. From the Hub only
+``*.safetensors`` and ``*.json`` files are downloaded, and only the selected tensors are read from them, so a repo's
+pickles are never fetched and a large model costs ``D`` values in memory, not the model.
+
+During training with ``transformers.Trainer``, :class:`~pdiff_hf.trainer_callback.PDiffCheckpointCallback` records
+checkpoints as the run goes.
 """
 
 import os
@@ -108,3 +114,92 @@ def checkpoints_from_files(
     vectors = [_vector(load_state_dict_file(f), layout, f"checkpoint {f}") for f in files]
     names = [str(f.relative_to(root)) if root is not None else str(f) for f in files]
     return make_checkpoint_dataset(torch.stack(vectors), layout, {"file": names, **(metadata or {})})
+
+
+# What checkpoints_from_hub downloads: weights without pickles, and the JSON files that go with them (configs, shard
+# indices).
+HUB_ALLOW_PATTERNS = ("*.safetensors", "*.json")
+
+
+def _selected_tensors(files: Sequence[Path], layout: ParamLayout, what: str) -> Dict[str, torch.Tensor]:
+    """The tensors of ``layout`` read from a set of safetensors files (the shards of one checkpoint): only the selected
+    tensors are read. A tensor found in two files is ambiguous and refused."""
+    from safetensors import SafetensorError, safe_open
+
+    wanted, found, where = set(layout.names), {}, {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                    if name not in wanted:
+                        continue
+                    if name in where:
+                        raise CheckpointFileError(
+                            f"{what}: expected each tensor in one safetensors file, found {name!r} in both "
+                            f"{where[name].name} and {path.name} (pass subfolder= to choose one checkpoint)"
+                        )
+                    where[name], found[name] = path, f.get_tensor(name)
+        except SafetensorError as err:
+            raise CheckpointFileError(f"{what}: expected a complete safetensors file {path.name}, found one that is not ({err})") from None
+    return found
+
+
+def checkpoints_from_hub(
+    repo_ids: Union[str, Sequence[str]],
+    layout: ParamLayout,
+    revision: Optional[Union[str, Sequence[Optional[str]]]] = None,
+    token: Union[str, bool, None] = None,
+    *,
+    subfolder: Optional[str] = None,
+    cache_dir: Union[str, os.PathLike, None] = None,
+    metadata: Optional[Mapping[str, Sequence]] = None,
+) -> datasets.Dataset:
+    """A checkpoint dataset with one row per Hub model repo (a trained network, e.g. fine-tuning runs of one model).
+
+    Each repo is fetched with ``huggingface_hub.snapshot_download(allow_patterns=["*.safetensors", "*.json"])``: no
+    ``.bin`` / ``.pt`` pickle is ever downloaded. The selected tensors are read from the ``.safetensors`` files at the
+    repo root (or in ``subfolder``), all shards of a sharded checkpoint together.
+
+    Args:
+        repo_ids: one repo id or a list of them.
+        revision: a branch, tag or commit for every repo, or one per repo.
+        token: Hub access token (default: ``HF_TOKEN`` or the saved login).
+        subfolder: read the weights in this folder of each repo (``"unet"``, ``"checkpoint-500"``, …).
+
+    Columns: ``params``, ``repo_id``, ``revision`` (the commit that was read) and ``metadata``. Errors of the Hub
+    (``RepositoryNotFoundError``, ``RevisionNotFoundError``, …) propagate with their own types; a repo without
+    safetensors weights, or whose weights lack a selected tensor or hold one of another shape, is a
+    :class:`~pdiff_hf.errors.CheckpointFileError` naming the repo.
+    """
+    from huggingface_hub import snapshot_download
+
+    repo_ids = [repo_ids] if isinstance(repo_ids, str) else list(repo_ids)
+    if not repo_ids or not all(isinstance(r, str) and r for r in repo_ids):
+        raise CheckpointFileError(f"expected one or more Hub model repo ids 'owner/name', found {repo_ids!r}")
+    revisions = list(revision) if isinstance(revision, (list, tuple)) else [revision] * len(repo_ids)
+    if len(revisions) != len(repo_ids):
+        raise CheckpointFileError(f"expected one revision per repo ({len(repo_ids)}), found {len(revisions)}")
+    prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+    vectors, commits = [], []
+    for repo_id, rev in zip(repo_ids, revisions):
+        what = f"Hub repo {repo_id}" + (f"@{rev}" if rev else "") + (f" ({prefix.rstrip('/')})" if prefix else "")
+        folder = Path(
+            snapshot_download(
+                repo_id,
+                revision=rev,
+                token=token,
+                cache_dir=cache_dir,
+                allow_patterns=[prefix + p for p in HUB_ALLOW_PATTERNS],
+            )
+        )
+        files = sorted((folder / prefix).glob("*.safetensors")) if (folder / prefix).is_dir() else []
+        if not files:
+            raise CheckpointFileError(
+                f"{what}: expected .safetensors weights{' in ' + prefix if prefix else ' at the repo root'} (pickled "
+                f".bin/.pt weights are never downloaded), found none"
+            )
+        vectors.append(_vector(_selected_tensors(files, layout, what), layout, what))
+        commits.append(folder.name)  # snapshots/<commit>
+    return make_checkpoint_dataset(
+        torch.stack(vectors), layout, {"repo_id": repo_ids, "revision": commits, **(metadata or {})}
+    )

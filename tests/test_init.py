@@ -61,7 +61,8 @@ def test_public_names_dir_and_type_checking_imports_agree():
         "split_by_runs", "load_checkpoint_dataset", "PDiffError", "SelectionError", "LayoutMismatchError",
         "DimensionMismatchError", "NonFiniteParametersError", "CheckpointDatasetError", "SchedulerError", "HubError",
         "PipelineInputError", "TrainingScriptError", "GeneratedModels", "MissingLabelsError", "ModelOutputError",
-        "CheckpointFileError", "checkpoints_from_files", "checkpoints_from_state_dicts",
+        "CheckpointFileError", "checkpoints_from_files", "checkpoints_from_state_dicts", "checkpoints_from_hub",
+        "PDiffCheckpointCallback",
     }  # fmt: skip
     assert names == expected
     assert names <= set(dir(pdiff_hf)) and {"tasks", "hub", "novelty", "pipelines"} <= set(dir(pdiff_hf))
