@@ -74,6 +74,7 @@ class GroupMetrics:
     mean_model_agreement: torch.Tensor
     pairwise_mean_iou: Optional[float]
     settings: Dict = field(default_factory=dict)
+    mean_model_agrees: Optional[torch.Tensor] = None  # (n, N_test) bool: same test prediction as the mean model
 
     @property
     def count(self) -> int:
@@ -251,7 +252,8 @@ def analyze_novelty(
         onehot = (preds == c).float()
         agree += onehot @ onehot[:n_train].T
     agree /= preds.shape[1]
-    mean_agree = (preds == mean_pred[None]).float().mean(1)  # (M,)
+    mean_agrees = preds == mean_pred[None]  # (M, N_test)
+    mean_agree = mean_agrees.float().mean(1)  # (M,)
 
     # 5. nearest / most alike training checkpoint; a training checkpoint is not its own neighbour
     rows = torch.arange(n_train)
@@ -282,6 +284,7 @@ def analyze_novelty(
             mean_model_agreement=mean_agree[a:b],
             pairwise_mean_iou=_pairwise_mean_iou(errors[a:b]) if k != ORIGINAL else None,
             settings=settings.get(k, {}),
+            mean_model_agrees=mean_agrees[a:b],
         )
     # originals: the (T, T) block is already there
     orig_iou = iou[:n_train].double()
@@ -394,7 +397,9 @@ def bootstrap_intervals(
 
     The models of each group involved (originals, generated, the reference noise amplitudes) are resampled with
     replacement ``num_resamples`` times, independently per group but the same resample for every metric of a group;
-    each comparison is recomputed from the resampled medians. The draws come from a ``torch.Generator`` seeded
+    each comparison is recomputed from the resampled medians. The agreement with the mean-checkpoint model also
+    resamples the test examples (the same resample for every model): on a near-perfect task it rests on a handful of
+    disagreeing examples (the demo: a median of 4-6 of 1,000), whose count is itself a sample. The draws come from a ``torch.Generator`` seeded
     with ``seed`` and the medians from sorting, so the intervals do not depend on the number of torch threads.
     Cheap: a few ``(num_resamples, n)`` quantiles of tensors already computed.
 
@@ -418,6 +423,20 @@ def bootstrap_intervals(
     o_iou, g_iou = median(ORIGINAL, "max_iou"), median(GENERATED, "max_iou")
     o_dm, g_dm = median(ORIGINAL, "distance_to_mean"), median(GENERATED, "distance_to_mean")
     o_ag, g_ag = median(ORIGINAL, "mean_model_agreement"), median(GENERATED, "mean_model_agreement")
+    agrees = [groups[name].mean_model_agrees for name in (ORIGINAL, GENERATED)]
+    if all(a is not None for a in agrees):  # resample the test examples too
+        n_test = agrees[0].shape[1]
+        draws = torch.randint(0, n_test, (num_resamples, n_test), generator=g)
+        weights = torch.zeros(num_resamples, n_test, dtype=torch.float64).scatter_add_(
+            1, draws, torch.ones(num_resamples, n_test, dtype=torch.float64)
+        ) / n_test  # (B, N_test)
+
+        def resampled_agreement(name: str, agree: torch.Tensor) -> torch.Tensor:
+            per_model = weights @ agree.double().T  # (B, n): each model's agreement on each test resample
+            return per_model.gather(1, resample[name]).quantile(0.5, dim=1)
+
+        o_ag = (o_ag[0], resampled_agreement(ORIGINAL, agrees[0]))
+        g_ag = (g_ag[0], resampled_agreement(GENERATED, agrees[1]))
     stats = {  # comparison -> (all models, resamples), each as in novelty_verdict
         "memorization_distance": [_ratio(g, o, 0.0) for g, o in zip(g_nn, o_nn)],
         "memorization_iou_gap": [_ratio(1 - g, 1 - o, float("inf")) for g, o in zip(g_iou, o_iou)],

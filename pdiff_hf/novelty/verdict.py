@@ -87,8 +87,9 @@ DEFINITIONS = {
     "novel": "max_iou < originals' mean pairwise IoU",
     "best_by_val": "test accuracy of the model with the highest validation accuracy",
     "intervals": f"{CONFIDENCE:.0%} bootstrap percentile interval of each decisive comparison: the models of each "
-    f"group resampled with replacement {BOOTSTRAP_RESAMPLES} times (seeded), medians recomputed; a ratio with a zero "
-    "denominator is infinite, written null; INCONCLUSIVE when the interval straddles the threshold",
+    f"group resampled with replacement {BOOTSTRAP_RESAMPLES} times (seeded), medians recomputed (for the agreement "
+    "with the mean-checkpoint model the test examples are resampled too); a ratio with a zero denominator is "
+    "infinite, written null; INCONCLUSIVE when the interval straddles the threshold",
 }
 
 
