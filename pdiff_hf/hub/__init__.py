@@ -25,14 +25,24 @@ from .cards import (
     DEFAULT_LICENSE,
     build_dataset_card,
     build_model_card,
+    collection_recipe,
     describe_architecture,
     load_results,
     redact,
+    results_document,
     sanitize_training_args,
+    target_hub_id,
 )
 from .datasets import default_config_name, load_checkpoint_dataset_from_hub, push_checkpoint_dataset
 from .load import PIPELINE_ALLOW_PATTERNS, load_components, load_pipeline
-from .push import PIPELINE_DELETE_PATTERNS, push_pipeline, save_for_hub, save_pipeline, upload_pipeline_folder
+from .push import (
+    PIPELINE_DELETE_PATTERNS,
+    link_dataset_card,
+    push_pipeline,
+    save_for_hub,
+    save_pipeline,
+    upload_pipeline_folder,
+)
 from .repo import LAYOUT_DIR, LAYOUT_FILE, check_repo_id, check_target
 
 __all__ = [
@@ -45,8 +55,10 @@ __all__ = [
     "build_model_card",
     "check_repo_id",
     "check_target",
+    "collection_recipe",
     "default_config_name",
     "describe_architecture",
+    "link_dataset_card",
     "load_checkpoint_dataset_from_hub",
     "load_components",
     "load_pipeline",
@@ -54,8 +66,10 @@ __all__ = [
     "push_checkpoint_dataset",
     "push_pipeline",
     "redact",
+    "results_document",
     "sanitize_training_args",
     "save_for_hub",
     "save_pipeline",
+    "target_hub_id",
     "upload_pipeline_folder",
 ]

@@ -1,9 +1,11 @@
 """Model and dataset cards, rendered from ``hub_cards/*.md`` through ``huggingface_hub``'s card templates.
 
 A model card shows the target network and its parameter selection (one row per tensor of the generated vector), the
-checkpoint dataset it was trained on, the training settings, the evaluation table (original checkpoints, generated
-models, baselines), the novelty figures and how to load the pipeline. A dataset card lists every config (one per
-architecture / parameter selection) with its layout.
+checkpoint dataset it was trained on, the training settings, a short evaluation table (original checkpoints, generated
+models, baselines), the verdict as prose and how to get working networks from the repo; the raw statistics go to the
+repo's ``results.json``. A dataset card lists every config (one per architecture / parameter selection) with its
+layout and how its rows were collected, and links to the p-diff models trained on it (``pdiff_models`` in its
+metadata, kept when more configs are pushed).
 
 Credentials never reach a card: training settings lose every key that names a token, secret, password or API key,
 and known tokens (the given one, ``HF_TOKEN``, the saved login) are replaced by ``***`` in the rendered text.
@@ -35,8 +37,6 @@ DATASET_TAGS = ("p-diff", "parameter-generation", "pdiff-hf", "model-checkpoints
 _SECRET_KEY = re.compile(r"token|secret|password|passwd|api[_-]?key|credential|authorization", re.IGNORECASE)
 _MAX_LAYOUT_ROWS = 64  # a card lists at most this many tensors; the layout file has them all
 _SUMMARY_KEYS = ("count", "best", "mean", "median", "min", "std")
-# Keys of a results.json that are not results: the run's settings (shown as training settings) and its selection.
-_NOT_RESULTS = ("original", "generated", "baselines", "novelty", "config", "selection", "training_args", "plots")
 # Config keys of the components shown among the training settings.
 _AUTOENCODER_SETTINGS = (
     "in_dim", "block_out_channels", "latent_channels", "pos_channels", "input_noise", "latent_noise", "norm_mode",
@@ -44,6 +44,20 @@ _AUTOENCODER_SETTINGS = (
 )
 _DENOISER_SETTINGS = (
     "block_out_channels", "layers_per_block", "num_train_timesteps", "beta_schedule", "prediction_type", "sample_abs_max"
+)
+# Size settings of a transformers config shown as the target architecture (those the config has).
+_TRANSFORMERS_SUMMARY = (
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_sizes", "depths",
+    "image_size", "patch_size", "num_channels", "vocab_size", "max_position_embeddings",
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+_MAX_BASELINE_ROWS = 4  # the card's results table shows at most this many baselines; results.json has them all
+# Column names of a checkpoint dataset and what they say about how its rows were collected.
+_RECIPE_COLUMNS = (
+    (("run_id", "step"), "saved during training runs: one row per saved step of a run (`run_id`, `step`)"),
+    (("repo_id",), "read from Hub model repos (`repo_id`, at the commit in `revision`)"),
+    (("file",), "read from checkpoint files (`file`)"),
+    (("seed",), "the seed of each run is in `seed`"),
 )
 
 
@@ -128,9 +142,19 @@ def layout_context(layout: ParamLayout | None) -> dict[str, Any]:
     }
 
 
+def _is_transformers_config(config: Any) -> bool:
+    """A transformers model config (``PretrainedConfig``, ``PreTrainedConfig`` from transformers 5), without importing
+    transformers."""
+    return any(
+        c.__name__ in ("PretrainedConfig", "PreTrainedConfig") and c.__module__.startswith("transformers.")
+        for c in type(config).__mro__
+    )
+
+
 def describe_architecture(target: Any) -> str | None:
-    """A one-line description of a target network: a string as it is, a module as ``ClassName(config)`` (or
-    ``ClassName (N parameters)`` without a config)."""
+    """A one-line description of a target network: a string as it is; a diffusers model as ``ClassName(config)``; a
+    transformers model as ``ClassName (model_type: size settings; N parameters)``; another module as
+    ``ClassName (N parameters)``."""
     if target is None:
         return None
     if isinstance(target, str):
@@ -138,12 +162,27 @@ def describe_architecture(target: Any) -> str | None:
     if isinstance(target, nn.Module):
         name = type(target).__name__
         config = getattr(target, "config", None)
+        count = sum(p.numel() for p in target.parameters())
+        if _is_transformers_config(config):
+            items = ", ".join(f"{k}={getattr(config, k)!r}" for k in _TRANSFORMERS_SUMMARY if hasattr(config, k))
+            num_labels = getattr(config, "num_labels", None) if "ForSequenceClassification" in name or "ForImage" in name else None
+            items += f", num_labels={num_labels}" if num_labels is not None else ""
+            return f"{name} ({config.model_type}: {items}; {count:,} parameters)"
         if isinstance(config, Mapping):
             items = ", ".join(f"{k}={v!r}" for k, v in config.items() if not str(k).startswith("_"))
             return f"{name}({items})"
-        count = sum(p.numel() for p in target.parameters())
         return f"{name} ({count:,} parameters)"
     return type(target).__name__
+
+
+def target_hub_id(target: Any) -> str | None:
+    """The Hub repo a transformers target was loaded from (``config._name_or_path`` when it reads ``owner/name`` and
+    is not a local folder), else ``None``."""
+    config = getattr(target, "config", None)
+    name = getattr(config, "_name_or_path", None) if _is_transformers_config(config) else None
+    if not isinstance(name, str) or not _HUB_ID.match(name) or os.path.exists(name):
+        return None
+    return name
 
 
 # --------------------------------------------------------------------------------------------------- results
@@ -179,39 +218,56 @@ def _fmt_summary(summary: Mapping, key: str) -> str:
     return "nan" if math.isnan(value) else f"{value:.2f}"
 
 
-def _flatten(prefix: str, value: Any, out: list[dict[str, str]]) -> None:
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
-    elif isinstance(value, (list, tuple)) and len(value) > 8:
-        out.append({"name": prefix, "value": f"[{len(value)} values]"})
-    else:
-        out.append({"name": prefix, "value": _fmt(value)})
+def _verdict(results: Mapping) -> list[str]:
+    """The verdict lines of a results.json (``verdict``, as the novelty report writes them); computed from the raw
+    novelty statistics when only those are there."""
+    verdict = results.get("verdict")
+    if isinstance(verdict, str):
+        return [verdict]
+    if isinstance(verdict, (list, tuple)):
+        return [str(v) for v in verdict]
+    if isinstance(results.get("novelty"), Mapping) and "groups" in results["novelty"]:
+        from ..novelty import novelty_verdict
+
+        try:
+            return novelty_verdict(results)
+        except (KeyError, TypeError, ValueError):
+            return []
+    return []
 
 
 def _results_context(results: Mapping | None) -> dict[str, Any]:
-    """Template variables of the evaluation: ``results_rows`` (one per model group), ``novelty_rows`` and
-    ``other_results`` (every other key of the results, flattened)."""
+    """Template variables of the evaluation: ``results_rows`` (original, generated and up to 4 baselines),
+    ``more_baselines`` (how many were left out) and ``verdict`` (prose). The raw statistics stay in results.json."""
     if not results:
-        return {"results_rows": [], "novelty_rows": [], "other_results": []}
+        return {"results_rows": [], "more_baselines": 0, "verdict": []}
     rows = []
     labels = {"original": "Original checkpoints (training data)", "generated": "p-diff generated"}
     for key in ("original", "generated"):
         if isinstance(results.get(key), Mapping):
             rows.append({"label": labels[key], **{k: _fmt_summary(results[key], k) for k in _SUMMARY_KEYS}})
     baselines = results.get("baselines") or {}
-    if isinstance(baselines, Mapping):
-        for name, summary in baselines.items():
-            if isinstance(summary, Mapping):
-                rows.append({"label": _fmt(name), **{k: _fmt_summary(summary, k) for k in _SUMMARY_KEYS}})
-    novelty: list[dict[str, str]] = []
-    if results.get("novelty") is not None:
-        _flatten("", results["novelty"], novelty)
-    other: list[dict[str, str]] = []
-    for key, value in results.items():
-        if key not in _NOT_RESULTS:
-            _flatten(str(key), value, other)
-    return {"results_rows": rows, "novelty_rows": novelty, "other_results": other}
+    baselines = [(n, b) for n, b in baselines.items() if isinstance(b, Mapping)] if isinstance(baselines, Mapping) else []
+    for name, summary in baselines[:_MAX_BASELINE_ROWS]:
+        rows.append({"label": _fmt(name), **{k: _fmt_summary(summary, k) for k in _SUMMARY_KEYS}})
+    return {
+        "results_rows": rows,
+        "more_baselines": max(0, len(baselines) - _MAX_BASELINE_ROWS),
+        "verdict": [line.replace("\n", " ") for line in _verdict(results)],
+    }
+
+
+def results_document(results: None | str | os.PathLike | Mapping, token: Any = None) -> str | None:
+    """The ``results.json`` uploaded next to the card: the results as given (every statistic the card leaves out),
+    with the run's settings (``config`` / ``training_args``) cleaned of credentials and known tokens redacted."""
+    results = load_results(results)
+    if not results:
+        return None
+    clean = dict(results)
+    for key in ("config", "training_args"):
+        if isinstance(clean.get(key), Mapping) or dataclasses.is_dataclass(clean.get(key)):
+            clean[key] = sanitize_training_args(clean[key], token)
+    return redact(json.dumps(clean, indent=2, default=str), token) + "\n"
 
 
 def _component_settings(pipe) -> list[dict[str, str]]:
@@ -247,15 +303,19 @@ def build_model_card(
     endpoint: str | None = None,
 ) -> ModelCard:
     """The model card of ``pipe``, rendered from ``hub_cards/model_card.md`` (or ``template_path``) through
-    ``huggingface_hub.ModelCard.from_template``: target architecture and parameter selection, checkpoint dataset,
-    training settings, evaluation table, novelty figures and usage. Credentials never enter the card."""
+    ``huggingface_hub.ModelCard.from_template``: target architecture (``target_architecture``, else the pipeline's
+    target, with its Hub id when it came from one) and parameter selection, checkpoint dataset, training settings,
+    a short evaluation table, the verdict as prose, and a usage snippet that runs as written against ``repo_id``
+    (``out.models[0]`` when the pipeline has a target). The raw statistics go to ``results.json``
+    (:func:`results_document`). Credentials never enter the card."""
     results = load_results(results)
     if training_args is None and results:  # a demo's results.json records the run's settings
         training_args = results.get("training_args") or results.get("config")
     settings = sanitize_training_args(training_args, token)
     selection = (results or {}).get("selection")
     selection_name = selection.get("name") if isinstance(selection, Mapping) else selection
-    architecture = describe_architecture(target_architecture)
+    target = getattr(pipe, "target", None)
+    architecture = describe_architecture(target_architecture if target_architecture is not None else target)
     if architecture is None:
         for key in ("target_architecture", "architecture", "target_model", "model_name", "target"):
             if settings.get(key):
@@ -277,6 +337,11 @@ def build_model_card(
         training_rows=[{"name": k, "value": _fmt(v)} for k, v in settings.items()],
         component_rows=_component_settings(pipe),
         pdiff_hf_version=__version__,
+        has_target=target is not None,
+        target_class=type(target).__name__ if target is not None else None,
+        target_has_code=target is not None and not _is_transformers_config(getattr(target, "config", None)),
+        target_hub_id=target_hub_id(target) or target_hub_id(target_architecture),
+        has_results_file=bool(results),
         **layout_context(pipe.layout),
         **_results_context(results),
     )
@@ -295,6 +360,7 @@ def build_dataset_card(
     description: str | None = None,
     template_path: None | str | os.PathLike = None,
     token: Any = None,
+    model_id: str | None = None,
 ) -> DatasetCard:
     """The dataset card of a checkpoint dataset repo from ``hub_cards/dataset_card.md`` (or ``template_path``).
 
@@ -303,13 +369,20 @@ def build_dataset_card(
             ``param_layouts/<config>.json``: ``architecture``, ``num_checkpoints``, ``columns``, ``param_layout``).
         existing: metadata of the card already in the repo; ``datasets`` writes its ``configs`` / ``dataset_info``
             there when pushing data, and they must survive (``load_dataset(repo, config)`` reads them).
+        model_id: a p-diff model repo trained on this dataset, added to the ``pdiff_models`` metadata (the card links
+            to every model listed there).
     """
     data = dict(existing or {})
+    models = [m for m in data.get("pdiff_models") or [] if isinstance(m, str)]
+    if model_id and model_id not in models:
+        models.append(model_id)
+    if models:
+        data["pdiff_models"] = models
     data["license"] = data.get("license") or license
     data["tags"] = sorted(set(data.get("tags") or []) | set(DATASET_TAGS))
     data.setdefault("pretty_name", f"p-diff checkpoints: {repo_id.split('/')[-1]}")
     summary = [
-        {"name": name, "doc": doc, **layout_context(ParamLayout.from_list(doc["param_layout"]))}
+        {"name": name, "doc": doc, "recipe": collection_recipe(doc), **layout_context(ParamLayout.from_list(doc["param_layout"]))}
         for name, doc in sorted(configs.items())
     ]
     template = Path(template_path).read_text(encoding="utf-8") if template_path else _template("dataset_card.md")
@@ -322,6 +395,27 @@ def build_dataset_card(
         layout_dir=LAYOUT_DIR,
         params_column=PARAMS_COLUMN,
         pdiff_hf_version=__version__,
+        models=models,
+        hub_url=endpoint_url(None),
     )
     text = redact(str(card), token)
     return DatasetCard(text) if text != str(card) else card
+
+
+def collection_recipe(doc: Mapping) -> str:
+    """How the rows of a config were collected, in one sentence: the ``recipe`` of its layout document if it has one,
+    else what its columns say (training steps of runs, Hub repos, files, evaluation metrics)."""
+    if isinstance(doc.get("recipe"), str) and doc["recipe"].strip():
+        return doc["recipe"].strip()
+    columns = set(doc.get("columns") or [])
+    parts = [text for needed, text in _RECIPE_COLUMNS if set(needed) <= columns]
+    metrics = sorted(c for c in columns if c.startswith("eval_") or c.endswith(("_accuracy", "_loss")))
+    if metrics:
+        parts.append("evaluated as " + ", ".join(f"`{m}`" for m in metrics))
+    arch = doc.get("architecture") or "the target network"
+    how = "; ".join(parts) if parts else "collected without run metadata"
+    return f"Each row holds the selected tensors of {arch} (D = {_dim_of(doc)}), {how}."
+
+
+def _dim_of(doc: Mapping) -> Any:
+    return doc.get("dim") or ParamLayout.from_list(doc["param_layout"]).dim

@@ -10,11 +10,13 @@
     [target/]     config.json  *.safetensors  [pdiff_target.py]  the target network, if the pipeline has one
     param_layout.json                     the tensors of the generated vector (D values)
     README.md                             the model card (hub_cards/model_card.md)
+    [results.json]                        the evaluation and novelty statistics, when results are given
     [pipeline_pdiff.py]                   with remote code: the pipeline, bundled from pdiff_hf's own source
 
 so that both ``PDiffPipeline.from_pretrained(path_or_repo)`` and, without pdiff_hf installed, stock
 ``DiffusionPipeline.from_pretrained(path_or_repo, trust_remote_code=True)`` load it. :func:`upload_pipeline_folder`
-uploads such a folder; diffusers' own upload path (which writes no card and no code) is never used.
+uploads such a folder; diffusers' own upload path (which writes no card and no code) is never used. A push that
+names its checkpoint dataset also adds the model to that dataset's card (:func:`link_dataset_card`).
 """
 
 import json
@@ -27,14 +29,14 @@ from typing import Any
 from huggingface_hub import CommitInfo
 
 from ..errors import HubError
-from .cards import DEFAULT_LICENSE, build_model_card
+from .cards import DEFAULT_LICENSE, build_dataset_card, build_model_card, results_document
 from .repo import LAYOUT_FILE, check_repo_id, hub_api
 from .target import check_savable_target
 
 logger = logging.getLogger(__name__)
 
 # Files of an earlier push that a new push replaces (deleted when the new upload does not bring them again).
-PIPELINE_DELETE_PATTERNS = ["*.py", "autoencoder/*", "denoiser/*", "scheduler/*", "target/*"]
+PIPELINE_DELETE_PATTERNS = ["*.py", "autoencoder/*", "denoiser/*", "scheduler/*", "target/*", "results.json"]
 # What the card of a folder saved without a repo id loads from (its snippets need a name; the folder may be renamed
 # or moved after saving, as the training scripts do, so its own path would be wrong).
 LOCAL_FOLDER_NAME = "path/to/this/folder"
@@ -94,7 +96,40 @@ def save_for_hub(
         (folder / LAYOUT_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     card = build_model_card(pipe, repo_id or LOCAL_FOLDER_NAME, template_path=card_template, **card_kwargs)
     card.save(folder / "README.md")
+    results = results_document(card_kwargs.get("results"), card_kwargs.get("token"))
+    if results is not None:  # the raw statistics the card leaves out
+        (folder / "results.json").write_text(results, encoding="utf-8")
     return folder
+
+
+def link_dataset_card(
+    dataset_id: str, model_id: str, *, token: str | None = None, endpoint: str | None = None
+) -> CommitInfo | None:
+    """Add ``model_id`` to the card of the checkpoint dataset ``dataset_id`` (its ``pdiff_models`` metadata and a
+    link), rebuilt from the layout files of its configs; returns the commit, or ``None`` when the card already links
+    the model. Used by :func:`push_pipeline`, which only logs a warning when this fails (a dataset of someone else,
+    a dataset repo not made by pdiff_hf)."""
+    from huggingface_hub import CommitOperationAdd, DatasetCard
+
+    from .datasets import _layout_configs
+    from .repo import LAYOUT_DIR
+
+    api = hub_api(token, endpoint)
+    readme = api.hf_hub_download(dataset_id, "README.md", repo_type="dataset")
+    existing = DatasetCard.load(readme).data.to_dict()
+    if model_id in (existing.get("pdiff_models") or []):
+        return None
+    configs = {}
+    for name in _layout_configs(api.list_repo_files(dataset_id, repo_type="dataset")):
+        path = api.hf_hub_download(dataset_id, f"{LAYOUT_DIR}/{name}.json", repo_type="dataset")
+        configs[name] = json.loads(Path(path).read_text(encoding="utf-8"))
+    card = build_dataset_card(dataset_id, configs, existing, token=token, model_id=model_id)
+    return api.create_commit(
+        dataset_id,
+        repo_type="dataset",
+        operations=[CommitOperationAdd("README.md", str(card).encode("utf-8"))],
+        commit_message=f"Link the p-diff model {model_id}",
+    )
 
 
 def upload_pipeline_folder(
@@ -199,10 +234,22 @@ def push_pipeline(
     )
     if save_directory is not None:
         folder = save_for_hub(pipe, save_directory, repo_id=repo_id, **save_kwargs)
-        return upload_pipeline_folder(folder, repo_id, **upload)
-    with tempfile.TemporaryDirectory(prefix="pdiff_hub_") as tmp:
-        save_for_hub(pipe, tmp, repo_id=repo_id, **save_kwargs)
-        return upload_pipeline_folder(tmp, repo_id, **upload)
+        info = upload_pipeline_folder(folder, repo_id, **upload)
+    else:
+        with tempfile.TemporaryDirectory(prefix="pdiff_hub_") as tmp:
+            save_for_hub(pipe, tmp, repo_id=repo_id, **save_kwargs)
+            info = upload_pipeline_folder(tmp, repo_id, **upload)
+    if checkpoint_dataset_id and not create_pr:
+        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+
+        try:
+            link_dataset_card(checkpoint_dataset_id, repo_id, token=token, endpoint=endpoint)
+        except (EntryNotFoundError, HfHubHTTPError, ValueError, KeyError) as err:
+            logger.warning(
+                "pushed %s, but could not link it from the card of dataset %s (%s)",
+                repo_id, checkpoint_dataset_id, type(err).__name__,
+            )  # fmt: skip
+    return info
 
 
 def save_pipeline(

@@ -58,6 +58,7 @@ def test_push_to_hub_uploads_weights_card_layout_and_code(run):
     assert {"model_index.json", "README.md", "param_layout.json", "pipeline_pdiff.py"} <= files
     assert {"autoencoder/diffusion_pytorch_model.safetensors", "denoiser/diffusion_pytorch_model.safetensors"} <= files
     assert {"autoencoder/pdiff_autoencoder.py", "denoiser/pdiff_denoiser.py", "scheduler/scheduler_config.json"} <= files
+    assert "results.json" in files  # the raw statistics behind the card's summary
     assert not any(f.endswith((".bin", ".pt", ".pkl", ".ckpt")) for f in files)
 
 
@@ -151,7 +152,10 @@ def test_push_command(run):
     assert f"{USER}/pdiff-cli-checkpoints" in text and "| p-diff generated | 10 | 92.50 |" in text
     assert f'config_name="{cli["config_name"]}"' in text and cli["config_name"].startswith("tinymlp-d64-")
     assert "| Target architecture | TinyMLP(hidden=8) |" in text and "| Selection | last-2-norm |" in text
-    assert "| epochs | 3 |" in text and "| timings_s.total | 1.5 |" in text  # settings from results["config"]
+    assert "| epochs | 3 |" in text  # settings from results["config"]
+    assert cli["results_json"]["timings_s"] == {"total": 1.5} and "hub_token" not in cli["results_json"]["config"]
+    assert "timings_s" not in text and "results.json" in text  # raw statistics go to results.json, not the card
+    assert cli["dataset_models"] == [CLI_REPO] and f"[`{CLI_REPO}`](" in cli["dataset_card"]  # the dataset links back
     assert run["token"] not in text and "hub_token" not in text
     assert cli["bad_rc"] == 2 and cli["bad_stderr"].count("\n") == 1 and "error:" in cli["bad_stderr"]
 
@@ -186,7 +190,7 @@ def client_main(work: Path) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from huggingface_hub import HfApi, ModelCard, hf_hub_download
+    from huggingface_hub import DatasetCard, HfApi, ModelCard, hf_hub_download
 
     import pdiff_hf
     from pdiff_hf import PDiffPipeline, checkpoint_params, make_checkpoint_dataset
@@ -296,6 +300,9 @@ def client_main(work: Path) -> None:
             bad_rc=bad_rc,
             bad_stderr=bad_err.getvalue(),
             card=ModelCard.load(CLI_REPO).text,
+            results_json=json.loads(Path(api.hf_hub_download(CLI_REPO, "results.json", cache_dir=work / "cmp-cache")).read_text()),
+            dataset_card=DatasetCard.load(f"{CLI_REPO}-checkpoints").text,
+            dataset_models=DatasetCard.load(f"{CLI_REPO}-checkpoints").data.to_dict().get("pdiff_models"),
             config_name=cli_ds.info.config_name,
             same_params=torch.equal(sample(PDiffPipeline.from_pretrained(CLI_REPO)), ref),
             dataset_same_params=torch.equal(checkpoint_params(cli_ds), params),
