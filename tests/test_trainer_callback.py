@@ -90,3 +90,19 @@ def test_bad_input(tiny_bert, tiny_vit, tmp_path):
         PDiffCheckpointCallback(vit_layout, include="x")
     with pytest.raises(CheckpointDatasetError, match="expected at least one recorded checkpoint, found none"):
         PDiffCheckpointCallback(vit_layout).dataset()
+
+
+def test_fit_pdiff_with_the_trained_model_as_target(tiny_bert, tiny_vit, tmp_path):
+    from pdiff_hf import PDiffConfig, fit_pdiff
+
+    callback = PDiffCheckpointCallback(include="classifier.*")
+    _trainer(tiny_bert, tmp_path, callback, save_steps=2, eval_strategy="no").train()
+    ds, config = callback.dataset(), PDiffConfig(ae_steps=2, denoiser_steps=2)
+    layout = get_layout(ds)
+    with pytest.raises(LayoutMismatchError, match=r"target ViTModel.*missing \['classifier\.weight'"):  # before training
+        fit_pdiff(checkpoint_params(ds), layout, config, progress=False, target=tiny_vit.vit)  # no classifier
+    pipe = fit_pdiff(checkpoint_params(ds), layout, config, progress=False, target=tiny_bert)
+    assert pipe.target is tiny_bert
+    out = pipe(num_models=2, num_inference_steps=3, output_type="model", generator=torch.Generator().manual_seed(0))
+    assert isinstance(out.models[1], type(tiny_bert)) and not out.models[1].training
+    assert torch.equal(layout.flatten(out.models[1]), out.models.vectors[1])
