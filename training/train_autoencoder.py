@@ -38,7 +38,7 @@ from pdiff_hf.checkpointing import (
     save_pretrained_into,
 )
 from pdiff_hf.checkpoints import checkpoint_params, get_layout, load_checkpoint_dataset
-from pdiff_hf.errors import PDiffError
+from pdiff_hf.errors import PDiffError, TrainingScriptError
 from pdiff_hf.layout import check_finite
 from pdiff_hf.models import ParameterAutoencoder
 from pdiff_hf.training_utils import (
@@ -72,6 +72,12 @@ def parse_args(argv=None):
     parser.add_argument("--input_noise", type=float, default=0.001, help="p-diff's input noise augmentation (std).")
     parser.add_argument("--latent_noise", type=float, default=0.1, help="p-diff's latent noise augmentation (std).")
     parser.add_argument("--norm_mode", type=str, default="per_dimension", choices=["per_dimension", "per_tensor"])
+    parser.add_argument("--autoencoder_type", type=str, default="auto", choices=["auto", "conv", "token"],
+                        help="'conv' (ParameterAutoencoder), 'token' (TokenParameterAutoencoder, linear in D for "
+                        "10^5-10^6 parameters) or 'auto' (chosen by D, see pdiff_hf.training_utils.build_autoencoder).")
+    parser.add_argument("--token_size", type=int, default=None, help="Token autoencoder: entries per token.")
+    parser.add_argument("--token_hidden_dim", type=int, default=128, help="Token autoencoder: width of the token MLP.")
+    parser.add_argument("--token_latent_channels", type=int, default=8, help="Token autoencoder: latent channels.")
     # optimization
     parser.add_argument("--train_batch_size", type=int, default=64, help="Batch size per process.")
     parser.add_argument("--num_train_epochs", type=int, default=None)
@@ -135,9 +141,13 @@ def main(args):
     config = PDiffConfig(
         ae_block_out_channels=tuple(args.block_out_channels), ae_patch_size=args.patch_size,
         latent_channels=args.latent_channels, input_noise=args.input_noise, latent_noise=args.latent_noise,
-        norm_mode=args.norm_mode,
+        norm_mode=args.norm_mode, autoencoder_type=args.autoencoder_type, ae_token_size=args.token_size,
+        ae_token_hidden_dim=args.token_hidden_dim, ae_token_latent_channels=args.token_latent_channels,
     )
-    autoencoder = build_autoencoder(layout, config)
+    try:
+        autoencoder = build_autoencoder(layout, config)
+    except ValueError as err:
+        raise TrainingScriptError(f"autoencoder flags: {err}") from err
     autoencoder.fit_normalization(params)
     ema_model = None
     if args.use_ema:

@@ -11,7 +11,8 @@ AUTOENCODER_FLAGS = {
     "block_out_channels": "ae_block_out_channels", "patch_size": "ae_patch_size", "latent_channels": "latent_channels",
     "input_noise": "input_noise", "latent_noise": "latent_noise", "norm_mode": "norm_mode",
     "train_batch_size": "ae_train_batch_size", "max_train_steps": "ae_steps", "learning_rate": "ae_learning_rate",
-    "use_ema": "ae_use_ema",
+    "use_ema": "ae_use_ema", "autoencoder_type": "autoencoder_type", "token_size": "ae_token_size",
+    "token_hidden_dim": "ae_token_hidden_dim", "token_latent_channels": "ae_token_latent_channels",
 }  # fmt: skip
 LDM_FLAGS = {
     "block_out_channels": "denoiser_block_out_channels", "layers_per_block": "layers_per_block",

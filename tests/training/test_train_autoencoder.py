@@ -105,6 +105,7 @@ def bad_datasets(tmp_path_factory):
         (["--block_out_channels", "0", "8"], TrainingScriptError, "--block_out_channels"),
         (["--ema_max_decay", "1.5"], TrainingScriptError, "--ema_max_decay"),
         (["--report_to", "nothing"], TrainingScriptError, "--report_to"),
+        (["--autoencoder_type", "token", "--token_size", "0"], TrainingScriptError, "token_size"),
         (["--resume_from_checkpoint", "{root}/no/checkpoint-3"], TrainingScriptError, "--resume_from_checkpoint"),
     ],
 )
