@@ -60,6 +60,7 @@ def test_public_names_dir_and_type_checking_imports_agree():
         "check_dataset_layout", "checkpoint_params", "get_layout", "make_checkpoint_dataset", "set_layout",
         "split_by_runs", "load_checkpoint_dataset", "PDiffError", "SelectionError", "LayoutMismatchError",
         "DimensionMismatchError", "NonFiniteParametersError", "CheckpointDatasetError", "SchedulerError", "HubError",
+        "OutputFolderError", "OutputFolderInUseError", "PDiffConfigError", "UnknownTaskError",
         "PipelineInputError", "TrainingScriptError", "GeneratedModels", "MissingLabelsError", "ModelOutputError",
         "CheckpointFileError", "checkpoints_from_files", "checkpoints_from_state_dicts", "checkpoints_from_hub",
         "PDiffCheckpointCallback",

@@ -28,9 +28,7 @@ from .cards import (
     collection_recipe,
     describe_architecture,
     load_results,
-    redact,
     results_document,
-    sanitize_training_args,
     target_hub_id,
 )
 from .datasets import default_config_name, load_checkpoint_dataset_from_hub, push_checkpoint_dataset
@@ -44,6 +42,7 @@ from .push import (
     upload_pipeline_folder,
 )
 from .repo import LAYOUT_DIR, LAYOUT_FILE, check_repo_id, check_target
+from .secrets import redact, sanitize_training_args
 
 __all__ = [
     "DEFAULT_LICENSE",

@@ -16,7 +16,8 @@ built from the same checkpoints, every group exactly like the others, and says p
 
 from .allocator import allocator_tuned, tune_cpu_allocator
 from .baselines import AVERAGE_K, NOISE_LEVELS, StatsNormalizer, make_baselines, resolve_normalizer
-from .metrics import GroupMetrics, analyze_novelty, bootstrap_intervals
+from .intervals import bootstrap_intervals
+from .metrics import GroupMetrics, analyze_novelty
 from .report import (
     NoveltyReport,
     format_accuracy_table,

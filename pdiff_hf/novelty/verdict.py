@@ -17,7 +17,7 @@ independent checkpoints of the same runs pass as novel whatever the scale of the
 
 Each of these comparisons (except accuracy) comes with a bootstrap confidence interval over the models
 (:data:`BOOTSTRAP_RESAMPLES` resamples of each group's models, medians recomputed, :data:`CONFIDENCE` percentile
-interval; computed by :func:`pdiff_hf.novelty.metrics.bootstrap_intervals` and stored under ``novelty.intervals``).
+interval; computed by :func:`pdiff_hf.novelty.intervals.bootstrap_intervals` and stored under ``novelty.intervals``).
 A comparison whose interval lies on one side of its threshold decides; one whose interval straddles it makes the
 verdict ``INCONCLUSIVE`` (naming the comparison) instead of flipping with the sample.
 
