@@ -2,16 +2,22 @@
 only after the new one is complete, save/load hooks that store models as ``save_pretrained`` folders (safetensors),
 resumption at the exact batch, and Ctrl-C handling that stops at a step boundary on every process."""
 
+import hashlib
+import json
+import logging
 import os
 import re
 import shutil
 import signal
 import tempfile
-from typing import List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from .errors import TrainingScriptError
+
+logger = logging.getLogger(__name__)
+FINGERPRINT_FILE = "pdiff_run.json"
 
 
 def checkpoint_folders(output_dir: str) -> List[str]:
@@ -52,10 +58,19 @@ def check_output_dir(output_dir: str, resume_from_checkpoint) -> None:
         )
 
 
-def save_checkpoint(accelerator, output_dir: str, step: int, total_limit=None) -> str:
+def run_fingerprint(args, flags: Sequence[str], data: torch.Tensor) -> Dict:
+    """What makes a checkpoint belong to a run: the values of ``flags`` (those that shape the model, the batches and
+    the noise) and a hash of the training data ``data`` (checkpoints or latents). Written into every checkpoint and
+    compared on resume; the step count and learning rate may change between runs, these may not."""
+    digest = hashlib.blake2b(data.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+    return json.loads(json.dumps({**{flag: getattr(args, flag) for flag in flags}, "data": digest}))
+
+
+def save_checkpoint(accelerator, output_dir: str, step: int, total_limit=None, fingerprint: Optional[Dict] = None) -> str:
     """``accelerator.save_state`` into a hidden folder, renamed to ``checkpoint-<step>`` once every process has
     written its part; only then are the oldest checkpoints beyond ``total_limit`` deleted (a crash during a save
-    never leaves fewer complete checkpoints than before). Call on every process."""
+    never leaves fewer complete checkpoints than before). ``fingerprint`` (:func:`run_fingerprint`) goes with it.
+    Call on every process."""
     path = os.path.join(output_dir, f"checkpoint-{step}")
     tmp = os.path.join(output_dir, f".checkpoint-{step}.tmp")
     if accelerator.is_main_process and os.path.exists(tmp):
@@ -64,6 +79,9 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit=None) -
     accelerator.save_state(tmp)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if fingerprint is not None:
+            with open(os.path.join(tmp, FINGERPRINT_FILE), "w", encoding="utf-8") as f:
+                json.dump(fingerprint, f, indent=2)
         if os.path.exists(path):
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -124,21 +142,72 @@ def register_checkpoint_hooks(accelerator, model_cls, subfolder: str, ema_model=
     accelerator.register_load_state_pre_hook(load_model_hook)
 
 
-def load_checkpoint(accelerator, path: str, num_update_steps_per_epoch: int, gradient_accumulation_steps: int) -> Tuple[int, int, int]:
-    """``accelerator.load_state(path)`` (model, EMA, optimizer, LR schedule, every process's RNG) and where to go on:
-    ``(global_step, first_epoch, batches to skip in that epoch)``. A checkpoint that cannot be read is a
-    :class:`~pdiff_hf.errors.TrainingScriptError` naming it."""
-    try:
-        accelerator.load_state(path)
-    except Exception as err:  # safetensors, torch and accelerate each raise their own types for a broken folder
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+def _check_fingerprint(path: str, fingerprint: Optional[Dict]) -> None:
+    found_file = os.path.join(path, FINGERPRINT_FILE)
+    if fingerprint is None or not os.path.isfile(found_file):
+        return
+    with open(found_file, encoding="utf-8") as f:
+        found = json.load(f)
+    differ = {k: (found.get(k), v) for k, v in fingerprint.items() if found.get(k) != v}
+    if differ:
+        details = "; ".join(
+            f"{k}: checkpoint {a!r}, this run {b!r}" if k != "data" else "the training data differ"
+            for k, (a, b) in differ.items()
+        )
         raise TrainingScriptError(
-            f"--resume_from_checkpoint: expected a complete checkpoint of this run's models, found {path!r} "
-            f"unreadable ({type(err).__name__}: {first})"
-        ) from err
-    global_step = int(os.path.basename(os.path.normpath(path)).split("-")[1])
-    resume_step = (global_step % num_update_steps_per_epoch) * gradient_accumulation_steps
-    return global_step, global_step // num_update_steps_per_epoch, resume_step
+            f"--resume_from_checkpoint: expected a checkpoint of this run, found {path!r} from another run ({details}); "
+            "resume with the flags and data it was trained with, or start a new --output_dir"
+        )
+
+
+def load_checkpoint(
+    accelerator,
+    output_dir: str,
+    resume_from_checkpoint: str,
+    num_update_steps_per_epoch: int,
+    gradient_accumulation_steps: int,
+    fingerprint: Optional[Dict] = None,
+) -> Tuple[int, int, int]:
+    """Resume: ``accelerator.load_state`` (model, EMA, optimizer, LR schedule, every process's RNG) and where to go
+    on, ``(global_step, first_epoch, batches to skip in that epoch)``.
+
+    ``"latest"`` takes the newest complete checkpoint in ``output_dir`` and falls back to the one before, with a
+    warning, when it cannot be read. A checkpoint written with another ``fingerprint`` (:func:`run_fingerprint`) is
+    refused; a named checkpoint that cannot be read is a :class:`~pdiff_hf.errors.TrainingScriptError` naming it."""
+    if resume_from_checkpoint == "latest":
+        candidates = checkpoint_folders(output_dir)[::-1]
+    else:
+        candidates = [resolve_resume_checkpoint(output_dir, resume_from_checkpoint)]
+    for i, path in enumerate(candidates):
+        _check_fingerprint(path, fingerprint)
+        try:
+            accelerator.load_state(path)
+        except Exception as err:  # safetensors, torch and accelerate each raise their own types for a broken folder
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            if i + 1 < len(candidates):
+                logger.warning(f"cannot resume from {path} ({type(err).__name__}: {first}); trying {candidates[i + 1]}")
+                continue
+            raise TrainingScriptError(
+                f"--resume_from_checkpoint: expected a complete checkpoint of this run's models, found {path!r} "
+                f"unreadable ({type(err).__name__}: {first})"
+            ) from err
+        global_step = int(os.path.basename(os.path.normpath(path)).split("-")[1])
+        resume_step = (global_step % num_update_steps_per_epoch) * gradient_accumulation_steps
+        return global_step, global_step // num_update_steps_per_epoch, resume_step
+    return 0, 0, 0
+
+
+def output_dir_lock(output_dir: str):
+    """An exclusive lock on ``output_dir`` for the main process of a training script
+    (:func:`pdiff_hf.io_utils.locked_dir`): a second run into the same folder stops at once with
+    :class:`~pdiff_hf.errors.OutputFolderInUseError`. Other processes of the same launch get a no-op."""
+    import contextlib
+
+    from .io_utils import locked_dir
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return locked_dir(output_dir, "--output_dir")
 
 
 class StopOnSignal:

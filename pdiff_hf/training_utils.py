@@ -7,6 +7,7 @@ with Accelerate) and in :mod:`pdiff_hf.fit` (a plain single-process loop). Both 
 one-process script run and ``fit_pdiff`` train the same weights.
 """
 
+import math
 from dataclasses import dataclass
 import logging
 from typing import Iterator, Optional, Tuple
@@ -288,8 +289,8 @@ def check_training_args(args) -> None:
     at_least("lr_warmup_steps", 0)
     at_least("dataloader_num_workers", 0)
     at_least("block_out_channels", 1)
-    if not args.learning_rate > 0:
-        raise TrainingScriptError(f"--learning_rate: expected a value > 0, found {args.learning_rate}")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise TrainingScriptError(f"--learning_rate: expected a finite value > 0, found {args.learning_rate}")
     if not 0.0 < args.ema_max_decay < 1.0:
         raise TrainingScriptError(f"--ema_max_decay: expected a value in (0, 1), found {args.ema_max_decay}")
     if args.max_grad_norm is not None and not args.max_grad_norm > 0:

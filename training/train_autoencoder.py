@@ -32,13 +32,15 @@ from pdiff_hf.checkpointing import (
     StopOnSignal,
     check_output_dir,
     load_checkpoint,
+    output_dir_lock,
     register_checkpoint_hooks,
     resolve_resume_checkpoint,
+    run_fingerprint,
     save_checkpoint,
     save_pretrained_into,
 )
 from pdiff_hf.checkpoints import checkpoint_params, get_layout, load_checkpoint_dataset
-from pdiff_hf.errors import PDiffError, TrainingScriptError
+from pdiff_hf.errors import NonFiniteParametersError, PDiffError, TrainingScriptError
 from pdiff_hf.layout import check_finite
 from pdiff_hf.models import ParameterAutoencoder
 from pdiff_hf.training_utils import (
@@ -51,6 +53,9 @@ from pdiff_hf.training_utils import (
 )
 
 logger = get_logger(__name__)
+RUN_FLAGS = ("block_out_channels", "patch_size", "latent_channels", "input_noise", "latent_noise", "norm_mode",
+                 "autoencoder_type", "token_size", "token_hidden_dim", "token_latent_channels", "train_batch_size",
+                 "gradient_accumulation_steps", "use_ema", "seed")  # fmt: skip
 DEFAULTS = PDiffConfig()
 
 
@@ -185,11 +190,14 @@ def main(args):
     if accelerator.is_main_process and args.report_to != "none":
         accelerator.init_trackers(args.tracker_project_name, config=tracker_config(args))
 
+    # A checkpoint belongs to this run only if these flags and the training data are the same.
+    fingerprint = run_fingerprint(args, RUN_FLAGS, params)
     global_step, first_epoch, resume_step = 0, 0, 0
     if resume_path:
         logger.info(f"resuming from {resume_path}")
         global_step, first_epoch, resume_step = load_checkpoint(
-            accelerator, resume_path, num_update_steps_per_epoch, args.gradient_accumulation_steps
+            accelerator, args.output_dir, args.resume_from_checkpoint, num_update_steps_per_epoch,
+            args.gradient_accumulation_steps, fingerprint,
         )
     else:
         set_seed(args.seed, device_specific=True)  # different augmentation noise on every process
@@ -222,13 +230,20 @@ def main(args):
                 global_step += 1
                 progress_bar.update(1)
                 logs = {"loss": accelerator.reduce(loss.detach(), "mean").item(), "lr": lr_scheduler.get_last_lr()[0]}
+                if not math.isfinite(logs["loss"]):
+                    raise NonFiniteParametersError(
+                        f"expected a finite loss, found {logs['loss']} at step {global_step}: training diverged "
+                        "(lower --learning_rate); the checkpoints saved so far are kept"
+                    )
                 progress_bar.set_postfix(**logs)
                 accelerator.log(logs, step=global_step)
                 if stop.requested:
                     accelerator.set_trigger()
                 interrupted = accelerator.check_trigger()
                 if global_step % args.checkpointing_steps == 0 or interrupted:
-                    path = save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+                    path = save_checkpoint(
+                        accelerator, args.output_dir, global_step, args.checkpoints_total_limit, fingerprint
+                    )
                     logger.info(f"saved state to {path}")
                 if interrupted:
                     logger.warning(f"interrupted at step {global_step}; resume with --resume_from_checkpoint latest")
@@ -262,7 +277,9 @@ def main(args):
 
 if __name__ == "__main__":
     try:
-        sys.exit(main(parse_args()))
+        args = parse_args()
+        with output_dir_lock(args.output_dir):  # a second run into the same folder stops at once
+            sys.exit(main(args))
     except PDiffError as err:
         print(f"{os.path.basename(__file__)}: error: {' '.join(str(err).split())}", file=sys.stderr)
         sys.exit(2)

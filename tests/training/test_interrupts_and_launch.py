@@ -121,3 +121,17 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(runs):
     assert "Traceback" not in log
     last = log.strip().splitlines()[-1]
     assert last.startswith("train_ldm.py: error: ") and "nope" in last, log[-2000:]
+
+
+def test_a_second_run_into_a_folder_in_use_stops_at_once(dataset_dir, runs, tmp_path):
+    from pdiff_hf.io_utils import locked_dir
+
+    out = tmp_path / "busy"
+    with locked_dir(out):  # as a running script holds it
+        proc = Background([sys.executable, SCRIPTS / "train_autoencoder.py", "--dataset_name", dataset_dir,
+                           "--output_dir", out, *TINY_AE], runs["env"], tmp_path / "busy.log")  # fmt: skip
+        rc, log = proc.result(timeout=120)
+    assert rc == 2, log[-3000:]
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("train_autoencoder.py: error: ") and "locked" in last, last
+    assert not list(out.glob("checkpoint-*")) and not (out / "config.json").exists()

@@ -10,7 +10,7 @@ from torch import nn
 
 from pdiff_hf import ParamLayout, ParameterAutoencoder, PDiffConfig, checkpoint_params, get_layout
 from pdiff_hf.checkpoints import set_layout
-from pdiff_hf.errors import CheckpointDatasetError, PDiffError, TrainingScriptError
+from pdiff_hf.errors import CheckpointDatasetError, NonFiniteParametersError, PDiffError, TrainingScriptError
 from pdiff_hf.fit import train_autoencoder
 from pdiff_hf.training_utils import build_autoencoder
 
@@ -105,6 +105,8 @@ def bad_datasets(tmp_path_factory):
         (["--block_out_channels", "0", "8"], TrainingScriptError, "--block_out_channels"),
         (["--ema_max_decay", "1.5"], TrainingScriptError, "--ema_max_decay"),
         (["--report_to", "nothing"], TrainingScriptError, "--report_to"),
+        (["--learning_rate", "inf"], TrainingScriptError, "--learning_rate"),
+        (["--learning_rate", "nan"], TrainingScriptError, "--learning_rate"),
         (["--autoencoder_type", "token", "--token_size", "0"], TrainingScriptError, "token_size"),
         (["--resume_from_checkpoint", "{root}/no/checkpoint-3"], TrainingScriptError, "--resume_from_checkpoint"),
     ],
@@ -117,14 +119,40 @@ def test_bad_input_is_a_named_error_before_any_work(scripts, dataset_dir, bad_da
     assert not (tmp_path / "out" / "config.json").exists()
 
 
-def test_a_corrupt_checkpoint_is_a_named_error(scripts, dataset_dir, tmp_path):
-    out = tmp_path / "ae"
-    argv = _argv(dataset_dir, out, "--max_train_steps", "2", "--checkpointing_steps", "1")
-    assert run_in_process(scripts["train_autoencoder"], argv) == 0
-    weights = out / "checkpoint-2" / "autoencoder" / "diffusion_pytorch_model.safetensors"
+def test_latest_falls_back_past_a_corrupt_checkpoint_and_a_named_one_is_an_error(scripts, dataset_dir, tmp_path):
+    out, full = tmp_path / "ae", tmp_path / "full"
+    argv = ["--max_train_steps", "6", "--checkpointing_steps", "2"]
+    assert run_in_process(scripts["train_autoencoder"], _argv(dataset_dir, full, *argv)) == 0
+    out.mkdir()
+    for name in ("checkpoint-2", "checkpoint-4"):
+        shutil.copytree(full / name, out / name)
+    weights = out / "checkpoint-4" / "autoencoder" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # truncated
-    with pytest.raises(TrainingScriptError, match="checkpoint-2"):
-        run_in_process(scripts["train_autoencoder"], argv[:-4] + ["--max_train_steps", "3", "--resume_from_checkpoint", "latest"])
+    with pytest.raises(TrainingScriptError, match="checkpoint-4"):
+        run_in_process(scripts["train_autoencoder"], _argv(dataset_dir, out, *argv, "--resume_from_checkpoint", "checkpoint-4"))
+    # "latest" warns and resumes from checkpoint-2 instead: the run still ends where an uninterrupted one does
+    assert run_in_process(scripts["train_autoencoder"], _argv(dataset_dir, out, *argv, "--resume_from_checkpoint", "latest")) == 0
+    assert same_weights(ParameterAutoencoder.from_pretrained(str(out)), ParameterAutoencoder.from_pretrained(str(full)))
+
+
+def test_a_checkpoint_of_another_run_is_refused(scripts, dataset_dir, tmp_path):
+    out = tmp_path / "ae"
+    argv = ["--max_train_steps", "2", "--checkpointing_steps", "1"]
+    assert run_in_process(scripts["train_autoencoder"], _argv(dataset_dir, out, *argv)) == 0
+    other = _argv(dataset_dir, out, "--max_train_steps", "4", "--resume_from_checkpoint", "latest")
+    other[other.index("--block_out_channels") + 1 : other.index("--block_out_channels") + 3] = ["16", "16"]
+    with pytest.raises(TrainingScriptError, match="another run.*block_out_channels"):
+        run_in_process(scripts["train_autoencoder"], other)
+    # the step count may change between runs: training continues
+    longer = _argv(dataset_dir, out, "--max_train_steps", "4", "--resume_from_checkpoint", "latest")
+    assert run_in_process(scripts["train_autoencoder"], longer) == 0
+
+
+def test_a_diverging_run_stops_with_a_named_error(scripts, dataset_dir, tmp_path):
+    argv = _argv(dataset_dir, tmp_path / "ae", "--max_train_steps", "20", "--learning_rate", "1e30")
+    with pytest.raises(NonFiniteParametersError, match="finite loss"):
+        run_in_process(scripts["train_autoencoder"], argv)
+    assert not (tmp_path / "ae" / "config.json").exists()
 
 
 def test_tracks_loss_and_flags_with_tensorboard(scripts, dataset_dir, tmp_path):
