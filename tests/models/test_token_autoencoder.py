@@ -120,7 +120,7 @@ def test_layout_of_another_dim_is_rejected():
 
 
 def test_choice_by_dimension():
-    assert choose_autoencoder_type(9_999) == "conv" and choose_autoencoder_type(10_000) == "token"
+    assert choose_autoencoder_type(49_999) == "conv" and choose_autoencoder_type(50_000) == "token"
     assert choose_autoencoder_type(10, "token") == "token" and choose_autoencoder_type(10**6, "conv") == "conv"
     with pytest.raises(ValueError, match=r"autoencoder_type in \('auto', 'conv', 'token'\), found 'tokens'"):
         choose_autoencoder_type(10, "tokens")
