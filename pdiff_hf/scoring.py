@@ -51,6 +51,12 @@ def accuracy_scores(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             f"{tuple(labels.shape)}"
         )
     valid = labels != IGNORE_INDEX
+    outside = valid & ((labels < 0) | (labels >= logits.shape[-1]))
+    if bool(outside.any()):
+        raise DimensionMismatchError(
+            f"expected labels in [0, {logits.shape[-1]}) for a model with {logits.shape[-1]} classes (or {IGNORE_INDEX} "
+            f"to ignore a position), found {int(labels[outside][0])}"
+        )
     correct = (predictions == labels) & valid
     if predictions.dim() == 1:
         return correct.float()

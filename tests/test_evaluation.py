@@ -255,3 +255,15 @@ def test_models_that_cannot_be_vmapped_fall_back_and_say_so_once(caplog):
     reference = _loop_predictions(model, layout, vectors, x)
     assert torch.equal(preds, reference)
     assert torch.equal(acc, (reference == y).float().mean(-1) * 100)
+
+
+def test_labels_outside_the_models_classes_are_a_named_error():
+    from pdiff_hf.errors import DimensionMismatchError
+    from pdiff_hf.scoring import accuracy_scores
+
+    logits = torch.zeros(4, 3)
+    assert accuracy_scores(logits, torch.tensor([0, 1, 2, -100])).tolist() == [1.0, 0.0, 0.0, 0.0]
+    with pytest.raises(DimensionMismatchError, match=r"expected labels in \[0, 3\).*found 3"):
+        accuracy_scores(logits, torch.tensor([0, 1, 3, 2]))
+    with pytest.raises(DimensionMismatchError, match="found -1"):
+        accuracy_scores(logits, torch.tensor([0, -1, 1, 2]))

@@ -496,7 +496,10 @@ def test_initial_noise_uses_the_inference_schedule(tiny_pipeline):
     torch.testing.assert_close(inputs[0], ones, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("scheduler_cls", [DPMSolverMultistepScheduler, DDPMScheduler, UniPCMultistepScheduler])
+@pytest.mark.parametrize(
+    "scheduler_cls",
+    [DPMSolverMultistepScheduler, EulerDiscreteScheduler, DDIMScheduler, DDPMScheduler, UniPCMultistepScheduler],
+)
 def test_concurrent_calls_equal_serial_calls(tiny_pipeline, scheduler_cls):
     """4 threads x 3 calls on one pipeline (multistep history, stochastic steps) give the serial results."""
     pipe = PDiffPipeline(
