@@ -211,16 +211,23 @@ def output_dir_lock(output_dir: str):
 
 
 class StopOnSignal:
-    """While active, SIGINT/SIGTERM only set :attr:`requested`; the training loop then saves a checkpoint at the
-    end of the step on every process (through ``accelerator.set_trigger``/``check_trigger``) and exits with 130.
-    The previous handlers come back on exit."""
+    """While active, SIGINT/SIGTERM only make :attr:`requested` true; the training loop then saves a checkpoint at
+    the end of the step on every process (through ``accelerator.set_trigger``/``check_trigger``) and exits with 130.
+    A worker started by ``accelerate launch``/``torchrun`` also stops so when its launcher dies (it is re-parented):
+    killing only the launcher must not leave workers writing into the folder. The previous handlers come back on
+    exit."""
 
     def __init__(self):
-        self.requested = False
+        self._signalled = False
         self._previous = {}
+        self._launcher = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ else None
+
+    @property
+    def requested(self) -> bool:
+        return self._signalled or (self._launcher is not None and os.getppid() != self._launcher)
 
     def _handler(self, signum, frame):
-        self.requested = True
+        self._signalled = True
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -5,7 +5,9 @@ The launch and bad-input runs start together when this module's first test start
 imports) and run while the other tests go on; the interrupted runs start in their tests.
 """
 
+import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -135,3 +137,28 @@ def test_a_second_run_into_a_folder_in_use_stops_at_once(dataset_dir, runs, tmp_
     last = log.strip().splitlines()[-1]
     assert last.startswith("train_autoencoder.py: error: ") and "locked" in last, last
     assert not list(out.glob("checkpoint-*")) and not (out / "config.json").exists()
+
+
+def test_killing_only_the_launcher_stops_the_workers_with_a_checkpoint(dataset_dir, runs, tmp_path):
+    out = tmp_path / "orphans"
+    cmd = [BIN / "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", free_port(),
+           SCRIPTS / "train_autoencoder.py", "--dataset_name", dataset_dir, "--output_dir", out, *TINY_AE, *ENDLESS]
+    proc = Background(cmd, runs["env"], tmp_path / "orphans.log")  # fmt: skip
+    try:
+        _wait_for(lambda: any(out.glob("checkpoint-*")), proc)
+        os.kill(proc.proc.pid, signal.SIGKILL)  # the launcher only: its two workers are left behind
+        deadline = time.time() + 120
+        while "interrupted at step" not in proc.log() and time.time() < deadline:
+            time.sleep(0.2)
+        log = proc.log()
+        assert "interrupted at step" in log, log[-3000:]
+        step = int(log.split("interrupted at step ")[-1].split(";")[0])
+        assert (out / f"checkpoint-{step}").is_dir()
+        deadline = time.time() + 60
+        while (alive := subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()):
+            assert time.time() < deadline, f"workers still running: {alive}"
+            time.sleep(0.5)
+    finally:
+        subprocess.run(["pkill", "-9", "-f", str(out)], capture_output=True)
+        proc.stop()
