@@ -3,7 +3,7 @@
 
 Trains one MNIST1DCNN (``train_classifier`` defaults), then for each ``--learning_rate`` restarts from it and runs
 :func:`pdiff_hf.collect_checkpoints` (library defaults otherwise: the last two BatchNorm layers, 200 checkpoints, one
-per step, momentum 0.9). Prints per step size:
+per step, momentum 0.9; ``--selection`` as in ``pdiff-hf demo``). Prints per step size:
 
 * test accuracy of the checkpoints: std and best - min, in percentage points;
 * median prediction agreement (test split) of each checkpoint with its nearest other checkpoint in weight space
@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--learning_rate", type=float, nargs="+", default=[0.001, 0.01, 0.05, 0.1, 0.2])
     parser.add_argument("--num_checkpoints", type=int, default=200)
     parser.add_argument("--target_epochs", type=int, default=None, help="default: train_classifier's default")
+    parser.add_argument("--selection", choices=["norm", "classifier", "whole"], default="norm",
+                        help="what is collected, as in `pdiff-hf demo --selection` (default: the last two BatchNorm layers)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num_threads", type=int, default=1)
     args = parser.parse_args()
@@ -34,7 +36,7 @@ def main() -> None:
     from pdiff_hf.collect import collect_checkpoints, train_classifier
     from pdiff_hf.checkpoints import checkpoint_params
     from pdiff_hf.evaluation import predict_with_parameters
-    from pdiff_hf.layout import ParamLayout
+    from pdiff_hf.demo import select_layout
     from pdiff_hf.normalization import compute_stats, normalize
     from pdiff_hf.tasks import get_task
 
@@ -47,7 +49,7 @@ def main() -> None:
     train_classifier(model, data, seed=args.seed, progress=False, **epochs)
     print(f"target trained in {time.perf_counter() - t0:.1f} s")
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    layout = ParamLayout.from_module(model, last_norm_layers=2)
+    layout = select_layout(model, args.selection)
     print(f"selection: {layout.describe()}; {args.num_checkpoints} checkpoints, {args.num_threads} torch thread(s)")
     print()
     print("| learning_rate | test acc mean | std (pp) | best - min (pp) | median NN agreement | distinct predictions | seconds |")

@@ -131,7 +131,7 @@ def collect_checkpoints(
 
             With a 30-epoch target (``--target_epochs 30``) lr 0.2 gave std 0.173 pp and 82 / 200 distinct: the
             spread depends on the target as much as on the step. The step size depends on the selection and network (the demo uses
-            0.05 for the final linear layer): measure the spread of yours the same way.
+            0.05 for the final linear layer, 0.005 for the whole network): measure the spread of yours the same way.
         train_epochs: epochs of full training first (0 if ``model`` is already trained).
         evaluate: evaluate every checkpoint on the validation and test splits (batched). Callers that evaluate the
             checkpoints anyway (the demo's novelty analysis) pass ``False`` and add the columns themselves.

@@ -172,3 +172,17 @@ def test_demo_config_selection_sizes():
     assert big.ae_patch_size == 32
     with pytest.raises(DemoConfigError, match="--selection"):
         DemoConfig(selection="everything").validate()
+
+
+def test_whole_selection_covers_every_parameter_and_the_batchnorm_statistics():
+    from pdiff_hf.demo import select_layout
+    from pdiff_hf.tasks.mnist1d import MNIST1DCNN
+
+    model = MNIST1DCNN()
+    layout = select_layout(model, "whole")
+    params = dict(model.named_parameters())
+    stats = {n for n, _ in model.named_buffers() if n.endswith(("running_mean", "running_var"))}
+    assert stats and set(layout.names) == set(params) | stats
+    assert not [n for n in layout.names if n.endswith("num_batches_tracked")]
+    assert layout.dim == sum(p.numel() for p in params.values()) + sum(dict(model.named_buffers())[n].numel() for n in stats)
+    DemoConfig(selection="whole").validate()

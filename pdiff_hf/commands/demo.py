@@ -12,15 +12,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run p-diff end to end on MNIST-1D generated locally and write a report folder.",
     )
     p.add_argument("--output-dir", required=True, help="folder for target/, checkpoints/, pipeline/, report.md, results.json")
-    p.add_argument("--selection", choices=["norm", "classifier"], default=None,
-                   help="norm: last two BatchNorm layers (D=128, default); classifier: final linear layer (D=12,810)")
+    p.add_argument("--selection", choices=["norm", "classifier", "whole"], default=None,
+                   help="norm: last two BatchNorm layers (D=128, default); classifier: final linear layer (D=12,810); "
+                        "whole: every parameter plus the BatchNorm running statistics (D=23,690)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--data-seed", type=int, default=None, help="MNIST-1D generator seed")
     p.add_argument("--target-epochs", type=int, default=None)
     p.add_argument("--num-checkpoints", type=int, default=None)
     p.add_argument("--save-every", type=int, default=None, help="SGD steps between saved checkpoints")
     p.add_argument("--collect-learning-rate", type=float, default=None,
-                   help="SGD step size on the selection while collecting (default: 0.2 norm, 0.05 classifier)")
+                   help="SGD step size on the selection while collecting (default: 0.2 norm, 0.05 classifier, 0.005 whole)")
     p.add_argument("--ae-steps", type=int, default=None)
     p.add_argument("--denoiser-steps", type=int, default=None)
     p.add_argument("--num-models", type=int, default=None, help="models to generate")
