@@ -49,6 +49,10 @@ class CheckpointFileError(PDiffError):
     """A checkpoint file or state dict cannot be read safely or does not fit the parameter layout."""
 
 
+class RecalibrationError(PDiffError):
+    """BatchNorm recalibration was asked of a model without BatchNorm running statistics, or given no batches."""
+
+
 # ------------------------------------------------------------------------------------------- models, pipeline
 class SchedulerError(PDiffError):
     """A scheduler is unknown or incompatible with the objective the denoiser was trained with."""

@@ -13,6 +13,7 @@ from torch import nn
 
 from pdiff_hf.errors import LayoutMismatchError, PipelineInputError
 from pdiff_hf.layout import ParamLayout
+from pdiff_hf.recalibration import prepare_batches, recalibrate_batchnorm
 
 # What `output_type` may ask for. "latent" stops before the decoder; the others are made from the decoded parameters
 # by `postprocess`. To add a type: name it here, add a branch to `postprocess`, and say in
@@ -35,27 +36,52 @@ class GeneratedModels(Sequence):
     access builds a new module, so iterating over ``N`` large networks holds one at a time (keep a reference to a
     model to reuse it). ``models[a:b]`` is again a lazy :class:`GeneratedModels`.
 
+    With ``recalibrate_batchnorm``, each model's BatchNorm running statistics are re-estimated on those inputs when it
+    is built (:func:`pdiff_hf.recalibration.recalibrate_batchnorm`; off by default). ``vectors`` and
+    :meth:`state_dict` stay the generated parameters; only the built modules carry the recalibrated statistics.
+
     Args:
         target (`nn.Module`): the network the parameters are for (not modified).
         layout (`ParamLayout`): maps each vector onto the target's named tensors.
         vectors (`torch.Tensor`): ``(N, D)`` generated parameter vectors (float32).
+        recalibrate_batchnorm (optional): training inputs to recalibrate on, in any form of :mod:`pdiff_hf.data`
+            (a tensor of inputs, an ``(inputs, labels)`` pair, a ``datasets.Dataset``, a DataLoader); the first
+            ``recalibration_batches`` batches are read once, here, and every model is recalibrated on the same ones.
+        recalibration_batches (`int` or `None`): how many batches (of 128 for indexable inputs; default 8, ``None``:
+            every batch).
+
+    Raises:
+        RecalibrationError: with ``recalibrate_batchnorm``, a target without BatchNorm running statistics, no batch,
+            or ``recalibration_batches`` not a positive int; raised here, before any model is built.
     """
 
-    def __init__(self, target: nn.Module, layout: ParamLayout, vectors: torch.Tensor):
+    def __init__(
+        self,
+        target: nn.Module,
+        layout: ParamLayout,
+        vectors: torch.Tensor,
+        recalibrate_batchnorm: Any = None,
+        recalibration_batches: Optional[int] = 8,
+    ):
         layout.check_vector(vectors)
         self.target = target
         self.layout = layout
         self.vectors = vectors if vectors.dim() == 2 else vectors[None]
+        self._recalibration = None  # the prepared batches (a list of pdiff_hf.data.Batch) when recalibrating
+        if recalibrate_batchnorm is not None:
+            self._recalibration = prepare_batches(target, recalibrate_batchnorm, recalibration_batches)
 
     def __len__(self) -> int:
         return self.vectors.shape[0]
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return GeneratedModels(self.target, self.layout, self.vectors[index])
+            return GeneratedModels(self.target, self.layout, self.vectors[index], self._recalibration, None)
         vector = self.vectors[_check_index(index, len(self))]
         model = copy.deepcopy(self.target)
         self.layout.load_into(model, vector)
+        if self._recalibration is not None:
+            recalibrate_batchnorm(model, self._recalibration, num_batches=None)
         return model.eval()
 
     def __iter__(self) -> Iterator[nn.Module]:
