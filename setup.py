@@ -43,6 +43,10 @@ setup(
         "mnist1d>=0.0.2",
         "matplotlib>=3.5",
     ],
-    extras_require={"test": ["pytest>=7", "scikit-learn", "tensorboard"], "tensorboard": ["tensorboard"]},
+    extras_require={
+        "test": ["pytest>=7", "scikit-learn", "tensorboard", "peft>=0.18.1"],
+        "tensorboard": ["tensorboard"],
+        "peft": ["peft>=0.18.1"],  # LoRA adapters (pdiff_hf.peft_adapters); 0.18 is the first for transformers v5
+    },
     entry_points={"console_scripts": ["pdiff-hf=pdiff_hf.cli:main"]},
 )

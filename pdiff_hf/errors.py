@@ -20,6 +20,11 @@ class LayoutMismatchError(PDiffError):
     """A parameter vector, state dict or module does not match a recorded parameter layout."""
 
 
+class PeftLayoutError(LayoutMismatchError):
+    """A PEFT adapter layout does not fit its base model (a module the adapter attaches to is missing, or has other
+    features), or a base model, adapter config or adapter folder is not what PEFT adapters need."""
+
+
 class DimensionMismatchError(PDiffError):
     """A tensor or dataset has a parameter dimension ``D`` other than the one a model was built for."""
 

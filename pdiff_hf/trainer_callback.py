@@ -8,6 +8,10 @@
     ds = callback.dataset()        # a checkpoint dataset: params, step, epoch, run_id, seed[, eval_<metric>]
     pipe = fit_pdiff(checkpoint_params(ds), layout, target=model)
 
+On a ``peft.PeftModel`` (LoRA …) the callback records the adapter: without a layout it selects
+``peft_layout(model)`` (the tensors of ``get_peft_model_state_dict``, named as there), and a layout with those names
+is read from the adapter's state dict; a layout of the PeftModel's own parameter names works as for any module.
+
 Only the selected tensors are copied (to CPU float32), so a run of a large model keeps ``N x D`` values, not ``N``
 models. Several runs can share one callback (set ``callback.run_id`` between ``trainer.train()`` calls, or use one
 callback per run and concatenate their datasets).
@@ -28,6 +32,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from .checkpoints import make_checkpoint_dataset
 from .errors import CheckpointDatasetError, PDiffError
 from .layout import ParamLayout
+from .peft_adapters import is_peft_model, peft_layout, peft_state_dict
 
 
 class PDiffCheckpointCallback(TrainerCallback):
@@ -72,14 +77,21 @@ class PDiffCheckpointCallback(TrainerCallback):
         self._vectors: List[torch.Tensor] = []
         self._rows: List[Dict[str, Any]] = []
         self._latest_metric: Optional[float] = None
+        self._from_adapter = False  # record from get_peft_model_state_dict (a PeftModel with an adapter layout)
 
     # ------------------------------------------------------------------------------------------------ Trainer hooks
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None, **kwargs):
         if model is None:
             raise PDiffError("expected the Trainer to pass its model to callbacks, found model=None")
         if self.layout is None:
-            self.layout = ParamLayout.from_module(model, **self.layout_kwargs)
-        self.layout.check_module(model)  # LayoutMismatchError naming the missing / misshapen tensors
+            use_adapter = is_peft_model(model) and not self.layout_kwargs
+            self.layout = peft_layout(model) if use_adapter else ParamLayout.from_module(model, **self.layout_kwargs)
+        # a PeftModel's adapter is read by get_peft_model_state_dict names, unless the layout names its parameters
+        self._from_adapter = is_peft_model(model) and set(self.layout.names) <= set(peft_state_dict(model))
+        if not self._from_adapter:
+            self.layout.check_module(model)  # LayoutMismatchError naming the missing / misshapen tensors
+        else:
+            self.layout.check_state_dict(peft_state_dict(model), what=f"the adapter of {type(model).__name__}")
         if self.metric is None and args.metric_for_best_model:
             self.metric = _metric_key(args.metric_for_best_model)
         every = self.save_steps if self.save_steps is not None else args.save_steps
@@ -106,7 +118,7 @@ class PDiffCheckpointCallback(TrainerCallback):
 
     # ---------------------------------------------------------------------------------------------------- results
     def _record(self, model, args: TrainingArguments, state: TrainerState) -> None:
-        self._vectors.append(self.layout.flatten(model))
+        self._vectors.append(self.layout.flatten(peft_state_dict(model) if self._from_adapter else model))
         self._rows.append(
             {
                 "step": int(state.global_step),

@@ -1,6 +1,6 @@
 """Checks a ``PDiffPipeline`` makes on its components: that a sampling scheduler runs the forward process the
-denoiser was trained with (and can step its prediction type), and that a target network holds every tensor of the
-parameter layout with its shape."""
+denoiser was trained with (and can step its prediction type), that a target network holds every tensor of the
+parameter layout with its shape, and that a base model holds the modules a PEFT adapter layout attaches to."""
 
 import copy
 import inspect
@@ -11,8 +11,9 @@ from diffusers import ModelMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import nn
 
-from pdiff_hf.errors import LayoutMismatchError, PipelineInputError, SchedulerError
+from pdiff_hf.errors import LayoutMismatchError, PeftLayoutError, PipelineInputError, SchedulerError
 from pdiff_hf.layout import ParamLayout
+from pdiff_hf.peft_adapters import PEFT_CONFIG_KEY, check_adapter_base, is_peft_model, peft_config_of, require_peft
 from pdiff_hf.models.denoiser import LatentUNet1DModel
 
 # Config keys that define the forward (noising) process; a sampling scheduler must agree with training on them.
@@ -86,6 +87,11 @@ def check_target(target: Optional[nn.Module], layout: Optional[ParamLayout]) -> 
     components with their own ``save_pretrained``)."""
     if target is None:
         return
+    if is_peft_model(target):
+        raise PeftLayoutError(
+            f"expected the base model of a PeftModel as target, found the {type(target).__name__} itself; pass "
+            "target=pdiff_hf.peft_adapters.peft_target(peft_model)"
+        )
     is_pretrained = any(
         c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers.") for c in type(target).__mro__
     )
@@ -100,7 +106,31 @@ def check_target(target: Optional[nn.Module], layout: Optional[ParamLayout]) -> 
             f"expected an autoencoder with a parameter layout to check the target {type(target).__name__} against, "
             "found none in its config"
         )
+    if peft_config_of(target) is not None:  # a base model for adapters: the layout names the adapter's tensors
+        check_peft_output(layout, target)
+        return
     try:
         layout.check_module(target)
     except LayoutMismatchError as err:
         raise LayoutMismatchError(f"target {type(target).__name__}: {err}") from None
+
+
+def check_peft_output(layout: Optional[ParamLayout], target: Optional[nn.Module]) -> None:
+    """Raise :class:`PeftLayoutError` unless ``output_type="peft"`` can be made: a PEFT adapter ``layout``
+    (:func:`~pdiff_hf.peft_adapters.peft_layout`) and a ``target`` base model that carries the adapter config
+    (:func:`~pdiff_hf.peft_adapters.peft_target`) and holds every module the adapter attaches to."""
+    if layout is None:
+        raise PeftLayoutError("expected an autoencoder with a parameter layout for output_type='peft', found none")
+    if target is None:
+        raise PeftLayoutError(
+            "expected a pipeline with a target base model for output_type='peft', found target=None; pass "
+            "target=peft_target(peft_model) to fit_pdiff (or pipe.set_target(...))"
+        )
+    config = peft_config_of(target)
+    if config is None:
+        raise PeftLayoutError(
+            f"expected a target base model carrying its adapter config in config.{PEFT_CONFIG_KEY} for "
+            f"output_type='peft', found {type(target).__name__} without one; make it with peft_target(peft_model)"
+        )
+    require_peft()
+    check_adapter_base(layout, target, config)

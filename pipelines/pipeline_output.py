@@ -13,12 +13,15 @@ from torch import nn
 
 from pdiff_hf.errors import LayoutMismatchError, PipelineInputError
 from pdiff_hf.layout import ParamLayout
+from pdiff_hf.peft_adapters import GeneratedAdapters  # imports peft only when adapters are built
+
+from .pipeline_checks import check_peft_output
 from pdiff_hf.recalibration import prepare_batches, recalibrate_batchnorm
 
 # What `output_type` may ask for. "latent" stops before the decoder; the others are made from the decoded parameters
 # by `postprocess`. To add a type: name it here, add a branch to `postprocess`, and say in
 # `PDiffPipelineOutput._vectors` how `state_dicts()` / `load_into()` read it.
-OUTPUT_TYPES = ("pt", "np", "latent", "state_dict", "model")
+OUTPUT_TYPES = ("pt", "np", "latent", "state_dict", "model", "peft")
 
 
 def _check_index(index: Any, n: int) -> int:
@@ -105,7 +108,8 @@ def postprocess(
     """Turn the end of sampling into what ``output_type`` asks for (the role of diffusers'
     ``VaeImageProcessor.postprocess``). ``samples`` are the final latents ``(N, C, L)`` for ``"latent"``, else the
     decoded, de-normalized parameters ``(N, D)`` (float32, CPU). ``"state_dict"`` needs ``layout``, ``"model"``
-    ``layout`` and ``target``."""
+    ``layout`` and ``target``, ``"peft"`` (a :class:`~pdiff_hf.peft_adapters.GeneratedAdapters`, needs peft) a PEFT
+    adapter ``layout`` and the base model it attaches to as ``target``."""
     if output_type in ("latent", "pt"):
         return samples
     if output_type == "np":
@@ -121,6 +125,9 @@ def postprocess(
                 "target= to PDiffPipeline (or pipe.set_target(model)), or load vectors with out.load_into(model, i)"
             )
         return GeneratedModels(target, layout, samples)
+    if output_type == "peft":
+        check_peft_output(layout, target)
+        return GeneratedAdapters(target, layout, samples)
     raise PipelineInputError(f"expected output_type in {OUTPUT_TYPES}, found {output_type!r}")
 
 
