@@ -27,6 +27,7 @@ _import_structure: Dict[str, List[str]] = {
     "errors": [
         "CheckpointDatasetError",
         "CheckpointFileError",
+        "ConditionError",
         "DimensionMismatchError",
         "HubError",
         "LayoutMismatchError",
@@ -77,6 +78,7 @@ if TYPE_CHECKING:
     from .errors import (
         CheckpointDatasetError,
         CheckpointFileError,
+        ConditionError,
         DimensionMismatchError,
         HubError,
         LayoutMismatchError,

@@ -67,6 +67,11 @@ class PipelineInputError(PDiffError):
     """An argument of ``PDiffPipeline.__call__`` is out of range or of the wrong type."""
 
 
+class ConditionError(PipelineInputError):
+    """A condition (class/task id) outside ``num_conditions``, a condition or ``guidance_scale != 1`` for an
+    unconditional model, or a condition column that a dataset lacks."""
+
+
 # ---------------------------------------------------------------------------------------------- training
 class TrainingScriptError(PDiffError):
     """Bad command-line input for a training script (missing path, contradicting or out-of-range flags, …)."""

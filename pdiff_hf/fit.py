@@ -6,13 +6,20 @@ builders, losses, data loader, optimizer, learning-rate schedule, EMA and seeds 
 one-process script run trains the same weights.
 """
 
+import dataclasses
 import math
 from typing import List, Optional
 
 import torch
 from tqdm.auto import tqdm
 
-from .errors import CheckpointDatasetError, DimensionMismatchError, LayoutMismatchError, PDiffConfigError
+from .errors import (
+    CheckpointDatasetError,
+    ConditionError,
+    DimensionMismatchError,
+    LayoutMismatchError,
+    PDiffConfigError,
+)
 from .layout import ParamLayout, check_finite
 from .training_utils import (
     PDiffConfig,
@@ -54,10 +61,14 @@ def _ema(model, config: PDiffConfig):
     )
 
 
-def _train(model, data, loss_fn, learning_rate, max_train_steps, batch_size, config, ema=None, desc="", progress=True):
-    """Optimize ``loss_fn(model, batch)`` over shuffled batches of ``data`` for ``max_train_steps`` steps."""
+def _train(
+    model, data, loss_fn, learning_rate, max_train_steps, batch_size, config, ema=None, desc="", progress=True,
+    conditions=None,
+):
+    """Optimize ``loss_fn(model, batch)`` over shuffled batches of ``data`` (with ``conditions``: pairs
+    ``[rows, conditions]``) for ``max_train_steps`` steps."""
     optimizer, lr_scheduler = _optimizer_and_schedule(model, learning_rate, max_train_steps, config)
-    loader = make_dataloader(data, batch_size, seed=config.seed)
+    loader = make_dataloader(data, batch_size, seed=config.seed, conditions=conditions)
     losses: List[float] = []
     bar = tqdm(total=max_train_steps, desc=desc, disable=not progress, leave=False)
     model.train()
@@ -106,25 +117,66 @@ def train_autoencoder(autoencoder, params: torch.Tensor, config: Optional[PDiffC
     return losses
 
 
-def train_denoiser(denoiser, latents: torch.Tensor, config: Optional[PDiffConfig] = None, progress: bool = True) -> List[float]:
+def train_denoiser(
+    denoiser,
+    latents: torch.Tensor,
+    config: Optional[PDiffConfig] = None,
+    progress: bool = True,
+    conditions: Optional[torch.Tensor] = None,
+) -> List[float]:
     """Train ``denoiser`` on clean latents ``(N, C, L)`` with ``config``'s denoiser settings; with ``use_ema`` it
-    ends with the EMA of its weights. Records ``sample_abs_max`` in the denoiser's config."""
+    ends with the EMA of its weights. Records ``sample_abs_max`` in the denoiser's config. A conditional denoiser
+    needs ``conditions`` ``(N,)``: ids in ``[0, num_conditions)``, dropped to the null id with probability
+    ``config.condition_dropout``."""
     config = config or PDiffConfig()
     if latents.dim() != 3 or latents.shape[1] != denoiser.config.in_channels:
         raise DimensionMismatchError(
             f"expected latents of shape (N, {denoiser.config.in_channels}, L), found {tuple(latents.shape)}"
         )
     check_finite(latents, "latents")
+    check_conditions(conditions, latents.shape[0], denoiser.config.num_conditions)
     noise_scheduler = noise_scheduler_for(denoiser)
     ema = _ema(denoiser, config) if config.use_ema else None
     torch.manual_seed(config.seed)
+    if conditions is None:
+        loss_fn = lambda model, batch: denoiser_loss(model, noise_scheduler, batch)  # noqa: E731
+    else:
+        loss_fn = lambda model, batch: denoiser_loss(  # noqa: E731
+            model, noise_scheduler, batch[0], batch[1], config.condition_dropout
+        )
     losses = _train(
-        denoiser, latents, lambda model, batch: denoiser_loss(model, noise_scheduler, batch),
-        config.denoiser_learning_rate, config.denoiser_steps, config.denoiser_train_batch_size, config,
-        ema=ema, desc="train denoiser", progress=progress,
+        denoiser, latents, loss_fn, config.denoiser_learning_rate, config.denoiser_steps,
+        config.denoiser_train_batch_size, config, ema=ema, desc="train denoiser", progress=progress,
+        conditions=conditions,
     )
     denoiser.register_to_config(sample_abs_max=round(float(latents.abs().max()), 4))
     return losses
+
+
+def check_conditions(conditions: Optional[torch.Tensor], num_rows: int, num_conditions: int) -> None:
+    """Raise :class:`ConditionError` unless ``conditions`` fits a denoiser with ``num_conditions`` conditions:
+    ``None`` for an unconditional one (``num_conditions == 0``), else an integer tensor ``(num_rows,)`` of ids in
+    ``[0, num_conditions)``."""
+    if conditions is None:
+        if num_conditions:
+            raise ConditionError(
+                f"expected conditions (one id per checkpoint) for a denoiser with num_conditions={num_conditions}, "
+                "found none"
+            )
+        return
+    if not num_conditions:
+        raise ConditionError("expected no conditions for an unconditional denoiser (num_conditions=0), found some")
+    if not isinstance(conditions, torch.Tensor) or conditions.dtype not in (torch.int32, torch.int64):
+        found = f"a {conditions.dtype} tensor" if isinstance(conditions, torch.Tensor) else type(conditions).__name__
+        raise ConditionError(f"expected conditions as an integer tensor ({num_rows},), found {found}")
+    if tuple(conditions.shape) != (num_rows,):
+        raise ConditionError(f"expected one condition per checkpoint ({num_rows},), found shape {tuple(conditions.shape)}")
+    low, high = int(conditions.min()), int(conditions.max())
+    if low < 0 or high >= num_conditions:
+        raise ConditionError(
+            f"expected condition ids in [0, {num_conditions - 1}] (num_conditions={num_conditions}), found ids in "
+            f"[{low}, {high}]"
+        )
 
 
 _POSITIVE_INT_FIELDS = (
@@ -160,6 +212,12 @@ def check_fit_inputs(params, layout, config: PDiffConfig) -> None:
         value = getattr(config, field)
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise PDiffConfigError(f"expected config.{field} to be a finite number > 0, found {value!r}")
+    dropout = config.condition_dropout
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        raise PDiffConfigError(f"expected config.condition_dropout in [0, 1), found {dropout!r}")
+    k = config.num_conditions
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise PDiffConfigError(f"expected config.num_conditions to be an int >= 0, found {k!r}")
     if not isinstance(config.num_train_timesteps, int) or config.num_train_timesteps < 2:
         raise PDiffConfigError(
             f"expected config.num_train_timesteps to be an integer >= 2, found {config.num_train_timesteps!r}"
@@ -167,12 +225,23 @@ def check_fit_inputs(params, layout, config: PDiffConfig) -> None:
 
 
 def fit_pdiff(
-    params: torch.Tensor, layout: ParamLayout, config: Optional[PDiffConfig] = None, progress: bool = True, target=None
+    params: torch.Tensor,
+    layout: ParamLayout,
+    config: Optional[PDiffConfig] = None,
+    progress: bool = True,
+    target=None,
+    conditions: Optional[torch.Tensor] = None,
+    condition_names: Optional[List[str]] = None,
 ):
     """Train an autoencoder and a latent denoiser on checkpoints ``(N, D)`` and return a ready ``PDiffPipeline``
     with a DPM-Solver++ sampling scheduler. ``progress=False`` hides the progress bars. ``target``: the network the
     parameters are for (a transformers ``PreTrainedModel`` or diffusers ``ModelMixin``), set with ``pipe.set_target``
     so that ``output_type="model"`` works and the network is saved and pushed with the pipeline.
+
+    ``conditions`` ``(N,)``: a condition id per checkpoint (the task it was trained on) for a conditional pipeline,
+    sampled with ``pipe(condition=c, guidance_scale=s)``. The autoencoder is shared by all conditions; the denoiser
+    learns ``p(latent | condition)`` with ``config.condition_dropout``. ``config.num_conditions`` 0 means
+    ``max(conditions) + 1``; ``condition_names`` gives each id a name.
 
     Seeds the global torch RNG with ``config.seed`` (model initialization and training noise come from it).
     Bad inputs raise a named error before anything is built (see :func:`check_fit_inputs`)."""
@@ -180,6 +249,13 @@ def fit_pdiff(
 
     config = config or PDiffConfig()
     check_fit_inputs(params, layout, config)
+    if conditions is not None and not config.num_conditions and isinstance(conditions, torch.Tensor) and conditions.numel():
+        config = dataclasses.replace(config, num_conditions=int(conditions.max()) + 1)
+    check_conditions(conditions, params.shape[0], config.num_conditions)
+    if condition_names is not None and len(condition_names) != config.num_conditions:
+        raise ConditionError(
+            f"expected {config.num_conditions} condition_names (one per condition id), found {len(condition_names)}"
+        )
     check_target(target, layout)  # a target that lacks a selected tensor fails before training
     torch.manual_seed(config.seed)
     autoencoder = build_autoencoder(layout, config)
@@ -187,7 +263,7 @@ def fit_pdiff(
     with torch.no_grad():
         latents = autoencoder.params_to_latents(params).float()
     torch.manual_seed(config.seed)
-    denoiser = build_denoiser(autoencoder, config)
-    train_denoiser(denoiser, latents, config, progress=progress)
+    denoiser = build_denoiser(autoencoder, config, condition_names=condition_names)
+    train_denoiser(denoiser, latents, config, progress=progress, conditions=conditions)
     pipe = PDiffPipeline(autoencoder=autoencoder, denoiser=denoiser, scheduler=sampling_scheduler_for(denoiser))
     return pipe.set_target(target) if target is not None else pipe

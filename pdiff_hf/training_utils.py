@@ -10,12 +10,13 @@ one-process script run and ``fit_pdiff`` train the same weights.
 import math
 from dataclasses import dataclass
 import logging
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from .errors import DimensionMismatchError
 from .layout import ParamLayout
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,11 @@ class PDiffConfig:
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"
     prediction_type: str = "sample"
+    # conditioning: num_conditions K > 0 makes the denoiser conditional on ids 0 … K-1 (fit_pdiff infers K from its
+    # ``conditions`` when left at 0); in training each id is replaced by the null id with probability
+    # condition_dropout, which classifier-free guidance needs
+    num_conditions: int = 0
+    condition_dropout: float = 0.1
     # denoiser training
     denoiser_steps: int = 600
     denoiser_learning_rate: float = 3e-3
@@ -148,8 +154,9 @@ def build_autoencoder(layout: ParamLayout, config: PDiffConfig):
     )
 
 
-def build_denoiser(autoencoder, config: PDiffConfig):
-    """An untrained :class:`~pdiff_hf.models.LatentUNet1DModel` for ``autoencoder``'s latents ``(C, L)``."""
+def build_denoiser(autoencoder, config: PDiffConfig, condition_names: Optional[List[str]] = None):
+    """An untrained :class:`~pdiff_hf.models.LatentUNet1DModel` for ``autoencoder``'s latents ``(C, L)``,
+    conditional on ``config.num_conditions`` ids when that is > 0 (``condition_names``: one name per id)."""
     from .models.denoiser import LatentUNet1DModel
 
     channels, length = autoencoder.latent_shape
@@ -161,6 +168,8 @@ def build_denoiser(autoencoder, config: PDiffConfig):
         num_train_timesteps=config.num_train_timesteps,
         beta_schedule=config.beta_schedule,
         prediction_type=config.prediction_type,
+        num_conditions=config.num_conditions,
+        condition_names=list(condition_names) if condition_names is not None else None,
     )
 
 
@@ -179,11 +188,25 @@ def autoencoder_loss(autoencoder, batch: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(reconstruction.float(), batch.float())
 
 
-def denoiser_loss(denoiser, noise_scheduler, latents: torch.Tensor) -> torch.Tensor:
+def denoiser_loss(
+    denoiser,
+    noise_scheduler,
+    latents: torch.Tensor,
+    conditions: Optional[torch.Tensor] = None,
+    condition_dropout: float = 0.0,
+) -> torch.Tensor:
     """Diffusion loss on clean latents ``(batch, C, L)`` with one random timestep per sample; the noise and the
-    timesteps come from the global torch RNG (seeded per process by the caller)."""
+    timesteps come from the global torch RNG (seeded per process by the caller).
+
+    ``conditions`` ``(batch,)``: condition ids of a conditional denoiser; each is replaced by the null id with
+    probability ``condition_dropout`` (drawn after the noise and timesteps, so unconditional training draws the
+    same random numbers as before)."""
     noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+    if conditions is not None and condition_dropout > 0:
+        drop = torch.rand(conditions.shape[0], device=latents.device) < condition_dropout
+        null = getattr(denoiser, "module", denoiser).config.num_conditions  # unwrap DDP for the config
+        conditions = torch.where(drop, torch.full_like(conditions, null), conditions)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     prediction_type = noise_scheduler.config.prediction_type
     if prediction_type == "epsilon":
@@ -194,7 +217,11 @@ def denoiser_loss(denoiser, noise_scheduler, latents: torch.Tensor) -> torch.Ten
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         raise ValueError(f"expected prediction_type epsilon, sample or v_prediction, found {prediction_type!r}")
-    return F.mse_loss(denoiser(noisy, timesteps).sample.float(), target.float())
+    if conditions is None:
+        prediction = denoiser(noisy, timesteps).sample
+    else:
+        prediction = denoiser(noisy, timesteps, condition=conditions).sample
+    return F.mse_loss(prediction.float(), target.float())
 
 
 def noise_scheduler_for(denoiser):
@@ -248,12 +275,23 @@ class EpochShuffleSampler(Sampler):
         return self.num_samples
 
 
-def make_dataloader(data: torch.Tensor, batch_size: int, seed: int = 0, num_workers: int = 0) -> DataLoader:
+def make_dataloader(
+    data: torch.Tensor,
+    batch_size: int,
+    seed: int = 0,
+    num_workers: int = 0,
+    conditions: Optional[torch.Tensor] = None,
+) -> DataLoader:
     """Shuffled batches ``(min(batch_size, N), ...)`` of the rows of ``data`` ``(N, ...)``; call
     ``loader.sampler.set_epoch(epoch)`` before each epoch. The loader has its own generator, so iterating it never
-    draws from the global torch RNG (which the losses use)."""
+    draws from the global torch RNG (which the losses use). With ``conditions`` ``(N,)`` each batch is a pair
+    ``[rows, conditions]`` of the same shuffled rows."""
+    if conditions is not None and tuple(conditions.shape) != (data.shape[0],):
+        raise DimensionMismatchError(
+            f"expected one condition per row ({data.shape[0]},), found shape {tuple(conditions.shape)}"
+        )
     return DataLoader(
-        data,
+        data if conditions is None else TensorDataset(data, conditions),
         batch_size=min(batch_size, data.shape[0]),
         sampler=EpochShuffleSampler(data.shape[0], seed),
         num_workers=num_workers,

@@ -14,9 +14,9 @@ from torch import nn
 from pdiff_hf.errors import LayoutMismatchError, PipelineInputError
 from pdiff_hf.layout import ParamLayout
 from pdiff_hf.peft_adapters import GeneratedAdapters  # imports peft only when adapters are built
+from pdiff_hf.recalibration import prepare_batches, recalibrate_batchnorm
 
 from .pipeline_checks import check_peft_output
-from pdiff_hf.recalibration import prepare_batches, recalibrate_batchnorm
 
 # What `output_type` may ask for. "latent" stops before the decoder; the others are made from the decoded parameters
 # by `postprocess`. To add a type: name it here, add a branch to `postprocess`, and say in
@@ -146,11 +146,14 @@ class PDiffPipelineOutput(BaseOutput):
             (``pipe.autoencoder.latents_to_params(latents)`` decodes them).
         layout (`ParamLayout`): how each parameter vector maps onto named tensors of the target network.
         output_type (`str`): the ``output_type`` that made ``params``.
+        conditions (`torch.Tensor`, *optional*): `(num_models,)` condition id each model was generated for, from a
+            conditional pipeline called with ``condition=``; ``None`` otherwise.
     """
 
     params: Any
     layout: Optional[ParamLayout] = None
     output_type: str = "pt"
+    conditions: Optional[torch.Tensor] = None
 
     @property
     def models(self) -> GeneratedModels:

@@ -2,8 +2,7 @@
 
 import copy
 import inspect
-import numbers
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from diffusers import DiffusionPipeline
@@ -18,12 +17,8 @@ from pdiff_hf.models.autoencoder import ParameterAutoencoder
 from pdiff_hf.models.denoiser import LatentUNet1DModel
 
 from .pipeline_checks import check_scheduler, check_target
+from .pipeline_conditions import _is_int, check_conditioning, condition_ids
 from .pipeline_output import OUTPUT_TYPES, GeneratedModels, PDiffPipelineOutput, postprocess
-
-def _is_int(value: Any) -> bool:
-    """An integer (Python or numpy), but not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
 
 class PDiffPipeline(DiffusionPipeline):
     r"""Generate parameters of a target network with p-diff (Wang et al. 2024, arXiv 2402.13144).
@@ -71,6 +66,21 @@ class PDiffPipeline(DiffusionPipeline):
         """Parameter layout of the generated vectors (from the autoencoder's config)."""
         return self.autoencoder.param_layout
 
+    @property
+    def num_conditions(self) -> int:
+        """Number of conditions the denoiser was trained on (0: an unconditional pipeline)."""
+        return self.denoiser.config.num_conditions
+
+    @property
+    def condition_names(self) -> Optional[List[str]]:
+        """A name per condition id, if the denoiser's config records them."""
+        return self.denoiser.config.condition_names
+
+    def get_condition_ids(self, condition: Union[int, str, Sequence[Union[int, str]]]) -> List[int]:
+        """Condition ids for ids or names (as ``DiTPipeline.get_label_ids`` maps labels), checked against
+        ``num_conditions``; :class:`ConditionError` names the valid ones otherwise."""
+        return condition_ids(condition, self.num_conditions, self.condition_names)
+
     def check_inputs(
         self,
         num_models: int,
@@ -80,12 +90,16 @@ class PDiffPipeline(DiffusionPipeline):
         output_type: str = "pt",
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: Optional[Sequence[str]] = None,
+        condition: Optional[Union[int, str, Sequence[Union[int, str]], torch.Tensor]] = None,
+        guidance_scale: float = 1.0,
     ) -> None:
-        """Raise :class:`PipelineInputError` for any bad argument of ``__call__`` (and :class:`SchedulerError` for a
-        scheduler set after construction, ``pipe.scheduler = ...``), before any work is done."""
+        """Raise :class:`PipelineInputError` for any bad argument of ``__call__`` (:class:`ConditionError` for
+        conditions and guidance, and :class:`SchedulerError` for a scheduler set after construction,
+        ``pipe.scheduler = ...``), before any work is done."""
         check_scheduler(self.scheduler, self.denoiser)
         if not _is_int(num_models) or num_models < 1:
             raise PipelineInputError(f"expected num_models to be an int >= 1, found {num_models!r}")
+        check_conditioning(condition, guidance_scale, num_models, self.num_conditions, self.condition_names)
         max_steps = self.scheduler.config.num_train_timesteps
         if not _is_int(num_inference_steps) or not 1 <= num_inference_steps <= max_steps:
             raise PipelineInputError(
@@ -159,6 +173,15 @@ class PDiffPipeline(DiffusionPipeline):
             latents = latents.to(device=device, dtype=dtype)
         return latents * scheduler.init_noise_sigma
 
+    def prepare_conditions(self, condition, num_models: int, device: torch.device) -> Optional[torch.Tensor]:
+        """Condition ids ``(num_models,)`` for a checked ``condition`` (one id for all models, or one per model);
+        ``None`` without a condition."""
+        if condition is None:
+            return None
+        ids = self.get_condition_ids(condition)
+        ids = ids * num_models if len(ids) == 1 else ids
+        return torch.tensor(ids, dtype=torch.long, device=device)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -170,6 +193,8 @@ class PDiffPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Optional[Union[Callable[..., Dict[str, torch.Tensor]], PipelineCallback]] = None,
         callback_on_step_end_tensor_inputs: List[str] = ["latents"],
+        condition: Optional[Union[int, str, Sequence[Union[int, str]], torch.Tensor]] = None,
+        guidance_scale: float = 1.0,
     ) -> Union[PDiffPipelineOutput, tuple]:
         r"""
         Args:
@@ -192,6 +217,14 @@ class PDiffPipeline(DiffusionPipeline):
                 scheduler, so ``pipe.scheduler`` in the callback is not the one advancing.
             callback_on_step_end_tensor_inputs (`List[str]`): names from ``pipe._callback_tensor_inputs``
                 (``["latents"]``).
+            condition (`int`, `str`, a list of them, or `torch.Tensor`, *optional*): for a conditional pipeline
+                (``pipe.num_conditions > 0``), the condition (task/class id in ``[0, num_conditions)`` or its name in
+                ``pipe.condition_names``) to generate for: one for all models, or one per model. ``None`` samples
+                from the null condition (the mixture of all conditions).
+            guidance_scale (`float`): classifier-free guidance weight ``s``, as in ``DiTPipeline``: with ``s != 1``
+                (``s > 1`` strengthens the condition, ``s = 0`` ignores it) every step evaluates the denoiser with the
+                condition and with the null condition and uses ``uncond + s * (cond - uncond)``; 1 (default) uses the
+                conditional prediction alone.
 
         Returns:
             [`PDiffPipelineOutput`] (or a tuple ``(params,)``) whose ``params`` is what ``output_type`` asked for; for
@@ -224,6 +257,8 @@ class PDiffPipeline(DiffusionPipeline):
             output_type,
             callback_on_step_end,
             callback_on_step_end_tensor_inputs,
+            condition,
+            guidance_scale,
         )
         device = self._execution_device
         # The scheduler keeps per-call state (step index, multistep history): step a copy of it, so that concurrent
@@ -236,12 +271,28 @@ class PDiffPipeline(DiffusionPipeline):
         # 2. Prepare latents: Gaussian noise (num_models, C, L)
         latents = self.prepare_latents(scheduler, num_models, self.denoiser.dtype, device, generator, latents)
 
-        # 3. Denoising loop
+        # 3. Prepare conditions (num_models,); with guidance the batch is doubled, the null condition second
+        conditions = self.prepare_conditions(condition, num_models, device)
+        do_guidance = guidance_scale != 1
+        model_conditions = conditions
+        if do_guidance:
+            null = torch.full_like(conditions, self.denoiser.null_condition)
+            model_conditions = torch.cat([conditions, null])
+
+        # 4. Denoising loop
         # Only stochastic schedulers take a generator (PNDM, LMS, Heun, UniPC, DEIS, KDPM2 … reject the keyword).
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
             model_input = scheduler.scale_model_input(latents, t)
-            model_output = self.denoiser(model_input, t).sample
+            if do_guidance:
+                model_input = torch.cat([model_input, model_input])
+            if model_conditions is None:
+                model_output = self.denoiser(model_input, t).sample
+            else:
+                model_output = self.denoiser(model_input, t, condition=model_conditions).sample
+            if do_guidance:
+                cond_output, uncond_output = model_output.chunk(2)
+                model_output = uncond_output + guidance_scale * (cond_output - uncond_output)
             latents = scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
 
             if callback_on_step_end is not None:
@@ -255,7 +306,7 @@ class PDiffPipeline(DiffusionPipeline):
                     )
                 latents = callback_outputs.get("latents", latents)
 
-        # 4. Decode to parameters (N, D), unless the latents themselves are asked for
+        # 5. Decode to parameters (N, D), unless the latents themselves are asked for
         if output_type == "latent":
             samples = latents
         else:
@@ -263,11 +314,14 @@ class PDiffPipeline(DiffusionPipeline):
             check_finite(samples, "generated parameters")
         self.maybe_free_model_hooks()
 
-        # 5. Postprocess to what output_type asks for (vectors, state dicts, or lazily built copies of the target)
+        # 6. Postprocess to what output_type asks for (vectors, state dicts, or lazily built copies of the target)
         output = postprocess(samples, output_type, self.layout, getattr(self, "target", None))
         if not return_dict:
             return (output,)
-        return PDiffPipelineOutput(params=output, layout=self.layout, output_type=output_type)
+        return PDiffPipelineOutput(
+            params=output, layout=self.layout, output_type=output_type,
+            conditions=None if conditions is None else conditions.cpu(),
+        )
 
     # ------------------------------------------------------------------------------------------------ Hub
     @classmethod

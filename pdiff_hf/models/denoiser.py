@@ -5,6 +5,11 @@
 embedding, strided downsampling, skip connections) at that scale. Every sample in a batch gets its own timestep
 embedding (the original p-diff code embedded one timestep for the whole batch).
 
+With ``num_conditions = K > 0`` the denoiser is conditional, as diffusers' ``DiTPipeline`` transformer is on class
+labels: an ``nn.Embedding(K + 1, temb_dim)`` whose last row (id ``K``) is the null condition is added to the
+timestep embedding. Training replaces a fraction of the ids by the null id, so one model learns both
+``p(latent | condition)`` and ``p(latent)``, which classifier-free guidance combines at sampling time.
+
 The config also records the training objective (``num_train_timesteps``, ``beta_schedule``, ``prediction_type`` …),
 which is what :class:`~pdiff_hf.PDiffPipeline` checks a swapped-in scheduler against.
 """
@@ -20,7 +25,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from ..errors import DimensionMismatchError
+from ..errors import ConditionError, DimensionMismatchError
 
 
 @dataclass
@@ -64,6 +69,10 @@ class LatentUNet1DModel(ModelMixin, ConfigMixin):
             from the noise scheduler used in training so that the pipeline can check schedulers against it.
         sample_abs_max (`float`): largest absolute latent value seen in training; a scheduler that clips samples to
             a smaller range is rejected.
+        num_conditions (`int`): number of conditions ``K`` (class/task ids ``0 … K-1``); 0 (default) builds an
+            unconditional denoiser. Id ``K`` is the null condition used for classifier-free guidance.
+        condition_names (`List[str]`, *optional*): a name per condition id (``K`` names), so that a pipeline can be
+            asked for ``condition="task_3"``.
     """
 
     @register_to_config
@@ -80,8 +89,21 @@ class LatentUNet1DModel(ModelMixin, ConfigMixin):
         beta_end: float = 0.02,
         prediction_type: str = "sample",
         sample_abs_max: float = 0.0,
+        num_conditions: int = 0,
+        condition_names: Optional[List[str]] = None,
     ):
         super().__init__()
+        if not isinstance(num_conditions, int) or isinstance(num_conditions, bool) or num_conditions < 0:
+            raise ValueError(f"expected num_conditions to be an int >= 0, found {num_conditions!r}")
+        if condition_names is not None and (
+            len(condition_names) != num_conditions
+            or not all(isinstance(n, str) for n in condition_names)
+            or len(set(condition_names)) != len(condition_names)
+        ):
+            raise ValueError(
+                f"expected condition_names to be {num_conditions} distinct strings (one per condition), found "
+                f"{condition_names!r}"
+            )
         if not block_out_channels or any(c < 1 or c % norm_num_groups for c in block_out_channels):
             raise ValueError(
                 f"expected block_out_channels to be positive multiples of norm_num_groups={norm_num_groups}, "
@@ -128,17 +150,44 @@ class LatentUNet1DModel(ModelMixin, ConfigMixin):
         self.conv_norm_out = nn.GroupNorm(min(norm_num_groups, ch), ch)
         self.conv_out = nn.Conv1d(ch, in_channels, 3, padding=1)
         self.down_factor = 2 ** (len(block_out_channels) - 1)
+        # Built last, so that an unconditional denoiser initializes exactly as before conditioning existed.
+        self.class_embedding = nn.Embedding(num_conditions + 1, temb_dim) if num_conditions else None
+
+    @property
+    def null_condition(self) -> int:
+        """The id of the null (unconditional) condition: ``num_conditions``."""
+        return self.config.num_conditions
+
+    def check_condition(self, condition: torch.Tensor, batch: int) -> None:
+        """Raise :class:`ConditionError` unless ``condition`` is an integer tensor ``(batch,)`` of ids in
+        ``[0, num_conditions]`` (the last one is the null condition) for a conditional model."""
+        k = self.config.num_conditions
+        if not k:
+            raise ConditionError("expected no condition for an unconditional denoiser (num_conditions=0), found one")
+        if not isinstance(condition, torch.Tensor) or condition.dtype not in (torch.int32, torch.int64):
+            found = condition.dtype if isinstance(condition, torch.Tensor) else type(condition).__name__
+            raise ConditionError(f"expected condition ids as an int64 tensor (batch,), found {found}")
+        if tuple(condition.shape) != (batch,):
+            raise ConditionError(f"expected condition ids of shape ({batch},), found {tuple(condition.shape)}")
+        if condition.numel() and (int(condition.min()) < 0 or int(condition.max()) > k):
+            raise ConditionError(
+                f"expected condition ids in [0, {k}] ({k} = null condition), found values in "
+                f"[{int(condition.min())}, {int(condition.max())}]"
+            )
 
     def forward(
         self,
         sample: torch.Tensor,
         timestep: Union[torch.Tensor, float, int],
+        condition: Optional[torch.Tensor] = None,
         return_dict: bool = True,
     ) -> Union[LatentUNet1DOutput, Tuple[torch.Tensor]]:
         """
         Args:
             sample: noisy latents ``(batch, in_channels, sample_length)``.
             timestep: one timestep per sample ``(batch,)``, or a scalar broadcast to the batch.
+            condition: condition ids ``(batch,)`` in ``[0, num_conditions]`` for a conditional denoiser (``None``:
+                the null condition); must be ``None`` for an unconditional one.
         """
         if sample.dim() != 3 or sample.shape[1] != self.config.in_channels:
             raise DimensionMismatchError(
@@ -153,6 +202,12 @@ class LatentUNet1DModel(ModelMixin, ConfigMixin):
                 f"expected one timestep per sample ({sample.shape[0]}), found {timesteps.shape[0]}"
             )
         temb = self.time_embedding(self.time_proj(timesteps).to(sample.dtype))
+        if condition is not None:
+            self.check_condition(condition, sample.shape[0])
+        if self.class_embedding is not None:
+            if condition is None:
+                condition = torch.full((sample.shape[0],), self.null_condition, dtype=torch.long, device=sample.device)
+            temb = temb + self.class_embedding(condition.to(sample.device)).to(temb.dtype)
 
         length = sample.shape[-1]
         padded = -(-length // self.down_factor) * self.down_factor

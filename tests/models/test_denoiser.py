@@ -92,3 +92,54 @@ def test_config_records_objective(tmp_path):
 def test_bad_config_is_refused_with_the_valid_options(kwargs):
     with pytest.raises(ValueError, match="expected"):
         _tiny(**kwargs)
+
+
+@torch.no_grad()
+def test_unconditional_denoiser_initializes_as_before_conditioning():
+    """num_conditions=0 builds no embedding and draws the same initial weights; old configs load unchanged."""
+    plain, conditional = _tiny(), _tiny(num_conditions=3)
+    assert plain.class_embedding is None and conditional.class_embedding.num_embeddings == 4  # 3 + null row
+    for name, tensor in plain.state_dict().items():
+        assert torch.equal(tensor, conditional.state_dict()[name])
+    assert "num_conditions" in plain.config and plain.config.num_conditions == 0
+
+
+@torch.no_grad()
+def test_condition_changes_the_prediction_and_none_is_the_null_row(tmp_path):
+    model = _tiny(num_conditions=3, condition_names=["a", "b", "c"])
+    torch.nn.init.normal_(model.class_embedding.weight)
+    x, t = torch.randn(3, 2, 5, generator=torch.Generator().manual_seed(1)), torch.tensor([10, 500, 900])
+    out0 = model(x, t, condition=torch.tensor([0, 0, 0])).sample
+    out1 = model(x, t, condition=torch.tensor([1, 1, 1])).sample
+    assert (out0 - out1).abs().max() > 1e-3
+    null = model(x, t, condition=torch.tensor([3, 3, 3])).sample
+    assert torch.equal(model(x, t).sample, null)
+    # per-sample conditions: sample i depends only on its own id
+    mixed = model(x, t, condition=torch.tensor([0, 1, 0])).sample
+    torch.testing.assert_close(mixed[1], out1[1], rtol=1e-5, atol=1e-6)
+    model.save_pretrained(tmp_path)
+    loaded = LatentUNet1DModel.from_pretrained(tmp_path)
+    assert loaded.config.condition_names == ["a", "b", "c"]
+    assert torch.equal(loaded(x, t, condition=torch.tensor([2, 0, 1])).sample,
+                       model(x, t, condition=torch.tensor([2, 0, 1])).sample)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "condition, match",
+    [(torch.tensor([0, 4]), r"ids in \[0, 3\]"), (torch.tensor([0, -1]), r"ids in \[0, 3\]"),
+     (torch.tensor([0.0, 1.0]), "int64"), (torch.tensor([0, 1, 2]), r"shape \(2,\)")],  # fmt: skip
+)
+def test_bad_conditions_are_named_errors(condition, match):
+    from pdiff_hf import ConditionError
+
+    with pytest.raises(ConditionError, match=match):
+        _tiny(num_conditions=3)(torch.randn(2, 2, 5), 5, condition=condition)
+    with pytest.raises(ConditionError, match="unconditional"):
+        _tiny()(torch.randn(2, 2, 5), 5, condition=torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_conditions=-1), dict(num_conditions=2, condition_names=["a"]),
+                                    dict(num_conditions=2, condition_names=["a", "a"])])  # fmt: skip
+def test_bad_condition_config_is_refused(kwargs):
+    with pytest.raises(ValueError, match="expected"):
+        _tiny(**kwargs)
