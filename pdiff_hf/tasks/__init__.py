@@ -58,8 +58,20 @@ def _mnist1d() -> Task:
     )
 
 
+def _mnist1d_shift() -> Task:
+    from . import mnist1d_tasks
+
+    return Task(
+        load_data=mnist1d_tasks.load_task_split,
+        model_class=mnist1d_tasks.MNIST1DHead,
+        description="MNIST-1D with shifted labels (load_data(condition=t): y -> (y + t) mod 10) on the pooled "
+        "features of a frozen MNIST1DCNN, with MNIST1DHead",
+        model_kwargs=lambda data: {"in_features": int(data.train_x.shape[-1]), "num_classes": data.num_classes},
+    )
+
+
 # name -> factory returning a Task (factories keep imports lazy)
-TASKS: Dict[str, Callable[[], Task]] = {"mnist1d": _mnist1d}
+TASKS: Dict[str, Callable[[], Task]] = {"mnist1d": _mnist1d, "mnist1d-shift": _mnist1d_shift}
 
 
 def get_task(name: str) -> Task:
@@ -81,7 +93,12 @@ def model_classes() -> Dict[str, type]:
     return out
 
 
-_LAZY = {"MNIST1DCNN": "mnist1d_cnn", "load_mnist1d": "mnist1d"}
+_LAZY = {
+    "MNIST1DCNN": "mnist1d_cnn",
+    "MNIST1DHead": "mnist1d_head",
+    "load_mnist1d": "mnist1d",
+    "load_mnist1d_tasks": "mnist1d_tasks",
+}
 
 
 def __getattr__(name: str):
@@ -96,4 +113,14 @@ def __dir__() -> List[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["TASKS", "Task", "UnknownTaskError", "get_task", "model_classes", "MNIST1DCNN", "load_mnist1d"]
+__all__ = [
+    "TASKS",
+    "Task",
+    "UnknownTaskError",
+    "get_task",
+    "model_classes",
+    "MNIST1DCNN",
+    "MNIST1DHead",
+    "load_mnist1d",
+    "load_mnist1d_tasks",
+]
