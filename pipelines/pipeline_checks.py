@@ -134,3 +134,32 @@ def check_peft_output(layout: Optional[ParamLayout], target: Optional[nn.Module]
         )
     require_peft()
     check_adapter_base(layout, target, config)
+
+
+def check_output_request(
+    output_type: str,
+    layout: Optional[ParamLayout],
+    target: Optional[nn.Module],
+    recalibrate_batchnorm=None,
+) -> None:
+    """Raise :class:`PipelineInputError` (:class:`PeftLayoutError` for ``"peft"``) unless a pipeline with ``layout``
+    and ``target`` can make ``output_type`` (already checked to be one of ``OUTPUT_TYPES``), and
+    ``recalibrate_batchnorm`` is only asked for with working networks (``"model"``)."""
+    if output_type in ("state_dict", "model") and layout is None:
+        raise PipelineInputError(
+            f"expected an autoencoder with a parameter layout for output_type {output_type!r}, found none"
+        )
+    if output_type == "model" and target is None:
+        raise PipelineInputError(
+            "expected a pipeline with a target network for output_type='model', found target=None; pass "
+            "target= to PDiffPipeline (or pipe.set_target(model)), or load vectors with out.load_into(model, i)"
+        )
+    if output_type == "model":
+        check_target(target, layout)  # the target may have been replaced after construction
+    if output_type == "peft":
+        check_peft_output(layout, target)
+    if recalibrate_batchnorm is not None and output_type != "model":
+        raise PipelineInputError(
+            f"expected output_type='model' with recalibrate_batchnorm (it recalibrates built networks), found "
+            f"output_type={output_type!r}"
+        )

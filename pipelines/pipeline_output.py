@@ -104,12 +104,14 @@ def postprocess(
     output_type: str,
     layout: Optional[ParamLayout] = None,
     target: Optional[nn.Module] = None,
+    recalibrate_batchnorm: Any = None,
 ) -> Any:
     """Turn the end of sampling into what ``output_type`` asks for (the role of diffusers'
     ``VaeImageProcessor.postprocess``). ``samples`` are the final latents ``(N, C, L)`` for ``"latent"``, else the
     decoded, de-normalized parameters ``(N, D)`` (float32, CPU). ``"state_dict"`` needs ``layout``, ``"model"``
     ``layout`` and ``target``, ``"peft"`` (a :class:`~pdiff_hf.peft_adapters.GeneratedAdapters`, needs peft) a PEFT
-    adapter ``layout`` and the base model it attaches to as ``target``."""
+    adapter ``layout`` and the base model it attaches to as ``target``. ``recalibrate_batchnorm``: batches for
+    ``"model"``'s BatchNorm recalibration (see :class:`GeneratedModels`), prepared by the caller or not."""
     if output_type in ("latent", "pt"):
         return samples
     if output_type == "np":
@@ -124,7 +126,7 @@ def postprocess(
                 "expected a pipeline with a target network for output_type='model', found target=None; pass "
                 "target= to PDiffPipeline (or pipe.set_target(model)), or load vectors with out.load_into(model, i)"
             )
-        return GeneratedModels(target, layout, samples)
+        return GeneratedModels(target, layout, samples, recalibrate_batchnorm, None)
     if output_type == "peft":
         check_peft_output(layout, target)
         return GeneratedAdapters(target, layout, samples)

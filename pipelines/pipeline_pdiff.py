@@ -2,7 +2,7 @@
 
 import copy
 import inspect
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from diffusers import DiffusionPipeline
@@ -16,7 +16,9 @@ from pdiff_hf.layout import ParamLayout, check_finite
 from pdiff_hf.models.autoencoder import ParameterAutoencoder
 from pdiff_hf.models.denoiser import LatentUNet1DModel
 
-from .pipeline_checks import check_scheduler, check_target
+from pdiff_hf.recalibration import prepare_batches
+
+from .pipeline_checks import check_output_request, check_scheduler, check_target
 from .pipeline_conditions import _is_int, check_conditioning, condition_ids
 from .pipeline_output import OUTPUT_TYPES, GeneratedModels, PDiffPipelineOutput, postprocess
 
@@ -92,6 +94,7 @@ class PDiffPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: Optional[Sequence[str]] = None,
         condition: Optional[Union[int, str, Sequence[Union[int, str]], torch.Tensor]] = None,
         guidance_scale: float = 1.0,
+        recalibrate_batchnorm: Any = None,
     ) -> None:
         """Raise :class:`PipelineInputError` for any bad argument of ``__call__`` (:class:`ConditionError` for
         conditions and guidance, and :class:`SchedulerError` for a scheduler set after construction,
@@ -129,17 +132,7 @@ class PDiffPipeline(DiffusionPipeline):
                 )
         if not isinstance(output_type, str) or output_type not in OUTPUT_TYPES:
             raise PipelineInputError(f"expected output_type in {OUTPUT_TYPES}, found {output_type!r}")
-        if output_type in ("state_dict", "model") and self.layout is None:
-            raise PipelineInputError(
-                f"expected an autoencoder with a parameter layout for output_type {output_type!r}, found none"
-            )
-        if output_type == "model" and getattr(self, "target", None) is None:
-            raise PipelineInputError(
-                "expected a pipeline with a target network for output_type='model', found target=None; pass "
-                "target= to PDiffPipeline (or pipe.set_target(model)), or load vectors with out.load_into(model, i)"
-            )
-        if output_type == "model":
-            check_target(self.target, self.layout)  # the target may have been replaced after construction
+        check_output_request(output_type, self.layout, getattr(self, "target", None), recalibrate_batchnorm)
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise PipelineInputError(
                 f"expected callback_on_step_end to be callable, found {type(callback_on_step_end).__name__}"
@@ -195,6 +188,8 @@ class PDiffPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: List[str] = ["latents"],
         condition: Optional[Union[int, str, Sequence[Union[int, str]], torch.Tensor]] = None,
         guidance_scale: float = 1.0,
+        recalibrate_batchnorm: Any = None,
+        recalibration_batches: Optional[int] = 8,
     ) -> Union[PDiffPipelineOutput, tuple]:
         r"""
         Args:
@@ -207,8 +202,11 @@ class PDiffPipeline(DiffusionPipeline):
                 absent.
             output_type (`str`): ``"pt"`` (default) a float32 tensor ``(num_models, D)`` of parameters, ``"np"`` the
                 same as a numpy array, ``"state_dict"`` a list of partial state dicts, ``"model"`` working networks
-                (``out.models``, copies of ``pipe.target`` built one at a time on access), ``"latent"`` the final
-                latents ``(num_models, C, L)``, not decoded.
+                (``out.models``, copies of ``pipe.target`` built one at a time on access), ``"peft"`` PEFT adapters
+                (a ``GeneratedAdapters``: ``out.params.save_pretrained(dir)`` writes one folder per model that
+                ``PeftModel.from_pretrained(base, folder)`` loads; needs ``pdiff_hf[peft]`` and a
+                ``peft_target`` as ``pipe.target``), ``"latent"`` the final latents ``(num_models, C, L)``, not
+                decoded.
             return_dict (`bool`): return a [`PDiffPipelineOutput`] (default) or a tuple ``(params,)``.
             callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*): called
                 after each denoising step as ``callback_on_step_end(pipe, i, t, callback_kwargs)`` with
@@ -225,6 +223,12 @@ class PDiffPipeline(DiffusionPipeline):
                 (``s > 1`` strengthens the condition, ``s = 0`` ignores it) every step evaluates the denoiser with the
                 condition and with the null condition and uses ``uncond + s * (cond - uncond)``; 1 (default) uses the
                 conditional prediction alone.
+            recalibrate_batchnorm (*optional*, ``output_type="model"`` only): training inputs (a tensor, an
+                ``(inputs, labels)`` pair, a ``datasets.Dataset`` or a DataLoader) on which every generated model's
+                BatchNorm running statistics are re-estimated when it is built (off by default; see
+                :func:`pdiff_hf.recalibration.recalibrate_batchnorm`). The batches are read once, before sampling.
+            recalibration_batches (`int` or `None`): how many batches of ``recalibrate_batchnorm`` to use (8; ``None``:
+                all).
 
         Returns:
             [`PDiffPipelineOutput`] (or a tuple ``(params,)``) whose ``params`` is what ``output_type`` asked for; for
@@ -259,7 +263,11 @@ class PDiffPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs,
             condition,
             guidance_scale,
+            recalibrate_batchnorm,
         )
+        recalibration = None  # the recalibration batches, read once before any work on the latents
+        if recalibrate_batchnorm is not None:
+            recalibration = prepare_batches(self.target, recalibrate_batchnorm, recalibration_batches)
         device = self._execution_device
         # The scheduler keeps per-call state (step index, multistep history): step a copy of it, so that concurrent
         # calls of this pipeline cannot interfere. Copying a scheduler costs well under a millisecond.
@@ -315,7 +323,7 @@ class PDiffPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
 
         # 6. Postprocess to what output_type asks for (vectors, state dicts, or lazily built copies of the target)
-        output = postprocess(samples, output_type, self.layout, getattr(self, "target", None))
+        output = postprocess(samples, output_type, self.layout, getattr(self, "target", None), recalibration)
         if not return_dict:
             return (output,)
         return PDiffPipelineOutput(

@@ -537,3 +537,4 @@ def test_same_seed_same_output(tiny_pipeline, output_type):
     b = _sample(tiny_pipeline, seed=3, output_type=output_type).params
     c = _sample(tiny_pipeline, seed=4, output_type=output_type).params
     assert (a == b).all() and not (a == c).all()
+

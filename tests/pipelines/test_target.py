@@ -255,3 +255,28 @@ def test_stock_diffusers_loads_the_target_without_pdiff_hf(cnn_pipe, vit_pipe, s
     for name in ("cnn", "vit"):
         assert results[name]["training"] == [False] * 3
         torch.testing.assert_close(torch.tensor(results[name]["logits"]), expected[name], rtol=0, atol=1e-6)
+
+
+def test_recalibrate_batchnorm_reestimates_statistics_of_built_models(cnn_pipe):
+    from pdiff_hf.recalibration import recalibrate_batchnorm
+
+    inputs = torch.randn(256, 1, 12, generator=torch.Generator().manual_seed(3)) * 2 + 1
+    kwargs = dict(num_models=2, num_inference_steps=STEPS, output_type="model")
+    plain = cnn_pipe(generator=torch.Generator().manual_seed(0), **kwargs)
+    out = cnn_pipe(generator=torch.Generator().manual_seed(0), recalibrate_batchnorm=inputs, recalibration_batches=2,
+                   **kwargs)  # fmt: skip
+    assert torch.equal(out.params.vectors, plain.params.vectors)  # the generated parameters themselves are kept
+    for i in range(2):
+        expected = dict(recalibrate_batchnorm(plain.models[i], inputs, num_batches=2).named_buffers())
+        got, before = dict(out.models[i].named_buffers()), dict(plain.models[i].named_buffers())
+        for name, buffer in expected.items():
+            torch.testing.assert_close(got[name], buffer)
+        assert any(not torch.equal(got[n], before[n]) for n in got if n.endswith("running_mean"))
+
+
+def test_recalibration_needs_model_output_and_fails_before_sampling(cnn_pipe):
+    calls = []
+    with pytest.raises(PipelineInputError, match="expected output_type='model' with recalibrate_batchnorm"):
+        cnn_pipe(num_models=2, recalibrate_batchnorm=torch.randn(8, 1, 12),
+                 callback_on_step_end=lambda *a: calls.append(1) or {})  # fmt: skip
+    assert calls == []
