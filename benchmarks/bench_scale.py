@@ -10,7 +10,8 @@ checkpoints of a four-tensor layout (``--num_checkpoints`` rows):
   parameters),
 * peak RSS of the process (``resource.getrusage``), and with ``--device cuda`` peak GPU memory,
 
-as medians of ``--repeats`` runs after one warm-up. The autoencoder is what ``build_autoencoder`` picks for
+as medians of ``--repeats`` runs after one warm-up: wall-clock seconds, and under ``cpu_s`` the CPU seconds of the
+process (``time.process_time``), which a shared machine's load inflates far less. The autoencoder is what ``build_autoencoder`` picks for
 ``--autoencoder_type`` (``auto``: the token autoencoder from D = 10^4 on)::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_scale.py --dims 10000 100000 1000000 --repeats 3
@@ -64,20 +65,26 @@ def synthetic_checkpoints(num: int, dim: int, rank: int = 8, seed: int = 0) -> t
     loadings = torch.randn(rank, dim, generator=g) * 0.01
     params = torch.randn(num, rank, generator=g) @ loadings
     params += base
-    params += torch.randn(num, dim, generator=g) * 0.001
+    for row in params:  # row by row: no second (num, dim) matrix, so peak RSS is the library's, not this helper's
+        row += torch.randn(dim, generator=g) * 0.001
     return params
 
 
-def median_seconds(fn, repeats: int, sync) -> float:
+def median_seconds(fn, repeats: int, sync) -> tuple:
+    """Median wall-clock and median CPU seconds (``time.process_time``, all threads of this process) of ``fn``.
+
+    On a shared machine the wall time grows with the other processes' load; with one torch thread the CPU time is
+    close to the wall time the call takes on an idle core."""
     fn()  # warm-up
     sync()
-    seconds = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         sync()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def measure(dim: int, args) -> dict:
@@ -136,9 +143,11 @@ def measure(dim: int, args) -> dict:
         "autoencoder": type(autoencoder).__name__,
         "latent_shape": list(autoencoder.latent_shape),
         "ae_params": sum(p.numel() for p in autoencoder.parameters()),
-        "ae_step_s": round(ae_s, 3),
-        "denoiser_step_s": round(denoiser_s, 3),
-        f"sample_{args.num_models}_s": round(sample_s, 2),
+        "ae_step_s": round(ae_s[0], 3),
+        "denoiser_step_s": round(denoiser_s[0], 3),
+        f"sample_{args.num_models}_s": round(sample_s[0], 2),
+        "cpu_s": {"ae_step": round(ae_s[1], 3), "denoiser_step": round(denoiser_s[1], 3),
+                  f"sample_{args.num_models}": round(sample_s[1], 2)},  # fmt: skip
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),  # KiB on Linux
     }
     if device.type == "cuda":

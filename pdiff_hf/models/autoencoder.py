@@ -56,6 +56,9 @@ class ParameterAutoencoder(ModelMixin, ConfigMixin):
         scaling_factor (`float`): multiplies latents before diffusion (set by :meth:`set_latent_scaling`).
     """
 
+    # latents_to_params decodes in chunks of at most this many output entries (2^24 float32 values = 64 MB)
+    decode_chunk_entries: int = 2**24
+
     @register_to_config
     def __init__(
         self,
@@ -143,14 +146,24 @@ class ParameterAutoencoder(ModelMixin, ConfigMixin):
         self._check_dim(params, "training checkpoints")
         check_finite(params, "training checkpoints")
         layout = self.param_layout
-        mean, std = compute_stats(
-            params.cpu(),
-            self.log_mask.cpu(),
-            mode=self.config.norm_mode,
-            offsets=layout.offsets() if layout else None,
-        )
-        self.norm_mean.copy_(mean)
-        self.norm_std.copy_(std)
+        offsets = layout.offsets() if layout else [(0, self.config.in_dim)]
+        params, log_mask = params.cpu(), self.log_mask.cpu()
+        if params.numel() <= self.decode_chunk_entries:
+            mean, std = compute_stats(params, log_mask, mode=self.config.norm_mode, offsets=offsets)
+            self.norm_mean.copy_(mean)
+            self.norm_std.copy_(std)
+            return
+        # Large inputs: statistics of column blocks (whole tensors in per_tensor mode), so the float64 working copy
+        # is one block, not the whole (N, D) matrix (1.6 GB for 200 x 10^6).
+        width = max(1, self.decode_chunk_entries // params.shape[0])
+        if self.config.norm_mode == "per_dimension":
+            blocks = [(a, min(a + width, self.config.in_dim)) for a in range(0, self.config.in_dim, width)]
+        else:
+            blocks = offsets
+        for a, b in blocks:
+            mean, std = compute_stats(params[:, a:b], log_mask[a:b], mode=self.config.norm_mode, offsets=[(0, b - a)])
+            self.norm_mean[a:b] = mean
+            self.norm_std[a:b] = std
 
     def normalize(self, params: torch.Tensor) -> torch.Tensor:
         """Raw parameters ``(batch, D)`` to the standardized space the autoencoder works in."""
@@ -202,8 +215,20 @@ class ParameterAutoencoder(ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def latents_to_params(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled diffusion latents to raw parameters ``(batch, D)``."""
-        return self.denormalize(self.decode(latents / self.config.scaling_factor))
+        """Scaled diffusion latents ``(batch, C, L)`` to raw float32 parameters ``(batch, D)``.
+
+        Batches of more than :attr:`decode_chunk_entries` output entries are decoded a few models at a time into one
+        preallocated output, so the decoder's temporaries (several times the output's size) exist for one chunk
+        only: sampling 100 models at D = 10^6 holds the 400 MB result and chunks of about 64 MB. Smaller batches are
+        decoded in one call."""
+        per_chunk = max(1, self.decode_chunk_entries // self.config.in_dim)
+        if latents.shape[0] <= per_chunk:
+            return self.denormalize(self.decode(latents / self.config.scaling_factor))
+        out = torch.empty(latents.shape[0], self.config.in_dim, dtype=torch.float32, device=latents.device)
+        for start in range(0, latents.shape[0], per_chunk):
+            chunk = latents[start : start + per_chunk] / self.config.scaling_factor
+            out[start : start + per_chunk] = self.denormalize(self.decode(chunk))
+        return out
 
     @torch.no_grad()
     def set_latent_scaling(self, params: torch.Tensor) -> float:

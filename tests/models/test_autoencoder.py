@@ -166,3 +166,26 @@ def test_non_finite_training_checkpoints(bn_layout):
     params[1, 2] = float("-inf")
     with pytest.raises(NonFiniteParametersError):
         ae.fit_normalization(params)
+
+
+@pytest.mark.parametrize("norm_mode", ["per_dimension", "per_tensor"])
+def test_large_inputs_get_the_same_statistics_block_by_block(bn_layout, norm_mode):
+    g = torch.Generator().manual_seed(0)
+    params = torch.randn(bn_layout.dim, generator=g) + torch.rand(9, bn_layout.dim, generator=g)
+    params[:, bn_layout.log_space_mask()] = params[:, bn_layout.log_space_mask()].abs() + 0.1
+    whole = _cheap(bn_layout.dim, param_layout=bn_layout.to_list(), norm_mode=norm_mode)
+    whole.fit_normalization(params)
+    blocks = _cheap(bn_layout.dim, param_layout=bn_layout.to_list(), norm_mode=norm_mode)
+    blocks.decode_chunk_entries = 9 * 5  # column blocks of 5 (per_dimension), one tensor at a time (per_tensor)
+    blocks.fit_normalization(params)
+    torch.testing.assert_close(blocks.norm_mean, whole.norm_mean, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(blocks.norm_std, whole.norm_std, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(whole.norm_std, torch.ones(bn_layout.dim))
+
+
+def test_chunked_decode_matches_one_call_for_conv():
+    ae = _cheap(37).eval()
+    latents = torch.randn(5, *ae.latent_shape)
+    whole = ae.latents_to_params(latents)
+    ae.decode_chunk_entries = 2 * 37
+    torch.testing.assert_close(ae.latents_to_params(latents), whole, rtol=0, atol=1e-6)

@@ -125,6 +125,7 @@ def test_choice_by_dimension():
     with pytest.raises(ValueError, match=r"autoencoder_type in \('auto', 'conv', 'token'\), found 'tokens'"):
         choose_autoencoder_type(10, "tokens")
     assert default_token_size(49_999) == 256 and default_token_size(50_000) == 1024
+    assert default_token_size(499_999) == 1024 and default_token_size(500_000) == 4096
     assert type(build_autoencoder(LAYOUT, PDiffConfig())).__name__ == "ParameterAutoencoder"
     ae = build_autoencoder(LAYOUT, PDiffConfig(autoencoder_type="token", ae_token_size=32))
     assert isinstance(ae, TokenParameterAutoencoder) and ae.config.token_size == 32 and ae.latent_shape == (8, 5)
@@ -175,3 +176,19 @@ def test_fit_pdiff_with_the_token_autoencoder_reduces_reconstruction_error():
     assert after < 0.5 * before, (before, after)
     pipe.set_progress_bar_config(disable=True)
     assert pipe(num_models=4, num_inference_steps=5).params.shape == (4, LAYOUT.dim)
+
+
+def test_too_many_tokens_is_refused_before_building_naming_a_size_that_fits():
+    with pytest.raises(ValueError, match=r"at most 65536 tokens, found 70000 for D=70000 with token_size=1 \(token_size must be at least 2"):
+        TokenParameterAutoencoder(in_dim=70_000, token_size=1)
+    assert TokenParameterAutoencoder(in_dim=70_000, token_size=2, hidden_dim=4, pos_dim=2).num_tokens == 35_000
+
+
+def test_chunked_decode_matches_one_call():
+    ae = _tiny().eval()
+    latents = torch.randn(7, *ae.latent_shape)
+    whole = ae.latents_to_params(latents)
+    ae.decode_chunk_entries = 2 * LAYOUT.dim  # chunks of 2 models: 4 chunks, the last one of 1
+    chunked = ae.latents_to_params(latents)
+    assert chunked.shape == (7, LAYOUT.dim) and chunked.dtype == torch.float32
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
