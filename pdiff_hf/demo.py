@@ -23,14 +23,15 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from .checkpoints import checkpoint_params, set_layout
-from .collect import collect_checkpoints, train_classifier
+from .checkpoints import checkpoint_params, get_layout, set_layout
+from .collect import collect_branches, collect_checkpoints, train_classifier
 from .errors import DemoConfigError
 from .evaluation import evaluate_parameters, predict_with_parameters, summarize_accuracies
 from .fit import fit_pdiff
 from .io_utils import atomic_directory, locked_dir
 from .layout import ParamLayout
 from .novelty import analyze_novelty, write_report
+from .novelty.reconstruction import reconstruction_lines, reconstruction_report
 from .tasks.mnist1d import MNIST1DCNN, load_mnist1d
 from .training_utils import PDiffConfig
 
@@ -62,6 +63,17 @@ class DemoConfig:
     num_inference_steps: int = 25
     num_threads: int = 1
     novelty: bool = True
+    # held-out checkpoints for the autoencoder's reconstruction gate: collected after the training ones (the last
+    # steps of each run), never trained on; 0 skips the gate
+    heldout_checkpoints: int = 20
+    # collection recipe: 0 = p-diff's (one run from the trained target); B > 0 = B branches of a target trained for
+    # trunk_epochs, each trained branch_epochs more with its own data order (pdiff_hf.collect.collect_branches)
+    branches: int = 0
+    trunk_epochs: int = 5
+    branch_epochs: int = 10
+    # BatchNorm recalibration of the generated models on this many training batches (0: off); measured and reported
+    # beside the generated models, which are left as generated (needs a selection with the running statistics)
+    recalibration_batches: int = 0
 
     def validate(self) -> None:
         if self.selection not in SELECTIONS:
@@ -79,6 +91,26 @@ class DemoConfig:
         bad = {k: v for k, v in positive.items() if v < 1}
         if bad:
             raise DemoConfigError(f"expected positive values, found {bad}")
+        counts = {
+            "heldout_checkpoints": self.heldout_checkpoints,
+            "branches": self.branches,
+            "branch_epochs": self.branch_epochs,
+            "recalibration_batches": self.recalibration_batches,
+        }
+        negative = {k: v for k, v in counts.items() if v < 0}
+        if negative or (self.branches and self.trunk_epochs < 1):
+            raise DemoConfigError(
+                f"expected non-negative counts and trunk_epochs >= 1 with branches, found {negative or self.trunk_epochs}"
+            )
+        if self.branches and self.num_checkpoints < 2 * self.branches:
+            raise DemoConfigError(
+                f"expected at least 2 checkpoints per branch, found {self.num_checkpoints} for {self.branches} branches"
+            )
+        if self.recalibration_batches and self.selection != "whole":
+            raise DemoConfigError(
+                f"expected --selection whole for BatchNorm recalibration (its running statistics are generated), found "
+                f"{self.selection!r}"
+            )
         if self.num_checkpoints < 2:
             raise DemoConfigError(f"expected --num-checkpoints >= 2 to learn a distribution, found {self.num_checkpoints}")
         out = Path(self.output_dir)
@@ -153,26 +185,35 @@ def _run_demo(config: DemoConfig, out: Path, log: Callable[[str], None]) -> Dict
     stage("target")
     torch.manual_seed(config.seed)
     model = MNIST1DCNN()
-    train_classifier(model, data, epochs=config.target_epochs, seed=config.seed, progress=True)
+    epochs = config.trunk_epochs if config.branches else config.target_epochs
+    train_classifier(model, data, epochs=epochs, seed=config.seed, progress=True)
     done("target")
 
     stage("collect")
     layout = select_layout(model, config.selection)
-    dataset = collect_checkpoints(
-        model,
-        data,
-        layout,
-        num_checkpoints=config.num_checkpoints,
+    runs = max(config.branches, 1)
+    held_per_run = math.ceil(config.heldout_checkpoints / runs)
+    per_run = math.ceil(config.num_checkpoints / runs)
+    common = dict(
         save_every=config.save_every,
         learning_rate=config.collect_lr,
-        seed=config.seed,
         evaluate=not config.novelty,  # the novelty analysis evaluates every checkpoint anyway
-        progress=True,
     )
+    if config.branches:
+        collected = collect_branches(
+            model, data, layout, num_branches=config.branches, checkpoints_per_branch=per_run + held_per_run,
+            trunk_epochs=0, branch_epochs=config.branch_epochs, seed=config.seed, progress=True, **common,
+        )  # fmt: skip
+    else:
+        collected = collect_checkpoints(
+            model, data, layout, num_checkpoints=config.num_checkpoints + held_per_run, seed=config.seed,
+            progress=True, **common,
+        )  # fmt: skip
+    dataset, heldout = split_heldout(collected, per_run, config.num_checkpoints)
     train_params = checkpoint_params(dataset)
     model.save_pretrained(out / "target")
     done("collect")
-    log(f"collected {len(dataset)} checkpoints of {layout.describe()}")
+    log(f"collected {len(dataset)} checkpoints of {layout.describe()}" + (f" in {runs} branches" if config.branches else ""))
 
     stage("train")
     pipe = fit_pdiff(train_params, layout, config.pdiff_config(layout.dim), progress=True)
@@ -193,6 +234,17 @@ def _run_demo(config: DemoConfig, out: Path, log: Callable[[str], None]) -> Dict
         "config": asdict(config),
         "selection": {"name": config.selection, "D": layout.dim, "layout": layout.to_list()},
     }
+    sections = {}
+    if heldout is not None:
+        results["reconstruction"] = reconstruction_report(
+            model, layout, pipe.autoencoder, train_params, checkpoint_params(heldout), data
+        )
+        sections["Reconstruction of held-out checkpoints"] = reconstruction_lines(results["reconstruction"])
+    if config.recalibration_batches:
+        results["recalibration"] = recalibration_effect(
+            model, layout, generated, train_params, data, config.recalibration_batches
+        )
+        sections["BatchNorm recalibration"] = recalibration_lines(results["recalibration"])
     report, test_accuracies = None, None
     if config.novelty:
         report = analyze_novelty(model, layout, train_params, generated, data, normalizer=pipe, seed=config.seed)
@@ -227,7 +279,7 @@ def _run_demo(config: DemoConfig, out: Path, log: Callable[[str], None]) -> Dict
         results,
         title="p-diff on MNIST-1D",
         intro=report_intro(results),
-        sections={"Spread of the original checkpoints": spread_lines(results["original_spread"])},
+        sections={"Spread of the original checkpoints": spread_lines(results["original_spread"]), **sections},
         novelty=report,
         test_accuracies=test_accuracies,
         started=total_start,
@@ -244,7 +296,12 @@ def report_intro(results: Dict) -> List[str]:
         + ", ".join(f"`{t['name']}` {t['shape']}" for t in sel["layout"]),
         "",
         f"{cfg['num_checkpoints']} checkpoints (SGD lr {cfg['collect_learning_rate'] or COLLECT_LR[cfg['selection']]}, "
-        f"one every {cfg['save_every']} step(s)); {cfg['num_models']} generated models "
+        f"one every {cfg['save_every']} step(s)"
+        + (
+            f"; {cfg['branches']} branches of a {cfg['trunk_epochs']}-epoch target, each trained {cfg['branch_epochs']} "
+            "more epochs with its own data order" if cfg.get("branches") else ""
+        )
+        + f"); {cfg['num_models']} generated models "
         f"({cfg['num_inference_steps']} DPM-Solver steps). Test accuracy in percent; any selection is on the "
         "validation split.",
     ]
@@ -259,3 +316,48 @@ def spread_lines(spread: Dict) -> List[str]:
         f"- test-prediction agreement with the nearest other checkpoint (median): "
         f"{spread['median_nn_prediction_agreement']:.4f} (1.0 would mean functional copies)",
     ]
+
+
+def split_heldout(collected, per_run: int, total: int):
+    """``(training, held-out)`` checkpoint datasets: the first ``per_run`` checkpoints of each run (by ``step``; at most
+    ``total`` in all) train, the later ones are held out for the reconstruction gate (``None`` when there are none)."""
+    run_ids, steps = collected["run_id"], collected["step"]
+    order = sorted(range(len(collected)), key=lambda i: (run_ids[i], steps[i]))
+    rank, train_idx, held_idx = {}, [], []
+    for i in order:
+        r = rank[run_ids[i]] = rank.get(run_ids[i], -1) + 1
+        (train_idx if r < per_run else held_idx).append(i)
+    train_idx, held_idx = train_idx[:total], held_idx + train_idx[total:]
+    layout = get_layout(collected)
+    train = set_layout(collected.select(train_idx), layout)
+    return train, (set_layout(collected.select(held_idx), layout) if held_idx else None)
+
+
+def recalibration_effect(model, layout, generated, train_params, data, num_batches: int) -> Dict:
+    """Test accuracy of the generated models (and of the training checkpoints) as generated and after BatchNorm
+    recalibration on the first ``num_batches`` training batches of 128 (:func:`pdiff_hf.recalibrate_parameters`)."""
+    from .recalibration import recalibrate_parameters
+
+    out = {"batches": num_batches, "batch_size": 128}
+    for name, params in (("generated", generated), ("original", train_params)):
+        recal = recalibrate_parameters(model, layout, params, data.train_x, num_batches=num_batches)
+        acc = evaluate_parameters(model, layout, torch.cat([params, recal]), data.test_x, data.test_y)
+        out[name] = summarize_accuracies(acc[: len(params)])
+        out[f"{name}_recalibrated"] = summarize_accuracies(acc[len(params):])
+    return out
+
+
+def recalibration_lines(rec: Dict) -> List[str]:
+    """The report's ``BatchNorm recalibration`` section: best / mean / median / min test accuracy, with and without."""
+    lines = [
+        f"Running statistics of every BatchNorm layer re-estimated on {rec['batches']} training batches of "
+        f"{rec['batch_size']} (cumulative average); the generated models above are left as generated.",
+        "",
+        "| models | best | mean | median | min |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label in (("original", "original"), ("original_recalibrated", "original, recalibrated"),
+                       ("generated", "p-diff"), ("generated_recalibrated", "p-diff, recalibrated")):  # fmt: skip
+        r = rec[key]
+        lines.append(f"| {label} | {r['best']:.2f} | {r['mean']:.2f} | {r['median']:.2f} | {r['min']:.2f} |")
+    return lines

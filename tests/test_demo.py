@@ -131,9 +131,11 @@ def test_demo_and_evaluate_write_the_same_files_and_sections(demo_run, tmp_path,
     ]
     demo_md, eval_md = (demo_dir / "report.md").read_text(), (out / "report.md").read_text()
     assert _headings(demo_md) == [
-        "Original vs generated", "Spread of the original checkpoints", "Novelty against simple baselines", "Timings (s)"
+        "Original vs generated", "Spread of the original checkpoints", "Reconstruction of held-out checkpoints",
+        "Novelty against simple baselines", "Timings (s)",
     ]
-    assert _headings(eval_md) == [h for h in _headings(demo_md) if h != "Spread of the original checkpoints"]
+    demo_only = ("Spread of the original checkpoints", "Reconstruction of held-out checkpoints")
+    assert _headings(eval_md) == [h for h in _headings(demo_md) if h not in demo_only]
     demo_res, eval_res = (json.loads((d / "results.json").read_text()) for d in (demo_dir, out))
     assert demo_res["plots"] == eval_res["plots"]
     for res in (demo_res, eval_res):
@@ -186,3 +188,64 @@ def test_whole_selection_covers_every_parameter_and_the_batchnorm_statistics():
     assert not [n for n in layout.names if n.endswith("num_batches_tracked")]
     assert layout.dim == sum(p.numel() for p in params.values()) + sum(dict(model.named_buffers())[n].numel() for n in stats)
     DemoConfig(selection="whole").validate()
+
+
+def test_demo_reconstruction_gate_on_held_out_checkpoints(demo_dir):
+    """The 20 held-out checkpoints are collected after the 12 training ones and never saved as training data."""
+    results = json.loads((demo_dir / "results.json").read_text())
+    rec = results["reconstruction"]
+    assert rec["heldout"]["count"] == rec["autoencoder"]["count"] == rec["pca"]["count"] == 20
+    assert rec["pca_components"] == 11 and rec["latent_numel"] > 0  # PCA capped at 12 - 1 components
+    assert isinstance(rec["gate"]["passed"], bool) and "held-out" in rec["gate"]["rule"]
+    assert rec["gate"]["autoencoder_val_median"] == rec["autoencoder"]["val_accuracy"]["median"]
+    assert "**PASSED**" in (demo_dir / "report.md").read_text() or "FAILED" in (demo_dir / "report.md").read_text()
+    assert datasets.load_from_disk(str(demo_dir / "checkpoints"))["step"] == list(range(1, 13))
+
+
+def test_split_heldout_keeps_the_first_steps_of_each_run():
+    from pdiff_hf.demo import split_heldout
+    from pdiff_hf.checkpoints import make_checkpoint_dataset
+    from pdiff_hf.layout import ParamLayout
+
+    layout = ParamLayout.from_module(torch.nn.Linear(2, 1))
+    rows = [(r, s) for r in range(3) for s in range(1, 6)]  # 3 runs of 5 steps
+    ds = make_checkpoint_dataset(
+        torch.arange(15.0)[:, None].expand(15, 3).contiguous(), layout,
+        {"run_id": [r for r, _ in rows], "step": [s for _, s in rows]},
+    )
+    train, held = split_heldout(ds, per_run=3, total=9)
+    assert list(zip(train["run_id"], train["step"])) == [(r, s) for r in range(3) for s in (1, 2, 3)]
+    assert sorted(zip(held["run_id"], held["step"])) == [(r, s) for r in range(3) for s in (4, 5)]
+    assert get_layout(train) == layout == get_layout(held)
+    train, held = split_heldout(ds, per_run=5, total=15)
+    assert len(train) == 15 and held is None
+
+
+def test_demo_with_branches_and_recalibration(tmp_path):
+    """The whole network in 2 branches, BatchNorm recalibration measured beside the generated models."""
+    from pdiff_hf.demo import run_demo
+
+    cfg = DemoConfig(
+        output_dir=str(tmp_path / "run"), selection="whole", num_checkpoints=6, heldout_checkpoints=2, branches=2,
+        trunk_epochs=1, branch_epochs=1, ae_steps=3, denoiser_steps=3, num_models=3, num_inference_steps=3,
+        recalibration_batches=2, novelty=False,
+    )
+    results = run_demo(cfg, log=lambda _: None)
+    ds = datasets.load_from_disk(str(tmp_path / "run" / "checkpoints"))
+    assert ds["run_id"] == [0, 0, 0, 1, 1, 1] and ds["step"] == [1, 2, 3] * 2
+    assert results["reconstruction"]["heldout"]["count"] == 2
+    rec = results["recalibration"]
+    assert rec["batches"] == 2 and rec["generated"]["count"] == rec["generated_recalibrated"]["count"] == 3
+    assert rec["original"]["count"] == 6
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## BatchNorm recalibration" in report and "2 branches of a 1-epoch target" in report
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"recalibration_batches": 4}, "--selection whole"),
+    ({"branches": 150}, "2 checkpoints per branch"),
+    ({"heldout_checkpoints": -1}, "non-negative"),
+])
+def test_demo_config_branch_and_recalibration_checks(kw, message):
+    with pytest.raises(DemoConfigError, match=message):
+        DemoConfig(**kw).validate()
