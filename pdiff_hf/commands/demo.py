@@ -29,10 +29,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-threads", type=int, default=None,
                    help="torch threads (1 is usually fastest for these small models)")
     p.add_argument("--no-novelty", dest="novelty", action="store_false", help="skip baselines and novelty analysis")
+    p.add_argument("--conditional", action="store_true",
+                   help="one conditional pipeline for several MNIST-1D tasks (labels shifted by t) sharing a frozen "
+                        "backbone, the head generated per task; --num-checkpoints and --num-models are per task, "
+                        "--target-epochs trains the backbone")
+    p.add_argument("--num-tasks", type=int, default=None, help="--conditional: number of tasks (default 4)")
+    p.add_argument("--guidance-scales", type=float, nargs="+", default=None,
+                   help="--conditional: classifier-free guidance scales to sweep (default 1 2 4; the reported one is "
+                        "selected on validation)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "conditional", False):
+        return run_conditional(args)
     from ..demo import DemoConfig, run_demo
     from ..novelty import format_accuracy_table, tune_cpu_allocator
 
@@ -66,4 +76,44 @@ def run(args: argparse.Namespace) -> int:
     for line in results.get("verdict", []):
         print(f"- {line}")
     print(f"\nresults: {args.output_dir}/results.json  report: {args.output_dir}/report.md")
+    return 0
+
+
+# options of the unconditional demo that have no meaning with --conditional
+_UNCONDITIONAL_ONLY = ("selection", "save_every")
+
+
+def run_conditional(args: argparse.Namespace) -> int:
+    """``pdiff-hf demo --conditional``: :func:`pdiff_hf.conditional_demo.run_conditional_demo`."""
+    from ..conditional_demo import ConditionalDemoConfig, run_conditional_demo
+    from ..conditional_report import per_task_lines, sweep_lines, target_lines
+    from ..errors import DemoConfigError
+    from ..novelty import tune_cpu_allocator
+
+    given_other = [f"--{n.replace('_', '-')}" for n in _UNCONDITIONAL_ONLY if getattr(args, n, None) is not None]
+    if given_other:
+        raise DemoConfigError(f"expected no {', '.join(given_other)} with --conditional (the head is the selection), found them")
+    options = dict(
+        num_tasks=args.num_tasks,
+        seed=args.seed,
+        data_seed=args.data_seed,
+        backbone_epochs=args.target_epochs,
+        checkpoints_per_task=args.num_checkpoints,
+        collect_learning_rate=args.collect_learning_rate,
+        ae_steps=args.ae_steps,
+        denoiser_steps=args.denoiser_steps,
+        models_per_task=args.num_models,
+        num_inference_steps=args.num_inference_steps,
+        num_threads=args.num_threads,
+        guidance_scales=tuple(args.guidance_scales) if args.guidance_scales else None,
+    )
+    given = {name: value for name, value in options.items() if value is not None}
+    config = ConditionalDemoConfig(output_dir=args.output_dir, novelty=args.novelty, **given)
+    config.validate()
+    tune_cpu_allocator()  # process-wide, so the command sets it, never the library
+    results = run_conditional_demo(config)
+    print()
+    for lines in (per_task_lines(results), sweep_lines(results), target_lines(results["targets"])):
+        print("\n".join(lines) + "\n")
+    print(f"results: {args.output_dir}/results.json  report: {args.output_dir}/report.md")
     return 0
