@@ -10,6 +10,10 @@
     # data parallel on a CPU-only machine (two gloo processes):
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 training/train_ldm.py ...
 
+A conditional checkpoint dataset (checkpoints of several tasks, :func:`pdiff_hf.collect_conditional_checkpoints`)
+trains a denoiser conditional on the task with ``--condition_column condition``; sample it with
+``pipe(condition=t, guidance_scale=s)``.
+
 Then ``PDiffPipeline.from_pretrained("pdiff-ldm")``. Resumable ``checkpoint-<step>`` folders sit next to the
 pipeline. The defaults are :class:`pdiff_hf.PDiffConfig`'s, so ``train_autoencoder.py`` followed by this script
 trains the same weights as ``pdiff_hf.fit_pdiff`` in one process. Also runs as plain ``python training/train_ldm.py``.
@@ -40,8 +44,20 @@ from pdiff_hf.checkpointing import (
     save_checkpoint,
     save_pretrained_into,
 )
-from pdiff_hf.checkpoints import checkpoint_params, get_layout, load_checkpoint_dataset
-from pdiff_hf.errors import DimensionMismatchError, NonFiniteParametersError, PDiffError, TrainingScriptError
+from pdiff_hf.checkpoints import (
+    checkpoint_conditions,
+    checkpoint_params,
+    get_condition_names,
+    get_layout,
+    load_checkpoint_dataset,
+)
+from pdiff_hf.errors import (
+    ConditionError,
+    DimensionMismatchError,
+    NonFiniteParametersError,
+    PDiffError,
+    TrainingScriptError,
+)
 from pdiff_hf.layout import check_finite
 from pdiff_hf.models import LatentUNet1DModel, ParameterAutoencoder
 from pdiff_hf.pipelines import PDiffPipeline
@@ -59,6 +75,8 @@ from pdiff_hf.training_utils import (
 logger = get_logger(__name__)
 RUN_FLAGS = ("block_out_channels", "layers_per_block", "num_train_timesteps", "beta_schedule", "prediction_type",
                  "train_batch_size", "gradient_accumulation_steps", "use_ema", "seed")  # fmt: skip
+# also part of the run of a conditional denoiser (--condition_column); its condition ids join the data hash
+CONDITION_FLAGS = ("condition_column", "num_conditions", "condition_dropout")
 
 
 def parse_args(argv=None):
@@ -82,6 +100,14 @@ def parse_args(argv=None):
     parser.add_argument("--prediction_type", type=str, default="sample", choices=["epsilon", "sample", "v_prediction"],
                         help="What the denoiser predicts; 'sample' (x0) kept every demo sample on the checkpoint "
                         "manifold after short training, 'epsilon' left about 8%% off it.")
+    # conditioning
+    parser.add_argument("--condition_column", type=str, default=None,
+                        help="Integer column of task ids (e.g. 'condition'): train a denoiser conditional on it.")
+    parser.add_argument("--num_conditions", type=int, default=0,
+                        help="Number of condition ids K (0: the dataset's condition_names, else max id + 1).")
+    parser.add_argument("--condition_dropout", type=float, default=0.1,
+                        help="Probability that a training condition is replaced by the null id (classifier-free "
+                        "guidance needs it > 0).")
     # optimization
     parser.add_argument("--train_batch_size", type=int, default=64, help="Batch size per process.")
     parser.add_argument("--num_train_epochs", type=int, default=None)
@@ -128,7 +154,31 @@ def parse_args(argv=None):
         )
     if args.num_validation_models < 0:
         raise TrainingScriptError(f"--num_validation_models: expected a value >= 0, found {args.num_validation_models}")
+    if args.num_conditions < 0:
+        raise TrainingScriptError(f"--num_conditions: expected a value >= 0, found {args.num_conditions}")
+    if not 0.0 <= args.condition_dropout < 1.0:
+        raise TrainingScriptError(f"--condition_dropout: expected a value in [0, 1), found {args.condition_dropout}")
+    if args.condition_column is None and args.num_conditions:
+        raise TrainingScriptError(
+            f"--num_conditions: expected it only with --condition_column, found {args.num_conditions} without it"
+        )
     return args
+
+
+def load_conditions(dataset, args):
+    """``(conditions (N,) or None, K, condition names or None)`` of ``--condition_column``; :class:`ConditionError`
+    for a missing column, ids outside ``[0, K)`` or names that do not fit ``K``."""
+    if args.condition_column is None:
+        return None, 0, None
+    conditions = checkpoint_conditions(dataset, args.condition_column, num_conditions=args.num_conditions or None)
+    names = get_condition_names(dataset)
+    num_conditions = args.num_conditions or (len(names) if names else int(conditions.max()) + 1)
+    if names is not None and len(names) != num_conditions:
+        raise ConditionError(
+            f"--num_conditions: expected {len(names)} (one per condition name of the dataset: {names}), "
+            f"found {num_conditions}"
+        )
+    return conditions, num_conditions, names
 
 
 def main(args):
@@ -156,6 +206,7 @@ def main(args):
             f"[{layout.describe()}], found one for [{found}]"
         )
     params = checkpoint_params(dataset)  # (N, D)
+    conditions, num_conditions, condition_names = load_conditions(dataset, args)  # (N,) task ids, or None
 
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -172,10 +223,10 @@ def main(args):
     config = PDiffConfig(
         denoiser_block_out_channels=tuple(args.block_out_channels), layers_per_block=args.layers_per_block,
         num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule,
-        prediction_type=args.prediction_type,
+        prediction_type=args.prediction_type, num_conditions=num_conditions, condition_dropout=args.condition_dropout,
     )
     try:
-        denoiser = build_denoiser(autoencoder, config)
+        denoiser = build_denoiser(autoencoder, config, condition_names=condition_names)
     except ValueError as err:
         raise TrainingScriptError(f"--block_out_channels / --prediction_type: {err}") from err
 
@@ -195,7 +246,9 @@ def main(args):
     # Checkpoints hold the denoiser (and its EMA) as save_pretrained folders: safetensors, readable without this script.
     register_checkpoint_hooks(accelerator, LatentUNet1DModel, "denoiser", ema_model)
 
-    train_dataloader = make_dataloader(latents, args.train_batch_size, seed=args.seed, num_workers=args.dataloader_num_workers)
+    train_dataloader = make_dataloader(
+        latents, args.train_batch_size, seed=args.seed, num_workers=args.dataloader_num_workers, conditions=conditions
+    )  # batches: latents (B, C, L), or [latents, condition ids (B,)] with --condition_column
     sampler = train_dataloader.sampler
     optimizer = torch.optim.AdamW(
         denoiser.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
@@ -220,7 +273,11 @@ def main(args):
         accelerator.init_trackers(args.tracker_project_name, config=tracker_config(args))
 
     # A checkpoint belongs to this run only if these flags and the training data are the same.
-    fingerprint = run_fingerprint(args, RUN_FLAGS, latents)
+    if conditions is None:
+        fingerprint = run_fingerprint(args, RUN_FLAGS, latents)
+    else:
+        data = torch.cat([latents.flatten(1), conditions[:, None].to(latents.dtype)], dim=1)
+        fingerprint = run_fingerprint(args, RUN_FLAGS + CONDITION_FLAGS, data)
     global_step, first_epoch, resume_step = 0, 0, 0
     if resume_path:
         logger.info(f"resuming from {resume_path}")
@@ -245,7 +302,10 @@ def main(args):
             sampler.set_epoch(epoch)  # with several processes, accelerate's loader does not pass the epoch on
             for batch in loader:
                 with accelerator.accumulate(denoiser):
-                    loss = denoiser_loss(denoiser, noise_scheduler, batch)
+                    if conditions is None:
+                        loss = denoiser_loss(denoiser, noise_scheduler, batch)
+                    else:
+                        loss = denoiser_loss(denoiser, noise_scheduler, batch[0], batch[1], args.condition_dropout)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and args.max_grad_norm:
                         accelerator.clip_grad_norm_(denoiser.parameters(), args.max_grad_norm)
@@ -302,6 +362,7 @@ def main(args):
             generated = pipeline(
                 num_models=args.num_validation_models, num_inference_steps=args.num_inference_steps,
                 generator=torch.Generator().manual_seed(args.seed),
+                condition=None if conditions is None else torch.arange(args.num_validation_models) % num_conditions,
             ).params
             distance = torch.cdist(generated, params).min(dim=1).values.mean()
             logger.info(f"sampled {generated.shape[0]} models: mean distance to the nearest checkpoint {distance:.4g}")
