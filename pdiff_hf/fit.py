@@ -21,6 +21,8 @@ from .errors import (
     PDiffConfigError,
 )
 from .layout import ParamLayout, check_finite
+from .streaming import CheckpointRows, NormalizedRows
+from .streaming import fit_normalization as streaming_fit_normalization
 from .training_utils import (
     PDiffConfig,
     autoencoder_loss,
@@ -31,6 +33,12 @@ from .training_utils import (
     noise_scheduler_for,
     sampling_scheduler_for,
 )
+
+
+def _is_dataset(params) -> bool:
+    import datasets
+
+    return isinstance(params, datasets.Dataset)
 
 
 def _optimizer_and_schedule(model, learning_rate: float, max_train_steps: int, config: PDiffConfig):
@@ -98,15 +106,21 @@ def _train(
 def train_autoencoder(autoencoder, params: torch.Tensor, config: Optional[PDiffConfig] = None, progress: bool = True) -> List[float]:
     """Fit normalization statistics and train ``autoencoder`` on raw checkpoints ``(N, D)`` with
     ``config.ae_*`` settings (an EMA of its weights with ``ae_use_ema``); sets the latent scaling factor at the end.
-    Returns the loss of every step."""
+    ``params`` may also be :class:`~pdiff_hf.streaming.CheckpointRows` (a checkpoint dataset read a block at a time).
+    Batches are normalized when read, so no normalized copy of all checkpoints is made. Returns the loss of every
+    step."""
     config = config or PDiffConfig()
-    if params.dim() != 2 or params.shape[1] != autoencoder.config.in_dim:
+    if len(params.shape) != 2 or params.shape[1] != autoencoder.config.in_dim:
         raise DimensionMismatchError(
             f"expected checkpoints of shape (N, {autoencoder.config.in_dim}), found {tuple(params.shape)}"
         )
-    check_finite(params, "training checkpoints")
-    autoencoder.fit_normalization(params)
-    data = autoencoder.normalize(params)
+    if isinstance(params, CheckpointRows):  # a checkpoint dataset: statistics block by block, finiteness per block
+        streaming_fit_normalization(autoencoder, params)
+    else:
+        check_finite(params, "training checkpoints")
+        autoencoder.fit_normalization(params)
+    # batches are normalized when read (pdiff_hf.streaming): no normalized copy of the whole (N, D) matrix
+    data = NormalizedRows(params if isinstance(params, CheckpointRows) else CheckpointRows(params), autoencoder)
     ema = _ema(autoencoder, config) if config.ae_use_ema else None
     torch.manual_seed(config.seed)
     losses = _train(
@@ -190,10 +204,11 @@ def check_fit_inputs(params, layout, config: PDiffConfig) -> None:
     ``D == layout.dim``, a :class:`ParamLayout`, and step counts, batch sizes and learning rates in range."""
     if not isinstance(layout, ParamLayout):
         raise LayoutMismatchError(f"expected a ParamLayout, found a {type(layout).__name__}")
-    if not isinstance(params, torch.Tensor) or not params.is_floating_point():
+    rows = isinstance(params, CheckpointRows)  # a checkpoint dataset, read a block at a time
+    if not rows and (not isinstance(params, torch.Tensor) or not params.is_floating_point()):
         found = f"a {params.dtype} tensor" if isinstance(params, torch.Tensor) else f"a {type(params).__name__}"
         raise DimensionMismatchError(f"expected a float tensor of checkpoints (N, {layout.dim}), found {found}")
-    if params.dim() != 2 or params.shape[1] != layout.dim:
+    if len(params.shape) != 2 or params.shape[1] != layout.dim:
         raise DimensionMismatchError(
             f"expected checkpoints of shape (N, {layout.dim}) for the layout, found {tuple(params.shape)}"
         )
@@ -201,7 +216,8 @@ def check_fit_inputs(params, layout, config: PDiffConfig) -> None:
         raise CheckpointDatasetError(
             f"expected at least 2 checkpoints (rows) to fit normalization statistics, found {params.shape[0]}"
         )
-    check_finite(params, "training checkpoints")
+    if not rows:  # CheckpointRows are checked block by block when the statistics are computed
+        check_finite(params, "training checkpoints")
     if not isinstance(config, PDiffConfig):
         raise PDiffConfigError(f"expected a PDiffConfig, found a {type(config).__name__}")
     for field in _POSITIVE_INT_FIELDS:
@@ -243,11 +259,18 @@ def fit_pdiff(
     learns ``p(latent | condition)`` with ``config.condition_dropout``. ``config.num_conditions`` 0 means
     ``max(conditions) + 1``; ``condition_names`` gives each id a name.
 
+    ``params``: a float tensor ``(N, D)``, or a checkpoint dataset (``datasets.Dataset`` with the ``params`` column
+    of :func:`~pdiff_hf.make_checkpoint_dataset`), read from its Arrow buffers a block at a time
+    (:mod:`pdiff_hf.streaming`): after ``datasets.load_from_disk`` it is memory-mapped, so 200 checkpoints at
+    ``D = 10^6`` are never all copied into memory; NaN/Inf in a dataset are found when the statistics are computed.
+
     Seeds the global torch RNG with ``config.seed`` (model initialization and training noise come from it).
     Bad inputs raise a named error before anything is built (see :func:`check_fit_inputs`)."""
     from .pipelines.pipeline_pdiff import PDiffPipeline, check_target
 
     config = config or PDiffConfig()
+    if _is_dataset(params):  # read from its Arrow column a block at a time (memory-mapped after load_from_disk)
+        params = CheckpointRows(params)
     check_fit_inputs(params, layout, config)
     if conditions is not None and not config.num_conditions and isinstance(conditions, torch.Tensor) and conditions.numel():
         config = dataclasses.replace(config, num_conditions=int(conditions.max()) + 1)
@@ -261,7 +284,7 @@ def fit_pdiff(
     autoencoder = build_autoencoder(layout, config)
     train_autoencoder(autoencoder, params, config, progress=progress)
     with torch.no_grad():
-        latents = autoencoder.params_to_latents(params).float()
+        latents = autoencoder.params_to_latents(params).float()  # chunks of rows for large N * D
     torch.manual_seed(config.seed)
     denoiser = build_denoiser(autoencoder, config, condition_names=condition_names)
     train_denoiser(denoiser, latents, config, progress=progress, conditions=conditions)

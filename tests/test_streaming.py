@@ -101,3 +101,31 @@ def test_bad_sources_are_named_errors():
     params[3, 100] = float("nan")
     with pytest.raises(NonFiniteParametersError, match="columns 0:750"):
         fit_normalization(_autoencoder(), CheckpointRows(params))
+
+
+def test_fit_pdiff_on_a_mapped_dataset_trains_what_it_trains_on_the_tensor(tmp_path):
+    from pdiff_hf import PDiffConfig, fit_pdiff
+
+    params = _params(n=16)
+    config = PDiffConfig(autoencoder_type="token", ae_token_size=64, ae_token_hidden_dim=16, ae_steps=6,
+                         denoiser_steps=4, denoiser_block_out_channels=(8, 16), ae_train_batch_size=8,
+                         denoiser_train_batch_size=8, lr_warmup_steps=1)  # fmt: skip
+    from_tensor = fit_pdiff(params, LAYOUT, config, progress=False)
+    from_dataset = fit_pdiff(_sources(params, tmp_path)["mapped"], LAYOUT, config, progress=False)
+    for a, b in ((from_tensor.autoencoder, from_dataset.autoencoder), (from_tensor.denoiser, from_dataset.denoiser)):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert from_tensor.autoencoder.config.scaling_factor == from_dataset.autoencoder.config.scaling_factor
+    bad = params.clone()
+    bad[2, 7] = float("inf")
+    with pytest.raises(NonFiniteParametersError):
+        fit_pdiff(_nan_dataset(bad, tmp_path), LAYOUT, config, progress=False)
+
+
+def _nan_dataset(params, tmp_path):
+    """A mapped checkpoint dataset holding a non-finite value (make_checkpoint_dataset refuses one)."""
+    import pyarrow as pa
+
+    flat = pa.array(params.numpy().reshape(-1))
+    table = pa.table({"params": pa.FixedSizeListArray.from_arrays(flat, params.shape[1])})
+    datasets.Dataset(datasets.table.InMemoryTable(table)).save_to_disk(str(tmp_path / "nan"))
+    return datasets.load_from_disk(str(tmp_path / "nan"))

@@ -210,8 +210,20 @@ class ParameterAutoencoder(ModelMixin, ConfigMixin):
     # ----------------------------------------------------------------------------------------------- raw helpers
     @torch.no_grad()
     def params_to_latents(self, params: torch.Tensor) -> torch.Tensor:
-        """Raw parameters ``(batch, D)`` to scaled diffusion latents (deterministic, no noise)."""
-        return self.encode(self.normalize(params)) * self.config.scaling_factor
+        """Raw parameters ``(batch, D)`` to scaled diffusion latents (deterministic, no noise); batches of more than
+        :attr:`decode_chunk_entries` entries are encoded a chunk of rows at a time."""
+        return torch.cat([self.encode(self.normalize(chunk)) * self.config.scaling_factor
+                          for chunk in self._row_chunks(params)])  # fmt: skip
+
+    def _row_chunks(self, params):
+        """``params`` ``(N, D)`` whole when ``N * D <= decode_chunk_entries``, else in chunks of rows; an object
+        with ``row_chunks`` (:class:`pdiff_hf.streaming.CheckpointRows`) is read through it."""
+        if hasattr(params, "row_chunks"):
+            return params.row_chunks(self.decode_chunk_entries)
+        self._check_dim(params, "parameters")
+        if params.numel() <= self.decode_chunk_entries:
+            return [params]
+        return params.split(max(1, self.decode_chunk_entries // self.config.in_dim))
 
     @torch.no_grad()
     def latents_to_params(self, latents: torch.Tensor) -> torch.Tensor:
@@ -232,10 +244,12 @@ class ParameterAutoencoder(ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def set_latent_scaling(self, params: torch.Tensor) -> float:
-        """Set ``scaling_factor`` so that diffusion latents of the training checkpoints have unit std."""
+        """Set ``scaling_factor`` so that diffusion latents of the training checkpoints have unit std. ``params``:
+        raw checkpoints ``(N, D)`` or :class:`pdiff_hf.streaming.CheckpointRows` (encoded a chunk at a time)."""
         was_training = self.training
         self.eval()
-        latents = self.encode(self.normalize(params.to(self.norm_mean.device)))
+        device = self.norm_mean.device
+        latents = torch.cat([self.encode(self.normalize(chunk.to(device))) for chunk in self._row_chunks(params)])
         self.train(was_training)
         factor = float(1.0 / latents.float().std().clamp_min(1e-6))
         self.register_to_config(scaling_factor=factor)

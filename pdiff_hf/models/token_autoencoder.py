@@ -167,6 +167,7 @@ class TokenParameterAutoencoder(ModelMixin, ConfigMixin):
     latents_to_params = ParameterAutoencoder.latents_to_params
     set_latent_scaling = ParameterAutoencoder.set_latent_scaling
     decode_chunk_entries = ParameterAutoencoder.decode_chunk_entries
+    _row_chunks = ParameterAutoencoder._row_chunks
 
     # ----------------------------------------------------------------------------------------------- tokens
     def to_tokens(self, x: torch.Tensor) -> torch.Tensor:
