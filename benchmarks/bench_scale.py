@@ -95,7 +95,7 @@ def measure(dim: int, args) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
     layout = synthetic_layout(dim)
-    config = PDiffConfig(autoencoder_type=args.autoencoder_type)
+    config = PDiffConfig(autoencoder_type=args.autoencoder_type, ae_token_size=args.token_size)
     params = synthetic_checkpoints(args.num_checkpoints, dim)
     autoencoder = build_autoencoder(layout, config)
     autoencoder.fit_normalization(params)
@@ -141,6 +141,7 @@ def measure(dim: int, args) -> dict:
     result = {
         "D": dim,
         "autoencoder": type(autoencoder).__name__,
+        "token_size": getattr(autoencoder.config, "token_size", None),
         "latent_shape": list(autoencoder.latent_shape),
         "ae_params": sum(p.numel() for p in autoencoder.parameters()),
         "ae_step_s": round(ae_s[0], 3),
@@ -191,6 +192,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--autoencoder_type", default="auto", choices=("auto", "conv", "token"))
+    parser.add_argument("--token_size", type=int, default=None,
+                        help="token autoencoder: entries per token (default: default_token_size(D)); e.g. 1024 at "
+                             "D = 10^6 is the setting before 4096 became the default there")  # fmt: skip
     parser.add_argument("--num_checkpoints", type=int, default=200)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--num_models", type=int, default=100)
@@ -216,8 +220,10 @@ def main():
           f"{args.repeats} runs")  # fmt: skip
     for dim in args.dims:
         argv = [sys.executable, os.path.abspath(__file__), "--_child", "--dims", str(dim)]
-        for name in ("repeats", "device", "autoencoder_type", "num_checkpoints", "batch_size", "num_models", "steps"):
-            argv += [f"--{name}", str(getattr(args, name))]
+        for name in ("repeats", "device", "autoencoder_type", "num_checkpoints", "batch_size", "num_models", "steps",
+                     "token_size"):  # fmt: skip
+            if getattr(args, name) is not None:
+                argv += [f"--{name}", str(getattr(args, name))]
         proc = subprocess.run(argv, capture_output=True, text=True)
         if proc.returncode != 0:
             print(json.dumps({"D": dim, "error": proc.stderr.strip().splitlines()[-1:]}), flush=True)

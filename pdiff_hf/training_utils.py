@@ -51,7 +51,8 @@ class PDiffConfig:
     # which autoencoder: "conv" (ParameterAutoencoder), "token" (TokenParameterAutoencoder), or "auto": conv for
     # D < TOKEN_AUTOENCODER_MIN_DIM, token from there on (see build_autoencoder)
     autoencoder_type: str = "auto"
-    ae_token_size: Optional[int] = None  # token autoencoder: entries per token; None: 256 below D = 5e4, else 1024
+    # token autoencoder: entries per token; None: default_token_size(D), 256 below D = 5e4, 1024 below 5e5, else 4096
+    ae_token_size: Optional[int] = None
     ae_token_hidden_dim: int = 128
     ae_token_latent_channels: int = 8
     # autoencoder training
