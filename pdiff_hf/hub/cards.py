@@ -4,7 +4,7 @@ A model card shows the target network and its parameter selection (one row per t
 checkpoint dataset it was trained on, the training settings, a short evaluation table (original checkpoints, generated
 models, baselines), the verdict as prose and how to get working networks from the repo; the raw statistics go to the
 repo's ``results.json``. A dataset card lists every config (one per architecture / parameter selection) with its
-layout and how its rows were collected, and links to the p-diff models trained on it (``pdiff_models`` in its
+layout and how its rows were collected (for a conditional dataset: which task each condition id is), and links to the p-diff models trained on it (``pdiff_models`` in its
 metadata, kept when more configs are pushed).
 
 Credentials never reach a card: training settings lose every key that names a token, secret, password or API key,
@@ -236,6 +236,10 @@ def _component_settings(pipe) -> list[dict[str, str]]:
     for key in _DENOISER_SETTINGS:
         if key in den:
             rows.append({"name": f"denoiser.{key}", "value": _fmt(den[key])})
+    if den.get("num_conditions"):  # a conditional pipeline: pipe(condition=...) takes these ids or names
+        rows.append({"name": "denoiser.num_conditions", "value": _fmt(den["num_conditions"])})
+        if den.get("condition_names"):
+            rows.append({"name": "denoiser.condition_names", "value": _fmt(list(den["condition_names"]))})
     rows.append({"name": "scheduler", "value": type(sched).__name__})
     params = sum(p.numel() for p in pipe.autoencoder.parameters()) + sum(p.numel() for p in pipe.denoiser.parameters())
     rows.append({"name": "model parameters (autoencoder + denoiser)", "value": f"{params:,}"})
@@ -337,7 +341,8 @@ def build_dataset_card(
     data["tags"] = sorted(set(data.get("tags") or []) | set(DATASET_TAGS))
     data.setdefault("pretty_name", f"p-diff checkpoints: {repo_id.split('/')[-1]}")
     summary = [
-        {"name": name, "doc": doc, "recipe": collection_recipe(doc), **layout_context(ParamLayout.from_list(doc["param_layout"]))}
+        {"name": name, "doc": doc, "recipe": " ".join(filter(None, [collection_recipe(doc), conditions_sentence(doc)])),
+         **layout_context(ParamLayout.from_list(doc["param_layout"]))}
         for name, doc in sorted(configs.items())
     ]
     template = Path(template_path).read_text(encoding="utf-8") if template_path else _template("dataset_card.md")
@@ -370,6 +375,21 @@ def collection_recipe(doc: Mapping) -> str:
     arch = doc.get("architecture") or "the target network"
     how = "; ".join(parts) if parts else "collected without run metadata"
     return f"Each row holds the selected tensors of {arch} (D = {_dim_of(doc)}), {how}."
+
+
+def conditions_sentence(doc: Mapping) -> str:
+    """For a conditional config (``condition_names`` in its layout document): which task each id of its condition
+    column is, e.g. "Conditional: column `condition` holds the task id, 0 = `shift-0`, 1 = `shift-1`." Empty for an
+    unconditional config."""
+    names = doc.get("condition_names")
+    if not names:
+        return ""
+    column = doc.get("condition_column") or "condition"
+    ids = ", ".join(f"{i} = `{name}`" for i, name in enumerate(names))
+    return (
+        f"Conditional ({len(names)} conditions): column `{column}` holds the task id of each checkpoint, {ids}; "
+        f"train with `fit_pdiff(..., conditions=checkpoint_conditions(ds))` or `train_ldm.py --condition_column {column}`."
+    )
 
 
 def _dim_of(doc: Mapping) -> Any:

@@ -4,11 +4,12 @@ A repo pushed by :func:`push_checkpoint_dataset` holds, for each config ``C``::
 
     C/train-00000-of-0000N.parquet ...   rows of (params: float32[D], run_id, step, val_accuracy, ...)
     param_layouts/C.json                 the parameter layout of the D values, the columns, the checkpoint count
+                                         (and, for a conditional dataset, the condition_names of its condition ids)
     README.md                            the dataset card listing every config (hub_cards/dataset_card.md)
 
 Stock ``datasets.load_dataset(repo_id, C)`` gives back the rows; :func:`load_checkpoint_dataset_from_hub` also
 re-attaches the layout, so :func:`~pdiff_hf.checkpoint_params` and :func:`~pdiff_hf.get_layout` work as on the pushed
-dataset. It refuses repos holding anything but parquet data and text metadata, because ``datasets`` also has
+dataset (and the condition names of a conditional dataset, for :func:`~pdiff_hf.checkpoints.get_condition_names`). It refuses repos holding anything but parquet data and text metadata, because ``datasets`` also has
 builders that unpickle (pandas ``.pkl``) or run code. ``pdiff_hf.load_checkpoint_dataset`` dispatches here for a
 Hub repo id.
 """
@@ -26,8 +27,17 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, DatasetCard, hf_hub_
 from torch import nn
 
 from .. import __version__
-from ..checkpoints import PARAMS_COLUMN, checkpoint_params, get_layout, set_layout
-from ..errors import CheckpointDatasetError, DimensionMismatchError, HubError
+from ..checkpoints import (
+    CONDITION_COLUMN,
+    PARAMS_COLUMN,
+    checkpoint_conditions,
+    checkpoint_params,
+    get_condition_names,
+    get_layout,
+    set_condition_names,
+    set_layout,
+)
+from ..errors import CheckpointDatasetError, ConditionError, DimensionMismatchError, HubError
 from ..layout import ParamLayout
 from .cards import DEFAULT_LICENSE, build_dataset_card, describe_architecture
 from .repo import LAYOUT_DIR, check_repo_id, check_target, hub_api
@@ -86,6 +96,20 @@ def _layouts_of(splits: dict[str, datasets.Dataset]) -> ParamLayout:
     return layout
 
 
+def _condition_names_of(splits: dict[str, datasets.Dataset]) -> list[str] | None:
+    """The one list of condition names of all ``splits`` (``None`` for unconditional ones), their condition ids
+    checked against it before anything is uploaded."""
+    found = {name: get_condition_names(part) for name, part in splits.items()}
+    distinct = {json.dumps(v) for v in found.values()}
+    if len(distinct) > 1:
+        raise ConditionError(f"expected the same condition_names in every split, found {found}")
+    names = next(iter(found.values()))
+    if names is not None:
+        for part in splits.values():
+            checkpoint_conditions(part)  # a condition column with ids in [0, len(names))
+    return names
+
+
 def push_checkpoint_dataset(
     dataset: datasets.Dataset | datasets.DatasetDict,
     repo_id: str,
@@ -116,6 +140,7 @@ def push_checkpoint_dataset(
     else:
         splits = {split or (str(dataset.split) if dataset.split else "train"): dataset}
     layout = _layouts_of(splits)
+    condition_names = _condition_names_of(splits)
     if isinstance(max_shard_size, str) and max_shard_size.strip().isdigit():
         max_shard_size = int(max_shard_size)
     if max_shard_size is not None:
@@ -153,6 +178,8 @@ def push_checkpoint_dataset(
         "param_layout": layout.to_list(),
         "pdiff_hf_version": __version__,
     }
+    if condition_names is not None:  # a conditional dataset: which task each condition id is
+        document.update(condition_column=CONDITION_COLUMN, condition_names=condition_names)
     # The card lists every config of the repo: read the layout documents of the others.
     api = hub_api(token)
     configs = {config_name: document}
@@ -247,9 +274,11 @@ def load_checkpoint_dataset_from_hub(
         cache_dir=cache_dir,
     )
     try:
-        layout = ParamLayout.from_list(json.loads(Path(layout_file).read_text(encoding="utf-8"))["param_layout"])
+        document = json.loads(Path(layout_file).read_text(encoding="utf-8"))
+        layout = ParamLayout.from_list(document["param_layout"])
     except (ValueError, KeyError, TypeError) as err:
         raise HubError(f"{label}: {LAYOUT_DIR}/{config_name}.json is not a parameter layout ({err})") from None
+    condition_names = document.get("condition_names")
     loaded = datasets.load_dataset(
         repo_id, config_name, split=split, revision=revision, token=token, cache_dir=cache_dir, **load_dataset_kwargs
     )
@@ -265,6 +294,8 @@ def load_checkpoint_dataset_from_hub(
                 f"{label}, config {config_name!r}: params have D={dim}, the recorded layout has D={layout.dim}"
             )
         set_layout(part, layout)
+        if condition_names is not None:
+            set_condition_names(part, condition_names)
     if target_module is not None:
         check_target(layout, target_module, f"{label}, config {config_name!r}")
     return loaded

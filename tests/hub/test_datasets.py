@@ -78,6 +78,28 @@ def test_own_checks_raise_clear_errors(run):
             assert needle in errors[case]["message"], (case, errors[case]["message"])
 
 
+def test_conditional_dataset_keeps_its_condition_names_and_the_card_lists_them(run):
+    cond = step(run, "client", "conditional")
+    assert cond["same_params"] and cond["same_conditions"]
+    assert cond["condition_names"] == ["shift-0", "shift-1", "shift-2"]
+    assert cond["document"]["condition_names"] == cond["condition_names"]
+    assert cond["document"]["condition_column"] == "condition"
+    assert "column `condition` holds the task id" in cond["card"]
+    assert "0 = `shift-0`, 1 = `shift-1`, 2 = `shift-2`" in cond["card"]
+    assert cond["bad_ids"]["types"][0] == "ConditionError" and "[0, 3)" in cond["bad_ids"]["message"]
+
+
+def test_unconditional_datasets_are_unchanged(run):
+    ds = step(run, "client", "dataset")
+    cond = step(run, "client", "conditional")
+    assert cond["unconditional_document_keys"] == sorted(
+        ["config_name", "architecture", "dim", "num_tensors", "num_checkpoints", "splits", "columns", "param_layout",
+         "pdiff_hf_version"]
+    )  # fmt: skip
+    assert cond["unconditional_names"] is None
+    assert "Conditional" not in ds["card"]["text"]
+
+
 def test_hub_errors_propagate_with_their_own_types(run):
     errors = step(run, "client", "errors")
     assert "RepositoryNotFoundError" in errors["missing_repo"]["types"]
@@ -136,6 +158,34 @@ def client_main(work: Path) -> None:
             second_config_same_layout=get_layout(back2) == layout2,
             config_names=[info.config_name, info2.config_name],
             card={"data": card.data.to_dict(), "text": card.text},
+        )
+
+    with rec.step("conditional") as r:
+        from huggingface_hub import hf_hub_download
+
+        from pdiff_hf.checkpoints import checkpoint_conditions, get_condition_names
+
+        repo = f"{USER}/pdiff-tiny-conditional"
+        conditions = torch.arange(3).repeat_interleave(4)
+        names = ["shift-0", "shift-1", "shift-2"]
+        cond_ds = make_checkpoint_dataset(params[:12], layout, {"condition": conditions.tolist()}, condition_names=names)
+        cinfo = push_checkpoint_dataset(cond_ds, repo, architecture="toy-mlp")
+        cback = load_checkpoint_dataset_from_hub(repo, cinfo.config_name, cache_dir=work / "cond-cache")
+        doc = json.loads(Path(hf_hub_download(repo, f"param_layouts/{cinfo.config_name}.json", repo_type="dataset")).read_text())
+        first = rec.data["dataset"]["config_names"][0]
+        plain_doc = json.loads(Path(hf_hub_download(DATASET_REPO, f"param_layouts/{first}.json", repo_type="dataset")).read_text())
+        plain = load_checkpoint_dataset_from_hub(DATASET_REPO, first, cache_dir=work / "ds-cache")
+        bad = make_checkpoint_dataset(params[:4], layout, {"condition": [0, 1, 2, 3]})
+        bad.info.description = json.dumps({**json.loads(bad.info.description), "pdiff_hf.condition_names": names})
+        r.update(
+            same_params=torch.equal(checkpoint_params(cback), params[:12]),
+            same_conditions=torch.equal(checkpoint_conditions(cback), conditions),
+            condition_names=get_condition_names(cback),
+            document=doc,
+            card=DatasetCard.load(repo, repo_type="dataset").text,
+            unconditional_document_keys=sorted(plain_doc),
+            unconditional_names=get_condition_names(plain),
+            bad_ids=error_of(lambda: push_checkpoint_dataset(bad, repo, "bad")),
         )
 
     with rec.step("errors") as r:
