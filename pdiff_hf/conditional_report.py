@@ -99,6 +99,22 @@ def target_lines(targets: Mapping) -> List[str]:
     return lines
 
 
+def diversity_lines(results: Mapping) -> List[str]:
+    """Spread of each task's models: accuracy std and the mean pairwise IoU of their test error sets (1.0: every
+    model fails on the same examples, i.e. functionally one model)."""
+    novelty = results.get("novelty", {})
+    lines = ["| task | original std (pp) | generated std (pp) | original pairwise error IoU | generated pairwise error IoU |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for name, o in results["original"].items():
+        groups = novelty.get(name, {}).get("novelty", {}).get("groups", {})
+        ious = [groups.get(k, {}).get("pairwise_mean_iou") for k in ("original", "generated")]
+        iou_text = ["-" if v is None else f"{v:.3f}" for v in ious]
+        lines.append(
+            f"| {name} | {o['std']:.3f} | {results['generated'][name]['std']:.3f} | {iou_text[0]} | {iou_text[1]} |"
+        )
+    return lines
+
+
 def novelty_lines(results: Mapping) -> List[str]:
     """Per task: the novelty table of :func:`~pdiff_hf.novelty.format_novelty_table` and the verdict."""
     from .novelty import format_novelty_table
@@ -125,6 +141,10 @@ def format_conditional_report(results: Mapping) -> str:
         "## Originals vs generated per task",
         "",
         *per_task_lines(results),
+        "",
+        "## Diversity within each task",
+        "",
+        *diversity_lines(results),
         "",
         "## Cross-task matrix (median test accuracy)",
         "",

@@ -4,8 +4,8 @@ A model card shows the target network and its parameter selection (one row per t
 checkpoint dataset it was trained on, the training settings, a short evaluation table (original checkpoints, generated
 models, baselines), the verdict as prose and how to get working networks from the repo; the raw statistics go to the
 repo's ``results.json``. A dataset card lists every config (one per architecture / parameter selection) with its
-layout and how its rows were collected (for a conditional dataset: which task each condition id is), and links to the p-diff models trained on it (``pdiff_models`` in its
-metadata, kept when more configs are pushed).
+layout and how its rows were collected (for a conditional dataset: which task each condition id is), and links to
+the p-diff models trained on it (``pdiff_models`` in its metadata, kept when more configs are pushed).
 
 Credentials never reach a card: training settings lose every key that names a token, secret, password or API key,
 and known tokens (the given one, ``HF_TOKEN``, the saved login) are replaced by ``***`` in the rendered text.

@@ -9,8 +9,9 @@ A repo pushed by :func:`push_checkpoint_dataset` holds, for each config ``C``::
 
 Stock ``datasets.load_dataset(repo_id, C)`` gives back the rows; :func:`load_checkpoint_dataset_from_hub` also
 re-attaches the layout, so :func:`~pdiff_hf.checkpoint_params` and :func:`~pdiff_hf.get_layout` work as on the pushed
-dataset (and the condition names of a conditional dataset, for :func:`~pdiff_hf.checkpoints.get_condition_names`). It refuses repos holding anything but parquet data and text metadata, because ``datasets`` also has
-builders that unpickle (pandas ``.pkl``) or run code. ``pdiff_hf.load_checkpoint_dataset`` dispatches here for a
+dataset (and the condition names of a conditional dataset, for :func:`~pdiff_hf.checkpoints.get_condition_names`).
+It refuses repos holding anything but parquet data and text metadata, because ``datasets`` also has builders that
+unpickle (pandas ``.pkl``) or run code. ``pdiff_hf.load_checkpoint_dataset`` dispatches here for a
 Hub repo id.
 """
 
