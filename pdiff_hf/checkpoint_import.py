@@ -15,6 +15,17 @@ pickles are never fetched and a large model costs ``D`` values in memory, not th
 
 During training with ``transformers.Trainer``, :class:`~pdiff_hf.trainer_callback.PDiffCheckpointCallback` records
 checkpoints as the run goes.
+
+Checkpoints of several trainings of a whole network from scratch (different seeds) lie in different basins: their
+weight-space average is a broken network, and p-diff would learn a mixture. Before training on an imported
+collection, check it (it evaluates a few averages, and warns with
+:class:`~pdiff_hf.weight_averaging.MixedRunsWarning` when one scores far below the checkpoints)::
+
+    from pdiff_hf.weight_averaging import check_weight_averaging
+    check_weight_averaging(model, layout, checkpoint_params(ds), (val_x, val_y), run_ids=ds["run_id"])
+
+Fine-tuning runs of one pretrained model, or branches of one early checkpoint (:func:`pdiff_hf.collect_branches`),
+pass it.
 """
 
 import os
