@@ -10,7 +10,7 @@
     # data parallel on a CPU-only machine (two gloo processes):
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 training/train_ldm.py ...
 
-A conditional checkpoint dataset (checkpoints of several tasks, :func:`pdiff_hf.collect_conditional_checkpoints`)
+A conditional checkpoint dataset (several tasks, :func:`pdiff_hf.conditional.collect_conditional_checkpoints`)
 trains a denoiser conditional on the task with ``--condition_column condition``; sample it with
 ``pipe(condition=t, guidance_scale=s)``.
 
