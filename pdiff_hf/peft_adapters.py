@@ -142,7 +142,7 @@ def peft_target(model, adapter_name: Optional[str] = None) -> nn.Module:
             parent, _, child = name.rpartition(".")
             setattr(clone.get_submodule(parent), child, module.original_module)
     base = clone.unload()
-    base.config.__setattr__(PEFT_CONFIG_KEY, config)  # saved in config.json with the target
+    setattr(base.config, PEFT_CONFIG_KEY, config)  # saved in config.json with the target
     return base.eval()
 
 
@@ -152,7 +152,9 @@ def peft_config_of(target: Any) -> Optional[Dict[str, Any]]:
     return dict(value) if isinstance(value, dict) else None
 
 
-def _config_object(config: Dict[str, Any]):
+def peft_config_object(config: Dict[str, Any]):
+    """The ``peft.PeftConfig`` (``LoraConfig`` …) of an adapter config dict; :class:`PeftLayoutError` if peft
+    cannot read it."""
     from peft import PeftConfig
 
     try:
@@ -164,8 +166,8 @@ def _config_object(config: Dict[str, Any]):
 def check_adapter_base(layout: ParamLayout, base: nn.Module, config: Dict[str, Any]) -> None:
     """Raise :class:`PeftLayoutError` unless ``base`` holds every module ``layout``'s adapter tensors attach to:
     for LoRA names ``base_model.model.<module>.lora_A.weight`` a module ``<module>`` (for ``nn.Linear`` with
-    matching in/out features), for other names (``modules_to_save``) the tensor itself with its shape."""
-    _config_object(config)  # a config peft cannot read fails here, not when adapters are built
+    matching in/out features), for other names (``modules_to_save``) the tensor itself with its shape. Needs no
+    peft (a pipeline with a LoRA target loads without it)."""
     missing, wrong = [], []
     modules = dict(base.named_modules())
     tensors = dict(base.named_parameters())
@@ -209,7 +211,7 @@ def build_peft_model(base: nn.Module, config: Dict[str, Any], state_dict: Dict[s
     random state as it was (adapter initialization draws from it before the weights are overwritten)."""
     from peft import get_peft_model, set_peft_model_state_dict
 
-    peft_config = _config_object({**config, "inference_mode": True})
+    peft_config = peft_config_object({**config, "inference_mode": True})
     with torch.random.fork_rng(devices=[]):
         model = get_peft_model(copy.deepcopy(base), peft_config)
     result = set_peft_model_state_dict(model, state_dict)

@@ -13,7 +13,14 @@ from torch import nn
 
 from pdiff_hf.errors import LayoutMismatchError, PeftLayoutError, PipelineInputError, SchedulerError
 from pdiff_hf.layout import ParamLayout
-from pdiff_hf.peft_adapters import PEFT_CONFIG_KEY, check_adapter_base, is_peft_model, peft_config_of, require_peft
+from pdiff_hf.peft_adapters import (
+    PEFT_CONFIG_KEY,
+    check_adapter_base,
+    is_peft_model,
+    peft_config_object,
+    peft_config_of,
+    require_peft,
+)
 from pdiff_hf.models.denoiser import LatentUNet1DModel
 
 # Config keys that define the forward (noising) process; a sampling scheduler must agree with training on them.
@@ -107,7 +114,7 @@ def check_target(target: Optional[nn.Module], layout: Optional[ParamLayout]) -> 
             "found none in its config"
         )
     if peft_config_of(target) is not None:  # a base model for adapters: the layout names the adapter's tensors
-        check_peft_output(layout, target)
+        check_adapter_base(layout, target, peft_config_of(target))
         return
     try:
         layout.check_module(target)
@@ -133,6 +140,7 @@ def check_peft_output(layout: Optional[ParamLayout], target: Optional[nn.Module]
             f"output_type='peft', found {type(target).__name__} without one; make it with peft_target(peft_model)"
         )
     require_peft()
+    peft_config_object(config)  # a config peft cannot read fails here, not when the adapters are built
     check_adapter_base(layout, target, config)
 
 

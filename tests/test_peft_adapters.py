@@ -165,6 +165,10 @@ def test_a_base_model_without_the_target_modules_is_a_named_error(trained, pipe,
         pipe.set_target(narrow)
     with pytest.raises(PeftLayoutError, match="without one"):  # a base model without an adapter config
         GeneratedAdapters(_base(), layout, params)
+    unreadable = copy.deepcopy(pipe.target)
+    setattr(unreadable.config, PEFT_CONFIG_KEY, {**config, "peft_type": "NOT_A_PEFT_METHOD"})
+    with pytest.raises(PeftLayoutError, match="cannot read"):
+        check_peft_output(layout, unreadable)
     with pytest.raises(PeftLayoutError, match="found target=None"):
         check_peft_output(layout, None)
     with pytest.raises(PeftLayoutError, match="peft_target"):  # the PeftModel itself is not a target
