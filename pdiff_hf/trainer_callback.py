@@ -41,7 +41,8 @@ class PDiffCheckpointCallback(TrainerCallback):
     Args:
         layout: the tensors to record; ``None`` selects them from the model when training starts with
             ``ParamLayout.from_module(model, **layout_kwargs)`` (for example ``include="classifier.*"`` or
-            ``last_norm_layers=2``). A model without a selected tensor raises
+            ``last_norm_layers=2``); on a ``peft.PeftModel`` without options, its adapter
+            (:func:`~pdiff_hf.peft_adapters.peft_layout`). A model without a selected tensor raises
             :class:`~pdiff_hf.errors.LayoutMismatchError` at the start of training.
         save_steps: record every ``save_steps`` optimizer steps (``state.global_step % save_steps == 0``). ``None``:
             ``args.save_steps`` (a fraction < 1 is a share of the run's total steps, as in ``TrainingArguments``).
