@@ -37,8 +37,11 @@ def batchnorm_layers(model: nn.Module) -> Dict[str, nn.Module]:
 
 
 def _check_num_batches(num_batches: Optional[int]) -> None:
-    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1):
-        raise RecalibrationError(f"expected num_batches to be a positive int or None (every batch), found {num_batches!r}")
+    bad_type = isinstance(num_batches, bool) or not isinstance(num_batches, int)
+    if num_batches is not None and (bad_type or num_batches < 1):
+        raise RecalibrationError(
+            f"expected num_batches to be a positive int or None (every batch), found {num_batches!r}"
+        )
 
 
 def _batch_stream(model: nn.Module, batches: Any, num_batches: Optional[int], batch_size: int) -> Iterator[Batch]:
@@ -57,7 +60,9 @@ def _batch_stream(model: nn.Module, batches: Any, num_batches: Optional[int], ba
     return chain([first], stream)
 
 
-def prepare_batches(model: nn.Module, batches: Any, num_batches: Optional[int] = 8, batch_size: int = 128) -> List[Batch]:
+def prepare_batches(
+    model: nn.Module, batches: Any, num_batches: Optional[int] = 8, batch_size: int = 128
+) -> List[Batch]:
     """The first ``num_batches`` batches of ``batches`` as a list of :class:`~pdiff_hf.data.Batch` (read once), to
     recalibrate many networks on exactly the same inputs (a shuffling DataLoader would give each its own). Checks
     that ``model`` has BatchNorm statistics and that there is a batch (:class:`RecalibrationError`)."""
