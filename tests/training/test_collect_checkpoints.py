@@ -133,7 +133,7 @@ def test_push_to_hub_pushes_the_dataset_and_never_writes_the_token(script, small
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--task", "mnist2d"], "expected one of mnist1d, found 'mnist2d'"),
+        (["--task", "mnist2d"], "expected one of mnist1d, mnist1d-shift, found 'mnist2d'"),
         (["--num_checkpoints", "0"], "--num_checkpoints: expected >= 1, found 0"),
         (["--learning_rate", "0"], "--learning_rate: expected > 0"),
         (["--learning_rat", "1"], "unrecognized arguments"),
@@ -161,4 +161,4 @@ def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == ["collect_checkpoints.py: error: task: expected one of mnist1d, found 'nope'"]
+    assert proc.stderr.strip().splitlines() == ["collect_checkpoints.py: error: task: expected one of mnist1d, mnist1d-shift, found 'nope'"]
