@@ -122,6 +122,11 @@ class TokenParameterAutoencoder(ModelMixin, ConfigMixin):
         self._slot_starts = [0] + [token_size * c for c in itertools.accumulate(counts)][:-1]
         tensor_id = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(counts))
         self.register_buffer("token_tensor_id", tensor_id, persistent=False)
+        # positions of the D real entries among the N_tokens * token_size slots: from_tokens gathers them in one
+        # index_select, whose backward writes one zero-filled gradient instead of one per tensor (a slice each)
+        real = [torch.arange(s, s + (b - a)) for s, (a, b) in zip(self._slot_starts, self._offsets)]
+        self.register_buffer("real_index", torch.cat(real) if any(self._pads) else torch.empty(0, dtype=torch.long),
+                             persistent=False)  # fmt: skip
         self.num_tokens = sum(counts)
 
         # learned codes: one per tensor, one per token (N_tokens + num_tensors) * pos_dim values
@@ -183,8 +188,7 @@ class TokenParameterAutoencoder(ModelMixin, ConfigMixin):
     def from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens ``(batch, N_tokens, token_size)`` back to ``(batch, D)``, dropping the padding."""
         flat = tokens.reshape(tokens.shape[0], -1)  # (B, N * T)
-        starts = self._slot_starts
-        return torch.cat([flat[:, s : s + (b - a)] for s, (a, b) in zip(starts, self._offsets)], dim=1)
+        return flat.index_select(1, self.real_index) if any(self._pads) else flat
 
     def _codes(self) -> torch.Tensor:
         """Position code of every token ``(N_tokens, pos_dim)``: its tensor's code plus its own."""
