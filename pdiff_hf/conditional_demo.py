@@ -35,7 +35,7 @@ from .conditional import (
     per_condition_summary,
     task_accuracies,
 )
-from .conditional_report import check_targets, write_conditional_report
+from .conditional_report import check_targets, within_task_diversity, write_conditional_report
 from .errors import DemoConfigError
 from .fit import fit_pdiff
 from .io_utils import atomic_directory, locked_dir
@@ -219,6 +219,7 @@ def _run(config: ConditionalDemoConfig, out: Path, log: Callable[[str], None]) -
             head, layout, params, conditions, gen, gen_cond, tasks.splits, names, seed=config.seed
         )
         results["novelty"] = {name: report.to_dict() for name, report in reports.items()}
+        results["diversity"] = within_task_diversity(results)
     results["targets"] = check_targets(results)
     timed("evaluate", t)
     results["timings_s"] = timings

@@ -16,6 +16,9 @@ from .io_utils import write_json_atomic, write_text_atomic
 # least CONTROL_GAP_PP on every task.
 GENERATED_MARGIN_PP = 1.0
 CONTROL_GAP_PP = 30.0
+# A task's generated models are "collapsed" when their error sets overlap so much more than the originals' that
+# (1 - pairwise IoU) falls below this fraction of the originals' (the novelty verdict's 0.5x convention).
+COLLAPSE_RATIO = 0.5
 
 
 def check_targets(results: Mapping) -> Dict:
@@ -99,18 +102,40 @@ def target_lines(targets: Mapping) -> List[str]:
     return lines
 
 
+def within_task_diversity(results: Mapping) -> Dict[str, Dict]:
+    """Per task (from the novelty summaries): the mean pairwise IoU of the test error sets of the originals and of the
+    generated models (1.0: every model fails on the same examples, functionally one model), and the diversity ratio
+    ``(1 - generated IoU) / (1 - original IoU)``; below COLLAPSE_RATIO the task's generated models are called
+    collapsed (near-copies of one another, whatever their distance to the checkpoints)."""
+    out = {}
+    for name, summary in results.get("novelty", {}).items():
+        groups = summary["novelty"]["groups"]
+        orig, gen = groups["original"]["pairwise_mean_iou"], groups["generated"]["pairwise_mean_iou"]
+        ratio = None if orig is None or gen is None or orig >= 1 else round((1 - gen) / (1 - orig), 4)
+        out[name] = {
+            "original_pairwise_iou": orig,
+            "generated_pairwise_iou": gen,
+            "diversity_ratio": ratio,
+            "collapsed": ratio is not None and ratio < COLLAPSE_RATIO,
+        }
+    return out
+
+
 def diversity_lines(results: Mapping) -> List[str]:
-    """Spread of each task's models: accuracy std and the mean pairwise IoU of their test error sets (1.0: every
-    model fails on the same examples, i.e. functionally one model)."""
-    novelty = results.get("novelty", {})
-    lines = ["| task | original std (pp) | generated std (pp) | original pairwise error IoU | generated pairwise error IoU |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    """Spread of each task's models: accuracy std and pairwise error-set IoU (:func:`within_task_diversity`)."""
+    diversity = results.get("diversity") or within_task_diversity(results)
+    lines = ["| task | original std (pp) | generated std (pp) | original pairwise error IoU | generated pairwise error IoU "
+             "| diversity ratio | within the task |", "|---|" + "---|" * 6]  # fmt: skip
     for name, o in results["original"].items():
-        groups = novelty.get(name, {}).get("novelty", {}).get("groups", {})
-        ious = [groups.get(k, {}).get("pairwise_mean_iou") for k in ("original", "generated")]
-        iou_text = ["-" if v is None else f"{v:.3f}" for v in ious]
+        d = diversity.get(name, {})
+
+        def fmt(v):
+            return "-" if v is None else f"{v:.3f}"
+
+        verdict = "-" if not d else "COLLAPSED (near-copies of one another)" if d["collapsed"] else "diverse"
         lines.append(
-            f"| {name} | {o['std']:.3f} | {results['generated'][name]['std']:.3f} | {iou_text[0]} | {iou_text[1]} |"
+            f"| {name} | {o['std']:.3f} | {results['generated'][name]['std']:.3f} | {fmt(d.get('original_pairwise_iou'))} "
+            f"| {fmt(d.get('generated_pairwise_iou'))} | {fmt(d.get('diversity_ratio'))} | {verdict} |"
         )
     return lines
 

@@ -87,6 +87,10 @@ def test_results_are_consistent(demo_dir):
     for name in names:
         assert matrix[names.index(name), names.index(name)] == res["original"][name]["median"]
     assert res["targets"] == check_targets(res)
+    assert set(res["diversity"]) == set(names)
+    for name, d in res["diversity"].items():
+        ratio = (1 - d["generated_pairwise_iou"]) / (1 - d["original_pairwise_iou"])
+        assert d["diversity_ratio"] == pytest.approx(ratio, abs=1e-4) and d["collapsed"] == (ratio < 0.5)
     assert list(res["timings_s"])[-1] == "total"
 
 
@@ -103,6 +107,21 @@ def test_check_targets_applies_both_margins():
     assert t["per_task"]["a"]["generated_ok"] and t["per_task"]["a"]["control_ok"]  # exactly at both margins
     assert not t["per_task"]["b"]["generated_ok"] and t["per_task"]["b"]["control_ok"]
     assert not t["generated_ok"] and t["control_ok"]
+
+
+def test_within_task_diversity_calls_near_copies_collapsed():
+    from pdiff_hf.conditional_report import diversity_lines, within_task_diversity
+
+    def novelty(orig_iou, gen_iou):
+        return {"novelty": {"groups": {"original": {"pairwise_mean_iou": orig_iou}, "generated": {"pairwise_mean_iou": gen_iou}}}}
+
+    res = {"novelty": {"a": novelty(0.8, 0.95), "b": novelty(0.8, 0.85)},
+           "original": {"a": {"std": 0.3}, "b": {"std": 0.3}}, "generated": {"a": {"std": 0.1}, "b": {"std": 0.2}}}  # fmt: skip
+    d = within_task_diversity(res)
+    assert d["a"]["diversity_ratio"] == pytest.approx(0.25) and d["a"]["collapsed"]
+    assert d["b"]["diversity_ratio"] == pytest.approx(0.75) and not d["b"]["collapsed"]
+    lines = diversity_lines(res)
+    assert "COLLAPSED" in lines[2] and lines[3].endswith("| diverse |")
 
 
 def test_shuffled_control_trains_what_fit_pdiff_trains_on_the_shuffled_ids():
