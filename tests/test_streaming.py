@@ -85,7 +85,8 @@ def test_memory_budget_refuses_in_memory_checkpoints_but_not_mapped_ones(tmp_pat
     params = _params()
     budget = params.numel() * 4 - 1
     for name in ("tensor", "memory"):
-        with pytest.raises(CheckpointDatasetError, match=r"at most 0.00 GiB of checkpoints held in memory.*load_from_disk"):
+        match = r"at most 0.00 GiB of checkpoints held in memory.*load_from_disk"
+        with pytest.raises(CheckpointDatasetError, match=match):
             CheckpointRows(_sources(params, tmp_path / name)[name], max_in_memory_bytes=budget)
     assert CheckpointRows(_sources(params, tmp_path / "m")["mapped"], max_in_memory_bytes=budget).shape == (24, 750)
 

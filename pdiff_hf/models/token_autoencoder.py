@@ -115,7 +115,8 @@ class TokenParameterAutoencoder(ModelMixin, ConfigMixin):
             fits = -(-in_dim // MAX_TOKENS)
             raise ValueError(
                 f"expected at most {MAX_TOKENS} tokens, found {sum(counts)} for D={in_dim} with token_size="
-                f"{token_size} (token_size must be at least {fits}; default_token_size(D) is {default_token_size(in_dim)})"
+                f"{token_size} (token_size must be at least {fits}; default_token_size(D) is "
+                f"{default_token_size(in_dim)})"
             )
         self._offsets = [(a, a + n) for a, n in zip([0] + list(itertools.accumulate(sizes))[:-1], sizes)]
         self._pads = [c * token_size - n for c, n in zip(counts, sizes)]

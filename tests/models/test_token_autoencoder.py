@@ -179,7 +179,8 @@ def test_fit_pdiff_with_the_token_autoencoder_reduces_reconstruction_error():
 
 
 def test_too_many_tokens_is_refused_before_building_naming_a_size_that_fits():
-    with pytest.raises(ValueError, match=r"at most 65536 tokens, found 70000 for D=70000 with token_size=1 \(token_size must be at least 2"):
+    match = r"at most 65536 tokens, found 70000 for D=70000 with token_size=1 \(token_size must be at least 2"
+    with pytest.raises(ValueError, match=match):
         TokenParameterAutoencoder(in_dim=70_000, token_size=1)
     assert TokenParameterAutoencoder(in_dim=70_000, token_size=2, hidden_dim=4, pos_dim=2).num_tokens == 35_000
 

@@ -10,8 +10,10 @@ from pdiff_hf.tasks.mnist1d_mlp import MNIST1DMLP, mlp_num_parameters
 def test_forward_shapes_and_parameter_count():
     model = MNIST1DMLP(in_length=12, hidden_sizes=(8, 6), num_classes=3)
     assert model(torch.randn(5, 1, 12)).shape == (5, 3) and model(torch.randn(5, 12)).shape == (5, 3)
-    assert sum(p.numel() for p in model.parameters()) == mlp_num_parameters(12, (8, 6), 3) == 12 * 8 + 8 + 8 * 6 + 6 + 6 * 3 + 3
-    assert [n for n, _ in model.named_parameters()] == [f"layers.{i}.{k}" for i in (0, 2, 4) for k in ("weight", "bias")]
+    count = mlp_num_parameters(12, (8, 6), 3)
+    assert sum(p.numel() for p in model.parameters()) == count == 12 * 8 + 8 + 8 * 6 + 6 + 6 * 3 + 3
+    names = [f"layers.{i}.{k}" for i in (0, 2, 4) for k in ("weight", "bias")]
+    assert [n for n, _ in model.named_parameters()] == names
     assert mlp_num_parameters(40, (512, 128), 10) == 87_946 and mlp_num_parameters(40, (1024, 1024), 10) == 1_101_834
     assert ParamLayout.from_module(MNIST1DMLP(hidden_sizes=())).dim == 410  # a linear classifier
 
