@@ -17,6 +17,13 @@ process (``time.process_time``), which a shared machine's load inflates far less
     OMP_NUM_THREADS=1 python benchmarks/bench_scale.py --dims 10000 100000 1000000 --repeats 3
     python benchmarks/bench_scale.py --device cuda --dims 10000 100000 1000000 10000000
 
+``--memory tensor`` / ``--memory dataset`` instead measures the peak RSS of ``fit_pdiff`` (``--memory_steps``
+steps per stage) and sampling ``--num_models`` models, with the checkpoints given as an ``(N, D)`` tensor or as a
+checkpoint dataset written by another process and memory-mapped with ``datasets.load_from_disk``::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_scale.py --dims 1000000 --memory dataset
+    OMP_NUM_THREADS=1 python benchmarks/bench_scale.py --dims 1000000 --memory tensor
+
 ``--compare`` instead trains the conv and the token autoencoder side by side for ``--compare_steps`` steps at
 each D and prints held-out reconstruction MSE (normalized space: predicting the mean scores 1.0) and seconds per
 step, the measurement behind ``PDiffConfig.autoencoder_type="auto"``::
@@ -156,6 +163,38 @@ def measure(dim: int, args) -> dict:
     return result
 
 
+def memory(dim: int, args) -> dict:
+    """Peak RSS of ``fit_pdiff`` (``--memory_steps`` steps per stage) followed by sampling ``--num_models`` models,
+    on ``--num_checkpoints`` synthetic checkpoints given as a tensor or as a memory-mapped checkpoint dataset."""
+    import tempfile
+
+    import datasets
+
+    from pdiff_hf import fit_pdiff
+
+    datasets.disable_progress_bars()
+    layout = synthetic_layout(dim)
+    config = PDiffConfig(ae_token_size=args.token_size, ae_steps=args.memory_steps, denoiser_steps=args.memory_steps,
+                         lr_warmup_steps=0)  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.memory == "dataset":  # written and reloaded in another process: this one only maps the file
+            subprocess.run([sys.executable, os.path.abspath(__file__), "--_write_dataset", tmp, "--dims", str(dim),
+                            "--num_checkpoints", str(args.num_checkpoints)], check=True)  # fmt: skip
+            source = datasets.load_from_disk(tmp)
+        else:
+            source = synthetic_checkpoints(args.num_checkpoints, dim)
+        start = time.perf_counter()
+        pipe = fit_pdiff(source, layout, config, progress=False)
+        fit_s = time.perf_counter() - start
+        rss_fit = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        pipe.set_progress_bar_config(disable=True)
+        out = pipe(num_models=args.num_models, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0))
+        assert out.params.shape == (args.num_models, dim)
+    return {"D": dim, "input": args.memory, "steps_per_stage": args.memory_steps, "fit_s": round(fit_s, 1),
+            "peak_rss_gb_after_fit": round(rss_fit, 2),
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}  # fmt: skip
+
+
 def compare(dim: int, args) -> list:
     """Held-out reconstruction MSE and s/step of the conv and the token autoencoder at one D."""
     from pdiff_hf.fit import _train
@@ -200,6 +239,10 @@ def main():
     parser.add_argument("--num_models", type=int, default=100)
     parser.add_argument("--steps", type=int, default=25, help="DPM-Solver++ sampling steps")
     parser.add_argument("--compare", action="store_true", help="conv against token autoencoder (see above)")
+    parser.add_argument("--memory", choices=("tensor", "dataset"), default=None,
+                        help="peak RSS of fit_pdiff + sampling from a tensor or a memory-mapped dataset (see above)")
+    parser.add_argument("--memory_steps", type=int, default=20)
+    parser.add_argument("--_write_dataset", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--compare_steps", type=int, default=300)
     parser.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -213,15 +256,23 @@ def main():
             for row in compare(dim, args):
                 print(json.dumps(row), flush=True)
         return
+    if args._write_dataset:
+        from pdiff_hf import make_checkpoint_dataset
+
+        dim = args.dims[0]
+        make_checkpoint_dataset(synthetic_checkpoints(args.num_checkpoints, dim), synthetic_layout(dim)).save_to_disk(
+            args._write_dataset
+        )
+        return
     if args._child:  # one D per process: its peak RSS is that D's alone
-        print(json.dumps(measure(args.dims[0], args)))
+        print(json.dumps(memory(args.dims[0], args) if args.memory else measure(args.dims[0], args)))
         return
     print(f"device {args.device}, torch threads: {torch.get_num_threads()}, batch {args.batch_size}, medians of "
           f"{args.repeats} runs")  # fmt: skip
     for dim in args.dims:
         argv = [sys.executable, os.path.abspath(__file__), "--_child", "--dims", str(dim)]
         for name in ("repeats", "device", "autoencoder_type", "num_checkpoints", "batch_size", "num_models", "steps",
-                     "token_size"):  # fmt: skip
+                     "token_size", "memory", "memory_steps"):  # fmt: skip
             if getattr(args, name) is not None:
                 argv += [f"--{name}", str(getattr(args, name))]
         proc = subprocess.run(argv, capture_output=True, text=True)
