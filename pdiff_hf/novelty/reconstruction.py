@@ -81,7 +81,10 @@ def reconstruction_report(
         JSON-ready ``{"heldout", "autoencoder", "pca"}`` (each: ``count``, ``val_accuracy`` / ``test_accuracy``
         summaries, and for the reconstructions ``rms_error`` in normalized space), ``latent_numel``,
         ``pca_components``, ``gate`` (``passed``, ``rule``, the medians compared), ``beats_pca`` (median validation
-        accuracy at least PCA's) and ``lower_error_than_pca`` (median RMS error at most PCA's). A projection onto
+        accuracy at least PCA's), ``lower_error_than_pca`` (median RMS error at most PCA's), ``mean_rms_error`` (the
+        error of the trivial code that returns the training mean) and ``lower_error_than_mean``: an autoencoder
+        whose error is not below it reconstructs the average, not its input, even when the reconstructions are good
+        networks. A projection onto
         the training span tends to pull checkpoints toward their average, which can score *higher* than the
         checkpoint itself: accuracy and error are both reported for that reason.
 
@@ -120,6 +123,8 @@ def reconstruction_report(
         groups[name] = {"count": h, "val_accuracy": _summary(val[part]), "test_accuracy": _summary(test[part])}
     groups["autoencoder"]["rms_error"] = _summary(_rms(z_ae, z_held))
     groups["pca"]["rms_error"] = _summary(_rms(z_pca, z_held))
+    # the trivial code: every checkpoint "reconstructed" as the training mean
+    mean_error = _summary(_rms(z_train.mean(0, keepdim=True).expand_as(z_held), z_held))
     held_val = groups["heldout"]["val_accuracy"]["median"]
     ae_val = groups["autoencoder"]["val_accuracy"]["median"]
     passed = ae_val >= held_val - margin_pp - 1e-9
@@ -139,6 +144,8 @@ def reconstruction_report(
         "lower_error_than_pca": bool(
             groups["autoencoder"]["rms_error"]["median"] <= groups["pca"]["rms_error"]["median"]
         ),
+        "mean_rms_error": mean_error,
+        "lower_error_than_mean": bool(groups["autoencoder"]["rms_error"]["median"] < mean_error["median"]),
     }
 
 
@@ -174,5 +181,13 @@ def reconstruction_lines(rec: Dict) -> List[str]:
         f"({gate['autoencoder_val_median']:.2f} vs {rec['pca']['val_accuracy']['median']:.2f}), with "
         f"{'a lower' if rec['lower_error_than_pca'] else 'a higher'} reconstruction error "
         f"({rec['autoencoder']['rms_error']['median']:.4g} vs {rec['pca']['rms_error']['median']:.4g}).",
+        f"- Against the training mean (every checkpoint reconstructed as the average, RMS error "
+        f"{rec['mean_rms_error']['median']:.4g}): "
+        + (
+            "the autoencoder's error is lower: it reconstructs its input."
+            if rec["lower_error_than_mean"]
+            else "the autoencoder's error is NOT lower: it reconstructs toward the average of the checkpoints, not "
+            "its input, even where the reconstructions are good networks."
+        ),
     ]
     return lines

@@ -62,7 +62,8 @@ def test_a_faithful_autoencoder_passes_and_matches_the_held_out_checkpoints(setu
     assert ae.training  # mode restored
     assert rec["autoencoder"]["test_accuracy"] == rec["heldout"]["test_accuracy"]
     assert rec["autoencoder"]["rms_error"]["median"] < 1e-5
-    assert rec["gate"]["passed"] and rec["lower_error_than_pca"]
+    assert rec["gate"]["passed"] and rec["lower_error_than_pca"] and rec["lower_error_than_mean"]
+    assert rec["mean_rms_error"]["median"] > 0.5  # held-out checkpoints lie about one std from the mean per entry
     assert rec["latent_numel"] == layout.dim and rec["pca_components"] == train.shape[0] - 1
     assert rec["heldout"]["count"] == 8 and rec["pca"]["rms_error"]["median"] > 0.1  # held-out: outside the span
     assert "**PASSED**" in "\n".join(reconstruction_lines(rec))
@@ -72,6 +73,7 @@ def test_a_broken_autoencoder_fails_the_gate(setup):
     model, layout, data, train, held = setup
     rec = reconstruction_report(model, layout, FakeAutoencoder(train, numel=4, broken=True), train, held, data)
     assert not rec["gate"]["passed"] and not rec["beats_pca"] and not rec["lower_error_than_pca"]
+    assert not rec["lower_error_than_mean"] and "NOT lower" in "\n".join(reconstruction_lines(rec))
     assert rec["autoencoder"]["val_accuracy"]["median"] < rec["heldout"]["val_accuracy"]["median"] - 1.0
     assert rec["pca_components"] == 4
     assert "FAILED" in "\n".join(reconstruction_lines(rec))
