@@ -173,3 +173,6 @@ def test_config_defaults_and_checks():
     assert cfg.guidance_scales == (1.0, 2.0, 4.0) and cfg.pdiff_config().condition_dropout == cfg.condition_dropout
     with pytest.raises(DemoConfigError, match="condition dropout in"):
         ConditionalDemoConfig(condition_dropout=0.0).validate()
+    with pytest.raises(DemoConfigError, match="expected learning rates > 0"):
+        ConditionalDemoConfig(denoiser_learning_rate=0.0).validate()
+    assert cfg.pdiff_config().denoiser_learning_rate == cfg.denoiser_learning_rate
