@@ -17,7 +17,7 @@
 ``branches > 0`` collects with :func:`~pdiff_hf.collect.collect_branches` instead (a ``trunk_epochs`` target, then
 ``branches`` branches of ``branch_epochs`` with their own data orders). Measured on the whole network (seeds 0 and 1):
 the generated models become functionally novel (18-46% good and novel vs 1-6% for the Gaussian baseline) but fall
-below the originals (median 1-1.3 pp lower, min 91.9-93.9) until recalibrated, and recalibrated they are no longer
+below the originals (median 0.6-1.3 pp lower, min 91.9-93.9) until recalibrated, and recalibrated they are no longer
 novel; the default stays p-diff's one-run recipe.
 
 The folder gets ``target/``, ``checkpoints/``, ``pipeline/``, then ``plots/``, ``report.md`` and ``results.json`` (last)
