@@ -37,6 +37,7 @@ __all__ = [
     "novelty_per_condition",
     "per_condition_summary",
     "shuffle_conditions",
+    "solved_shares",
     "task_accuracies",
 ]
 
@@ -187,6 +188,20 @@ def cross_task_matrix(accuracies: torch.Tensor, conditions: torch.Tensor) -> tor
         if rows.shape[0]:
             out[t] = rows.quantile(0.5, dim=0)
     return out
+
+
+def solved_shares(accuracies: torch.Tensor, conditions: torch.Tensor, threshold: float = 50.0) -> Dict[str, float]:
+    """Which task each model solves (accuracy above ``threshold`` %, far above chance): the share of models that solve
+    the task they were made for (``requested``), and that solve some task (``any``). A pipeline ignoring its
+    condition samples a mixture of the tasks: ``any`` stays high while ``requested`` falls to about ``1 / K``, and
+    per-task medians fall to the off-task accuracy, so the medians alone cannot tell a mixture from broken models."""
+    solved = accuracies > threshold  # (N, K)
+    requested = solved.gather(1, check_conditions(conditions, accuracies.shape[1], accuracies.shape[0])[:, None])[:, 0]
+    return {
+        "threshold": threshold,
+        "requested": round(float(requested.float().mean()), 4),
+        "any": round(float(solved.any(1).float().mean()), 4),
+    }
 
 
 def shuffle_conditions(conditions: torch.Tensor, seed: int = 0) -> torch.Tensor:

@@ -33,6 +33,7 @@ from .conditional import (
     generate_per_condition,
     novelty_per_condition,
     per_condition_summary,
+    solved_shares,
     task_accuracies,
 )
 from .conditional_report import check_targets, within_task_diversity, write_conditional_report
@@ -216,11 +217,16 @@ def _run(config: ConditionalDemoConfig, out: Path, log: Callable[[str], None]) -
             "original": cross_task_matrix(original_acc["test"], conditions).tolist(),
             "generated": sweep[selected]["cross_task"],
         },
+        "solved": {
+            "original": solved_shares(original_acc["test"], conditions),
+            "generated": solved_shares(accs[selected]["test"], gen_cond),
+        },
         "shuffled_control": {
             "guidance_scale": selected,
             "rows_keeping_their_id": round(float((shuffled == conditions).float().mean()), 4),
             "per_task": per_condition_summary(control_test, control_cond, names),
             "cross_task": cross_task_matrix(control_test, control_cond).tolist(),
+            "solved": solved_shares(control_test, control_cond),
         },
         "guidance_sweep": {str(s): {"per_task": v["per_task"], "cross_task": v["cross_task"]} for s, v in sweep.items()},
     }

@@ -87,6 +87,20 @@ def sweep_lines(results: Mapping) -> List[str]:
     return lines
 
 
+def solved_lines(results: Mapping) -> List[str]:
+    """Share of models above the accuracy threshold on the requested task and on any task: a mixture of the tasks
+    (condition ignored) keeps "any" high, broken models lose both."""
+    rows = [("original checkpoints", results.get("solved", {}).get("original")),
+            ("generated", results.get("solved", {}).get("generated")),
+            ("shuffled control", results["shuffled_control"].get("solved"))]  # fmt: skip
+    rows = [(name, s) for name, s in rows if s]
+    if not rows:
+        return []
+    lines = [f"| models | solve the requested task (> {rows[0][1]['threshold']:g}%) | solve some task |", "|---|---|---|"]
+    lines += [f"| {name} | {s['requested']:.0%} | {s['any']:.0%} |" for name, s in rows]
+    return lines
+
+
 def target_lines(targets: Mapping) -> List[str]:
     lines = [
         f"- generated median >= original median - {targets['generated_margin_pp']:g} pp on every task: "
@@ -192,6 +206,8 @@ def format_conditional_report(results: Mapping) -> str:
         f"guidance scale {results['shuffled_control']['guidance_scale']:g}. Cross-task matrix:",
         "",
         *_matrix_lines(results["shuffled_control"]["cross_task"], names),
+        "",
+        *solved_lines(results),
         "",
         "## Targets",
         "",

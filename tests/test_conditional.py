@@ -24,6 +24,7 @@ from pdiff_hf.conditional import (
     novelty_per_condition,
     per_condition_summary,
     shuffle_conditions,
+    solved_shares,
     task_accuracies,
 )
 from pdiff_hf.errors import ConditionError
@@ -215,3 +216,14 @@ def test_generate_per_condition_asks_for_every_condition_in_one_call():
         generate_per_condition(_FakePipe(0), 2)
     with pytest.raises(ConditionError, match="at least one model per condition, found 0"):
         generate_per_condition(pipe, 0)
+
+
+def test_solved_shares_tell_a_mixture_from_broken_models():
+    # 4 models, 2 tasks: a mixture (each solves one task, half of them the requested one) and broken models
+    mixture = torch.tensor([[95.0, 1.0], [1.0, 95.0], [95.0, 1.0], [1.0, 95.0]])
+    conditions = torch.tensor([0, 0, 1, 1])
+    assert solved_shares(mixture, conditions) == {"threshold": 50.0, "requested": 0.5, "any": 1.0}
+    assert solved_shares(torch.ones(4, 2), conditions) == {"threshold": 50.0, "requested": 0.0, "any": 0.0}
+    assert solved_shares(mixture, torch.tensor([0, 1, 0, 1]), threshold=96.0)["any"] == 0.0
+    with pytest.raises(ConditionError):
+        solved_shares(mixture, torch.tensor([0, 0, 1, 2]))

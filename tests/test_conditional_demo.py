@@ -87,6 +87,9 @@ def test_results_are_consistent(demo_dir):
     for name in names:
         assert matrix[names.index(name), names.index(name)] == res["original"][name]["median"]
     assert res["targets"] == check_targets(res)
+    assert res["solved"]["original"]["requested"] == 1.0  # every checkpoint solves its own task
+    for entry in (res["solved"]["generated"], res["shuffled_control"]["solved"]):
+        assert 0.0 <= entry["requested"] <= entry["any"] <= 1.0
     assert set(res["diversity"]) == set(names)
     for name, d in res["diversity"].items():
         ratio = (1 - d["generated_pairwise_iou"]) / (1 - d["original_pairwise_iou"])

@@ -86,7 +86,7 @@ _UNCONDITIONAL_ONLY = ("selection", "save_every")
 def run_conditional(args: argparse.Namespace) -> int:
     """``pdiff-hf demo --conditional``: :func:`pdiff_hf.conditional_demo.run_conditional_demo`."""
     from ..conditional_demo import ConditionalDemoConfig, run_conditional_demo
-    from ..conditional_report import diversity_lines, per_task_lines, sweep_lines, target_lines
+    from ..conditional_report import diversity_lines, per_task_lines, solved_lines, sweep_lines, target_lines
     from ..errors import DemoConfigError
     from ..novelty import tune_cpu_allocator
 
@@ -113,7 +113,8 @@ def run_conditional(args: argparse.Namespace) -> int:
     tune_cpu_allocator()  # process-wide, so the command sets it, never the library
     results = run_conditional_demo(config)
     print()
-    tables = (per_task_lines(results), diversity_lines(results), sweep_lines(results), target_lines(results["targets"]))
+    tables = (per_task_lines(results), diversity_lines(results), sweep_lines(results), solved_lines(results),
+              target_lines(results["targets"]))  # fmt: skip
     for lines in tables:
         print("\n".join(lines) + "\n")
     print(f"results: {args.output_dir}/results.json  report: {args.output_dir}/report.md")
