@@ -144,6 +144,8 @@ class PDiffPipelineOutput(BaseOutput):
             and dtype), for ``module.load_state_dict(sd, strict=False)``;
             ``"model"``: a [`GeneratedModels`], `num_models` working copies of the pipeline's target network, built
             one at a time on access (also ``out.models``);
+            ``"peft"``: a [`~pdiff_hf.peft_adapters.GeneratedAdapters`]: ``adapters[i]`` is a ``PeftModel``,
+            ``.save_pretrained(dir)`` writes one adapter folder per model;
             ``"latent"``: `torch.Tensor` `(num_models, C, L)`, the final latents, not decoded
             (``pipe.autoencoder.latents_to_params(latents)`` decodes them).
         layout (`ParamLayout`): how each parameter vector maps onto named tensors of the target network.
@@ -185,13 +187,13 @@ class PDiffPipelineOutput(BaseOutput):
             return self.params
         if self.output_type == "np":
             return torch.from_numpy(self.params)
-        if self.output_type == "model":
+        if self.output_type in ("model", "peft"):
             return self.params.vectors
         if self.output_type == "state_dict":
             return torch.stack([self._layout().flatten(sd) for sd in self.params])
         raise PipelineInputError(
-            f"expected an output of parameters (output_type 'pt', 'np', 'state_dict' or 'model'), found output_type "
-            f"{self.output_type!r}; decode latents with pipe.autoencoder.latents_to_params(out.params) first"
+            f"expected an output of parameters (output_type 'pt', 'np', 'state_dict', 'model' or 'peft'), found "
+            f"output_type {self.output_type!r}; decode latents with pipe.autoencoder.latents_to_params(out.params) first"
         )
 
     def _layout(self) -> ParamLayout:

@@ -62,7 +62,7 @@ def test_public_names_dir_and_type_checking_imports_agree():
         "DimensionMismatchError", "NonFiniteParametersError", "CheckpointDatasetError", "SchedulerError", "HubError",
         "OutputFolderError", "OutputFolderInUseError", "PDiffConfigError", "UnknownTaskError",
         "PipelineInputError", "TrainingScriptError", "GeneratedModels", "MissingLabelsError", "ModelOutputError",
-        "CheckpointFileError", "ConditionError", "checkpoints_from_files", "checkpoints_from_state_dicts", "checkpoints_from_hub",
+        "CheckpointFileError", "ConditionError", "PeftLayoutError", "checkpoints_from_files", "checkpoints_from_state_dicts", "checkpoints_from_hub",
         "PDiffCheckpointCallback",
     }  # fmt: skip
     assert names == expected

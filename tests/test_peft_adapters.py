@@ -119,6 +119,8 @@ def test_output_type_peft_folders_reload_with_identical_logits(pipe, tmp_path):
     assert isinstance(adapters, GeneratedAdapters) and len(adapters) == 3
     same = pipe(num_models=3, num_inference_steps=4, generator=torch.Generator().manual_seed(0)).params
     assert torch.equal(adapters.vectors, same)  # deterministic under a seed, same vectors as output_type="pt"
+    sds = out.state_dicts()  # the output's generic accessors read the adapters' vectors
+    assert len(sds) == 3 and all(torch.equal(sds[1][k], v) for k, v in adapters.state_dict(1).items())
     folders = adapters.save_pretrained(tmp_path / "adapters")
     assert [f.name for f in folders] == ["adapter_000", "adapter_001", "adapter_002"]
     assert sorted(p.name for p in folders[0].iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
