@@ -97,6 +97,22 @@ def test_results_are_consistent(demo_dir):
     assert list(res["timings_s"])[-1] == "total"
 
 
+def test_model_card_shows_the_tasks(demo_dir):
+    from pdiff_hf.hub.cards import build_model_card
+
+    res = json.loads((demo_dir / "results.json").read_text())
+    pipe = PDiffPipeline.from_pretrained(str(demo_dir / "pipeline"))
+    text = str(build_model_card(pipe, "me/conditional", results=res))
+    median = f"{res['generated']['shift-2']['median']:.2f}"
+    assert "| Original checkpoints, task `shift-2` | 8 |" in text
+    assert f"| p-diff generated for `shift-2` (guidance {res['guidance_scale']:g}) | 4 |" in text and median in text
+    assert "| denoiser.num_conditions | 3 |" in text and "shift-0, shift-1, shift-2" in text
+    assert "Task `shift-1`: " in text and "Shuffled-condition control" in text
+    for name, d in res["diversity"].items():
+        segment = text.split(f"Task `{name}`: ")[1].split("Task `")[0]  # this task's verdict
+        assert ("COLLAPSED within the task" in segment) == d["collapsed"]
+
+
 def test_check_targets_applies_both_margins():
     def summary(median):
         return {"median": median}

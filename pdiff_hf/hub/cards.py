@@ -196,6 +196,8 @@ def _results_context(results: Mapping | None) -> dict[str, Any]:
     ``more_baselines`` (how many were left out) and ``verdict`` (prose). The raw statistics stay in results.json."""
     if not results:
         return {"results_rows": [], "more_baselines": 0, "verdict": []}
+    if _is_conditional_results(results):
+        return _conditional_results_context(results)
     rows = []
     labels = {"original": "Original checkpoints (training data)", "generated": "p-diff generated"}
     for key in ("original", "generated"):
@@ -210,6 +212,38 @@ def _results_context(results: Mapping | None) -> dict[str, Any]:
         "more_baselines": max(0, len(baselines) - _MAX_BASELINE_ROWS),
         "verdict": [line.replace("\n", " ") for line in _verdict(results)],
     }
+
+
+def _is_conditional_results(results: Mapping) -> bool:
+    """A results.json of ``pdiff-hf demo --conditional``: per-task summaries under ``original`` / ``generated``."""
+    names = (results.get("tasks") or {}).get("names") if isinstance(results.get("tasks"), Mapping) else None
+    return bool(names) and all(isinstance(results.get("original", {}).get(n), Mapping) for n in names)
+
+
+def _conditional_results_context(results: Mapping) -> dict[str, Any]:
+    """Per task: the originals and the models generated for it, scored on it; the verdict line of each task's
+    novelty analysis, and whether the targets and the shuffled-condition control were met."""
+    rows, verdict = [], []
+    scale = results.get("guidance_scale")
+    for name in results["tasks"]["names"]:
+        generated = (results.get("generated") or {}).get(name)
+        rows.append({"label": f"Original checkpoints, task `{name}`", **{k: _fmt_summary(results["original"][name], k) for k in _SUMMARY_KEYS}})
+        if isinstance(generated, Mapping):
+            label = f"p-diff generated for `{name}`" + (f" (guidance {_fmt(scale)})" if scale is not None else "")
+            rows.append({"label": label, **{k: _fmt_summary(generated, k) for k in _SUMMARY_KEYS}})
+        lines = (results.get("novelty") or {}).get(name, {}).get("verdict") or []
+        collapsed = ((results.get("diversity") or {}).get(name) or {}).get("collapsed")
+        if lines:
+            note = " The generated models of this task are near-copies of one another (COLLAPSED within the task)."
+            verdict.append(f"Task `{name}`: {str(lines[-1])}".replace("\n", " ") + (note if collapsed else ""))
+    targets = results.get("targets")
+    if isinstance(targets, Mapping) and "control_ok" in targets:
+        verdict.append(
+            f"Shuffled-condition control (the same training with the condition ids permuted): "
+            f"{'at least' if targets['control_ok'] else 'NOT'} {_fmt(targets.get('control_gap_pp'))} pp below the "
+            "generated models on every task."
+        )
+    return {"results_rows": rows, "more_baselines": 0, "verdict": verdict}
 
 
 def results_document(results: None | str | os.PathLike | Mapping, token: Any = None) -> str | None:
