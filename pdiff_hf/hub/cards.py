@@ -196,8 +196,10 @@ def _results_context(results: Mapping | None) -> dict[str, Any]:
     ``more_baselines`` (how many were left out) and ``verdict`` (prose). The raw statistics stay in results.json."""
     if not results:
         return {"results_rows": [], "more_baselines": 0, "verdict": []}
-    if _is_conditional_results(results):
-        return _conditional_results_context(results)
+    from .condition_cards import conditional_results_context, is_conditional_results  # it imports this module
+
+    if is_conditional_results(results):
+        return conditional_results_context(results)
     rows = []
     labels = {"original": "Original checkpoints (training data)", "generated": "p-diff generated"}
     for key in ("original", "generated"):
@@ -212,38 +214,6 @@ def _results_context(results: Mapping | None) -> dict[str, Any]:
         "more_baselines": max(0, len(baselines) - _MAX_BASELINE_ROWS),
         "verdict": [line.replace("\n", " ") for line in _verdict(results)],
     }
-
-
-def _is_conditional_results(results: Mapping) -> bool:
-    """A results.json of ``pdiff-hf demo --conditional``: per-task summaries under ``original`` / ``generated``."""
-    names = (results.get("tasks") or {}).get("names") if isinstance(results.get("tasks"), Mapping) else None
-    return bool(names) and all(isinstance(results.get("original", {}).get(n), Mapping) for n in names)
-
-
-def _conditional_results_context(results: Mapping) -> dict[str, Any]:
-    """Per task: the originals and the models generated for it, scored on it; the verdict line of each task's
-    novelty analysis, and whether the targets and the shuffled-condition control were met."""
-    rows, verdict = [], []
-    scale = results.get("guidance_scale")
-    for name in results["tasks"]["names"]:
-        generated = (results.get("generated") or {}).get(name)
-        rows.append({"label": f"Original checkpoints, task `{name}`", **{k: _fmt_summary(results["original"][name], k) for k in _SUMMARY_KEYS}})
-        if isinstance(generated, Mapping):
-            label = f"p-diff generated for `{name}`" + (f" (guidance {_fmt(scale)})" if scale is not None else "")
-            rows.append({"label": label, **{k: _fmt_summary(generated, k) for k in _SUMMARY_KEYS}})
-        lines = (results.get("novelty") or {}).get(name, {}).get("verdict") or []
-        collapsed = ((results.get("diversity") or {}).get(name) or {}).get("collapsed")
-        if lines:
-            note = " The generated models of this task are near-copies of one another (COLLAPSED within the task)."
-            verdict.append(f"Task `{name}`: {str(lines[-1])}".replace("\n", " ") + (note if collapsed else ""))
-    targets = results.get("targets")
-    if isinstance(targets, Mapping) and "control_ok" in targets:
-        verdict.append(
-            f"Shuffled-condition control (the same training with the condition ids permuted): "
-            f"{'at least' if targets['control_ok'] else 'NOT'} {_fmt(targets.get('control_gap_pp'))} pp below the "
-            "generated models on every task."
-        )
-    return {"results_rows": rows, "more_baselines": 0, "verdict": verdict}
 
 
 def results_document(results: None | str | os.PathLike | Mapping, token: Any = None) -> str | None:
@@ -374,6 +344,8 @@ def build_dataset_card(
     data["license"] = data.get("license") or license
     data["tags"] = sorted(set(data.get("tags") or []) | set(DATASET_TAGS))
     data.setdefault("pretty_name", f"p-diff checkpoints: {repo_id.split('/')[-1]}")
+    from .condition_cards import conditions_sentence  # it imports this module
+
     summary = [
         {"name": name, "doc": doc, "recipe": " ".join(filter(None, [collection_recipe(doc), conditions_sentence(doc)])),
          **layout_context(ParamLayout.from_list(doc["param_layout"]))}
@@ -409,21 +381,6 @@ def collection_recipe(doc: Mapping) -> str:
     arch = doc.get("architecture") or "the target network"
     how = "; ".join(parts) if parts else "collected without run metadata"
     return f"Each row holds the selected tensors of {arch} (D = {_dim_of(doc)}), {how}."
-
-
-def conditions_sentence(doc: Mapping) -> str:
-    """For a conditional config (``condition_names`` in its layout document): which task each id of its condition
-    column is, e.g. "Conditional: column `condition` holds the task id, 0 = `shift-0`, 1 = `shift-1`." Empty for an
-    unconditional config."""
-    names = doc.get("condition_names")
-    if not names:
-        return ""
-    column = doc.get("condition_column") or "condition"
-    ids = ", ".join(f"{i} = `{name}`" for i, name in enumerate(names))
-    return (
-        f"Conditional ({len(names)} conditions): column `{column}` holds the task id of each checkpoint, {ids}; "
-        f"train with `fit_pdiff(..., conditions=checkpoint_conditions(ds))` or `train_ldm.py --condition_column {column}`."
-    )
 
 
 def _dim_of(doc: Mapping) -> Any:
