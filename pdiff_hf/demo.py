@@ -350,7 +350,8 @@ def recalibration_effect(model, layout, generated, train_params, data, num_batch
     out = {"batches": num_batches, "batch_size": 128}
     for name, params in (("generated", generated), ("original", train_params)):
         recal = recalibrate_parameters(model, layout, params, data.train_x, num_batches=num_batches)
-        acc = evaluate_parameters(model, layout, torch.cat([params, recal]), data.test_x, data.test_y)
+        both = torch.cat([params, recal])
+        acc = evaluate_parameters(model, layout, both, data.test_x, data.test_y, batch_size=10, models_per_chunk=50)
         out[name] = summarize_accuracies(acc[: len(params)])
         out[f"{name}_recalibrated"] = summarize_accuracies(acc[len(params):])
     return out

@@ -82,7 +82,8 @@ def check_weight_averaging(
         pairs = [(a, b) for a in range(len(means)) for b in range(a + 1, len(means))][:max_checkpoints]
         candidates += [(means[a] + means[b]) / 2 for a, b in pairs]
         pair_count = len(pairs)
-    acc = evaluate_parameters(model, layout, torch.cat([params[picked], torch.stack(candidates)]), data, labels)
+    models = torch.cat([params[picked], torch.stack(candidates)])
+    acc = evaluate_parameters(model, layout, models, data, labels, batch_size=100, models_per_chunk=10)
     ckpt_acc, avg_acc = acc[: len(picked)], acc[len(picked):]
     median = float(ckpt_acc.median())
     worst = float(avg_acc.min())

@@ -115,8 +115,11 @@ def reconstruction_report(
     check_finite(ae_rec, "autoencoder reconstructions")
     h = held.shape[0]
     everything = torch.cat([held, ae_rec, pca_rec])
-    val = evaluate_parameters(model, layout, everything, data.val_x, data.val_y)
-    test = evaluate_parameters(model, layout, everything, data.test_x, data.test_y)
+    # the novelty analysis' chunking (500 model-examples per vmapped call): 3x faster and ~15x less memory than the
+    # defaults for MNIST1DCNN on CPU
+    chunks = dict(batch_size=10, models_per_chunk=50)
+    val = evaluate_parameters(model, layout, everything, data.val_x, data.val_y, **chunks)
+    test = evaluate_parameters(model, layout, everything, data.test_x, data.test_y, **chunks)
     groups: Dict[str, Dict] = {}
     for i, name in enumerate(("heldout", "autoencoder", "pca")):
         part = slice(i * h, (i + 1) * h)
