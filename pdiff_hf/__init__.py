@@ -15,12 +15,23 @@ _import_structure: Dict[str, List[str]] = {
     "checkpoint_import": ["checkpoints_from_files", "checkpoints_from_hub", "checkpoints_from_state_dicts"],
     "checkpoints": [
         "check_dataset_layout",
+        "checkpoint_conditions",
         "checkpoint_params",
+        "get_condition_names",
         "get_layout",
         "load_checkpoint_dataset",
         "make_checkpoint_dataset",
+        "set_condition_names",
         "set_layout",
         "split_by_runs",
+    ],
+    "conditional": [
+        "collect_conditional_checkpoints",
+        "cross_task_matrix",
+        "fit_shuffled_control",
+        "generate_per_condition",
+        "per_condition_summary",
+        "task_accuracies",
     ],
     "collect": ["collect_checkpoints", "collect_from_runs", "train_classifier"],
     "data": ["ClassificationSplits"],
@@ -67,12 +78,23 @@ if TYPE_CHECKING:
     from .checkpoint_import import checkpoints_from_files, checkpoints_from_hub, checkpoints_from_state_dicts
     from .checkpoints import (
         check_dataset_layout,
+        checkpoint_conditions,
         checkpoint_params,
+        get_condition_names,
         get_layout,
         load_checkpoint_dataset,
         make_checkpoint_dataset,
+        set_condition_names,
         set_layout,
         split_by_runs,
+    )
+    from .conditional import (
+        collect_conditional_checkpoints,
+        cross_task_matrix,
+        fit_shuffled_control,
+        generate_per_condition,
+        per_condition_summary,
+        task_accuracies,
     )
     from .collect import collect_checkpoints, collect_from_runs, train_classifier
     from .data import ClassificationSplits

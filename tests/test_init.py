@@ -63,7 +63,9 @@ def test_public_names_dir_and_type_checking_imports_agree():
         "OutputFolderError", "OutputFolderInUseError", "PDiffConfigError", "UnknownTaskError",
         "PipelineInputError", "TrainingScriptError", "GeneratedModels", "MissingLabelsError", "ModelOutputError",
         "CheckpointFileError", "ConditionError", "PeftLayoutError", "checkpoints_from_files", "checkpoints_from_state_dicts", "checkpoints_from_hub",
-        "PDiffCheckpointCallback",
+        "PDiffCheckpointCallback", "checkpoint_conditions", "get_condition_names", "set_condition_names",
+        "collect_conditional_checkpoints", "cross_task_matrix", "fit_shuffled_control", "generate_per_condition",
+        "per_condition_summary", "task_accuracies",
     }  # fmt: skip
     assert names == expected
     assert names <= set(dir(pdiff_hf)) and {"tasks", "hub", "novelty", "pipelines"} <= set(dir(pdiff_hf))
