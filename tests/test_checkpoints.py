@@ -171,3 +171,21 @@ def test_large_dataset():
     assert out.shape == (200, 200_000) and out.dtype == torch.float32
     assert torch.equal(out, params)
     assert torch.equal(checkpoint_params(ds.select(range(1, 200, 50))), params[1::50])
+
+
+def test_checkpoint_dataset_fingerprint_follows_its_content():
+    """The fingerprint is a hash of the rows, metadata and layout (datasets' own would pickle the whole table)."""
+    from pdiff_hf.checkpoints import make_checkpoint_dataset
+
+    layout = ParamLayout.from_list([{"name": "w", "shape": [5]}])
+    params = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
+    first = make_checkpoint_dataset(params, layout, {"step": [0, 1, 2, 3]})
+    assert make_checkpoint_dataset(params.clone(), layout, {"step": [0, 1, 2, 3]})._fingerprint == first._fingerprint
+    changed = params.clone()
+    changed[2, 3] += 1e-6
+    others = [
+        make_checkpoint_dataset(changed, layout, {"step": [0, 1, 2, 3]}),
+        make_checkpoint_dataset(params, layout, {"step": [0, 1, 2, 4]}),
+        make_checkpoint_dataset(params, ParamLayout.from_list([{"name": "v", "shape": [5]}]), {"step": [0, 1, 2, 3]}),
+    ]
+    assert len({first._fingerprint} | {o._fingerprint for o in others}) == 4
