@@ -33,7 +33,7 @@ _import_structure: Dict[str, List[str]] = {
         "per_condition_summary",
         "task_accuracies",
     ],
-    "collect": ["collect_checkpoints", "collect_from_runs", "train_classifier"],
+    "collect": ["collect_branches", "collect_checkpoints", "collect_from_runs", "train_classifier"],
     "data": ["ClassificationSplits"],
     "errors": [
         "CheckpointDatasetError",
@@ -51,6 +51,7 @@ _import_structure: Dict[str, List[str]] = {
         "PDiffError",
         "PeftLayoutError",
         "PipelineInputError",
+        "RecalibrationError",
         "SchedulerError",
         "SelectionError",
         "TrainingScriptError",
@@ -63,8 +64,10 @@ _import_structure: Dict[str, List[str]] = {
     "novelty": ["NoveltyReport", "analyze_novelty", "novelty_verdict"],
     "pipelines": ["PDiffPipeline", "PDiffPipelineOutput"],
     "pipelines.pipeline_output": ["GeneratedModels"],
+    "recalibration": ["recalibrate_batchnorm", "recalibrate_parameters"],
     "trainer_callback": ["PDiffCheckpointCallback"],
     "training_utils": ["PDiffConfig", "build_models"],
+    "weight_averaging": ["MixedRunsWarning", "check_weight_averaging"],
 }
 # submodules reachable as attributes without an import statement (pdiff_hf.hub.push_pipeline, pdiff_hf.tasks, …)
 _submodules = sorted(
@@ -96,7 +99,7 @@ if TYPE_CHECKING:
         per_condition_summary,
         task_accuracies,
     )
-    from .collect import collect_checkpoints, collect_from_runs, train_classifier
+    from .collect import collect_branches, collect_checkpoints, collect_from_runs, train_classifier
     from .data import ClassificationSplits
     from .errors import (
         CheckpointDatasetError,
@@ -114,6 +117,7 @@ if TYPE_CHECKING:
         PDiffError,
         PeftLayoutError,
         PipelineInputError,
+        RecalibrationError,
         SchedulerError,
         SelectionError,
         TrainingScriptError,
@@ -126,8 +130,10 @@ if TYPE_CHECKING:
     from .novelty import NoveltyReport, analyze_novelty, novelty_verdict
     from .pipelines import PDiffPipeline, PDiffPipelineOutput
     from .pipelines.pipeline_output import GeneratedModels
+    from .recalibration import recalibrate_batchnorm, recalibrate_parameters
     from .trainer_callback import PDiffCheckpointCallback
     from .training_utils import PDiffConfig, build_models
+    from .weight_averaging import MixedRunsWarning, check_weight_averaging
 
 
 def __getattr__(name: str) -> Any:

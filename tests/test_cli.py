@@ -70,6 +70,13 @@ def test_demo_flags_left_out_take_demo_config_defaults(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         cli.main(["demo", "--output-dir", str(tmp_path), "--seed", "3", "--no-novelty", "--selection", "classifier"])
     assert seen[-1] == demo.DemoConfig(output_dir=str(tmp_path), seed=3, novelty=False, selection="classifier")
+    with pytest.raises(Stop):
+        cli.main(["demo", "--output-dir", str(tmp_path), "--selection", "whole", "--branches", "8", "--trunk-epochs",
+                  "10", "--branch-epochs", "5", "--recalibration-batches", "4", "--heldout-checkpoints", "0"])  # fmt: skip
+    assert seen[-1] == demo.DemoConfig(
+        output_dir=str(tmp_path), selection="whole", branches=8, trunk_epochs=10, branch_epochs=5,
+        recalibration_batches=4, heldout_checkpoints=0,
+    )
 
 
 def test_no_command_prints_help_and_exits_2(capsys):

@@ -65,7 +65,8 @@ def test_public_names_dir_and_type_checking_imports_agree():
         "CheckpointFileError", "ConditionError", "PeftLayoutError", "checkpoints_from_files", "checkpoints_from_state_dicts", "checkpoints_from_hub",
         "PDiffCheckpointCallback", "checkpoint_conditions", "get_condition_names", "set_condition_names",
         "collect_conditional_checkpoints", "cross_task_matrix", "fit_shuffled_control", "generate_per_condition",
-        "per_condition_summary", "task_accuracies",
+        "per_condition_summary", "task_accuracies", "collect_branches", "RecalibrationError", "recalibrate_batchnorm",
+        "recalibrate_parameters", "MixedRunsWarning", "check_weight_averaging",
     }  # fmt: skip
     assert names == expected
     assert names <= set(dir(pdiff_hf)) and {"tasks", "hub", "novelty", "pipelines"} <= set(dir(pdiff_hf))

@@ -28,6 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-inference-steps", type=int, default=None)
     p.add_argument("--num-threads", type=int, default=None,
                    help="torch threads (1 is usually fastest for these small models)")
+    p.add_argument("--heldout-checkpoints", type=int, default=None,
+                   help="checkpoints collected after the training ones for the reconstruction gate (default 20; 0: none)")
+    p.add_argument("--branches", type=int, default=None,
+                   help="collect from this many branches of an early target (collect_branches; default 0: one run)")
+    p.add_argument("--trunk-epochs", type=int, default=None, help="epochs of the shared target with --branches (5)")
+    p.add_argument("--branch-epochs", type=int, default=None, help="epochs of each branch with --branches (10)")
+    p.add_argument("--recalibration-batches", type=int, default=None,
+                   help="also measure the generated models after BatchNorm recalibration on this many training "
+                   "batches (--selection whole)")
     p.add_argument("--no-novelty", dest="novelty", action="store_false", help="skip baselines and novelty analysis")
     p.add_argument("--conditional", action="store_true",
                    help="one conditional pipeline for several MNIST-1D tasks (labels shifted by t) sharing a frozen "
@@ -59,6 +68,11 @@ def run(args: argparse.Namespace) -> int:
         num_models=args.num_models,
         num_inference_steps=args.num_inference_steps,
         num_threads=args.num_threads,
+        heldout_checkpoints=args.heldout_checkpoints,
+        branches=args.branches,
+        trunk_epochs=args.trunk_epochs,
+        branch_epochs=args.branch_epochs,
+        recalibration_batches=args.recalibration_batches,
     )
     given = {name: value for name, value in options.items() if value is not None}
     config = DemoConfig(output_dir=args.output_dir, novelty=args.novelty, **given)
