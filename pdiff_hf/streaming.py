@@ -107,6 +107,20 @@ class CheckpointRows:
         return [(a, min(a + width, self.shape[1])) for a in range(0, self.shape[1], width)]
 
 
+def checkpoint_rows(dataset) -> CheckpointRows:
+    """:class:`CheckpointRows` of a checkpoint dataset: zero-copy from its ``params`` column when that holds
+    fixed-size float32 lists (as :func:`~pdiff_hf.checkpoints.make_checkpoint_dataset` writes it), else from the
+    float32 tensor :func:`~pdiff_hf.checkpoints.checkpoint_params` reads (other list types, with its errors)."""
+    import pyarrow as pa
+
+    from .checkpoints import PARAMS_COLUMN, checkpoint_params
+
+    column_type = dataset.data.schema.field(PARAMS_COLUMN).type if PARAMS_COLUMN in dataset.column_names else None
+    if column_type is not None and pa.types.is_fixed_size_list(column_type) and column_type.value_type == pa.float32():
+        return CheckpointRows(dataset)
+    return CheckpointRows(checkpoint_params(dataset))
+
+
 def _arrow_chunks(dataset):
     """Zero-copy numpy views ``(rows, D)`` of the ``params`` column's Arrow chunks, the dataset's row mapping (after
     ``select`` / ``shuffle``), the shape, and how many of the bytes are held in memory rather than mapped."""

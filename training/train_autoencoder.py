@@ -15,6 +15,8 @@ weights as ``pdiff_hf.fit_pdiff`` in one process. Also runs as plain ``python tr
 """
 
 import argparse
+import copy
+import hashlib
 import logging
 import math
 import os
@@ -39,10 +41,11 @@ from pdiff_hf.checkpointing import (
     save_checkpoint,
     save_pretrained_into,
 )
-from pdiff_hf.checkpoints import checkpoint_params, get_layout, load_checkpoint_dataset
+from pdiff_hf.checkpoints import get_layout, load_checkpoint_dataset
 from pdiff_hf.errors import NonFiniteParametersError, PDiffError, TrainingScriptError
 from pdiff_hf.layout import check_finite
 from pdiff_hf.models import ParameterAutoencoder
+from pdiff_hf.streaming import CheckpointRows, NormalizedRows, checkpoint_rows, fit_normalization
 from pdiff_hf.training_utils import (
     PDiffConfig,
     autoencoder_loss,
@@ -127,7 +130,9 @@ def main(args):
         args.dataset_name, args.dataset_config_name, split=args.dataset_split, cache_dir=args.cache_dir
     )
     layout = get_layout(dataset)
-    params = checkpoint_params(dataset)  # (N, D)
+    # (N, D) checkpoints read a block at a time from the dataset's Arrow column (memory-mapped after load_from_disk),
+    # as fit_pdiff reads them: no copy of the whole matrix, raw or normalized (pdiff_hf.streaming)
+    params = checkpoint_rows(dataset)
 
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -153,7 +158,7 @@ def main(args):
         autoencoder = build_autoencoder(layout, config)
     except ValueError as err:
         raise TrainingScriptError(f"autoencoder flags: {err}") from err
-    autoencoder.fit_normalization(params)
+    fit_normalization(autoencoder, params)  # block by block of columns; NaN/Inf raise NonFiniteParametersError
     ema_model = None
     if args.use_ema:
         ema_model = EMAModel(
@@ -164,8 +169,11 @@ def main(args):
     # Checkpoints hold the autoencoder (and its EMA) as save_pretrained folders: safetensors, readable without this script.
     register_checkpoint_hooks(accelerator, ParameterAutoencoder, "autoencoder", ema_model)
 
+    # Batches are normalized when read, on the CPU with a frozen copy of the statistics (loader workers never touch
+    # the accelerator's device); a batch equals the same rows of autoencoder.normalize(all checkpoints).
+    train_data = NormalizedRows(params, copy.deepcopy(autoencoder).requires_grad_(False))
     train_dataloader = make_dataloader(
-        autoencoder.normalize(params), args.train_batch_size, seed=args.seed, num_workers=args.dataloader_num_workers
+        train_data, args.train_batch_size, seed=args.seed, num_workers=args.dataloader_num_workers
     )
     sampler = train_dataloader.sampler
     optimizer = torch.optim.AdamW(
@@ -191,7 +199,7 @@ def main(args):
         accelerator.init_trackers(args.tracker_project_name, config=tracker_config(args))
 
     # A checkpoint belongs to this run only if these flags and the training data are the same.
-    fingerprint = run_fingerprint(args, RUN_FLAGS, params)
+    fingerprint = {**run_fingerprint(args, RUN_FLAGS, torch.empty(0)), "data": data_digest(params)}
     global_step, first_epoch, resume_step = 0, 0, 0
     if resume_path:
         logger.info(f"resuming from {resume_path}")
@@ -263,16 +271,34 @@ def main(args):
     autoencoder.eval()
     for name, weight in autoencoder.named_parameters():
         check_finite(weight, f"autoencoder weight {name} after training (diverged: lower --learning_rate)")
-    autoencoder.set_latent_scaling(params.to(accelerator.device))
+    autoencoder.set_latent_scaling(params)  # encoded a chunk of rows at a time
     if accelerator.is_main_process:
         save_pretrained_into(autoencoder.to("cpu"), args.output_dir, marker="config.json")
-        reconstruction = autoencoder.latents_to_params(autoencoder.params_to_latents(params))
         logger.info(f"saved the autoencoder to {args.output_dir}; reconstruction MSE on the training checkpoints "
-                    f"{float((reconstruction - params).pow(2).mean()):.4g}")
+                    f"{reconstruction_mse(autoencoder, params):.4g}")
         if args.push_to_hub:
             autoencoder.push_to_hub(args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
     accelerator.end_training()
     return 0
+
+
+def data_digest(rows: CheckpointRows) -> str:
+    """``run_fingerprint``'s hash of the checkpoints (blake2b of the float32 rows in order), computed a chunk of rows
+    at a time: the same digest as hashing the whole ``(N, D)`` matrix, so older checkpoints still resume."""
+    digest = hashlib.blake2b(digest_size=16)
+    for chunk in rows.row_chunks():
+        digest.update(chunk.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def reconstruction_mse(autoencoder, rows: CheckpointRows) -> float:
+    """Mean squared reconstruction error over all checkpoints, a chunk of rows at a time."""
+    total = 0.0
+    for chunk in rows.row_chunks(autoencoder.decode_chunk_entries):
+        chunk = chunk.to(autoencoder.norm_mean.device)
+        total += float((autoencoder.latents_to_params(autoencoder.params_to_latents(chunk)) - chunk).double().pow(2).sum())
+    return total / (rows.shape[0] * rows.shape[1])
 
 
 if __name__ == "__main__":
