@@ -46,7 +46,6 @@ from pdiff_hf.checkpointing import (
 )
 from pdiff_hf.checkpoints import (
     checkpoint_conditions,
-    checkpoint_params,
     get_condition_names,
     get_layout,
     load_checkpoint_dataset,
@@ -61,6 +60,7 @@ from pdiff_hf.errors import (
 from pdiff_hf.layout import check_finite
 from pdiff_hf.models import LatentUNet1DModel, ParameterAutoencoder
 from pdiff_hf.pipelines import PDiffPipeline
+from pdiff_hf.streaming import checkpoint_rows
 from pdiff_hf.training_utils import (
     PDiffConfig,
     build_denoiser,
@@ -205,7 +205,7 @@ def main(args):
             f"--pretrained_autoencoder_name_or_path: expected an autoencoder for the dataset's parameters "
             f"[{layout.describe()}], found one for [{found}]"
         )
-    params = checkpoint_params(dataset)  # (N, D)
+    params = checkpoint_rows(dataset)  # (N, D), read a block at a time (memory-mapped after load_from_disk)
     conditions, num_conditions, condition_names = load_conditions(dataset, args)  # (N,) task ids, or None
 
     accelerator = Accelerator(
@@ -232,7 +232,7 @@ def main(args):
 
     # Clean latents (N, C, L) of every checkpoint: the autoencoder is frozen and deterministic in eval mode.
     autoencoder.eval().requires_grad_(False)
-    latents = autoencoder.params_to_latents(params).float()
+    latents = autoencoder.params_to_latents(params).float()  # a chunk of rows at a time, as in fit_pdiff
     check_finite(latents, f"latents of the autoencoder {args.pretrained_autoencoder_name_or_path}")
     logger.info(f"{params.shape[0]} checkpoints of D={params.shape[1]} -> latents {tuple(latents.shape[1:])}")
     noise_scheduler = noise_scheduler_for(denoiser)
@@ -364,7 +364,8 @@ def main(args):
                 generator=torch.Generator().manual_seed(args.seed),
                 condition=None if conditions is None else torch.arange(args.num_validation_models) % num_conditions,
             ).params
-            distance = torch.cdist(generated, params).min(dim=1).values.mean()
+            nearest = torch.stack([torch.cdist(generated, rows).min(dim=1).values for rows in params.row_chunks()])
+            distance = nearest.min(dim=0).values.mean()
             logger.info(f"sampled {generated.shape[0]} models: mean distance to the nearest checkpoint {distance:.4g}")
         save_pretrained_into(pipeline, args.output_dir, marker="model_index.json")
         logger.info(f"saved the PDiffPipeline to {args.output_dir}")
