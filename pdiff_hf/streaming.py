@@ -44,11 +44,12 @@ class CheckpointRows:
                 raise DimensionMismatchError(f"expected a float tensor of checkpoints (N, D), found {source.dtype} "
                                              f"{tuple(source.shape)}")  # fmt: skip
             self._chunks: List[Tuple[int, Union[torch.Tensor, np.ndarray]]] = [(0, source)]
-            self._row_map = None
+            self._row_map, self._dataset = None, None
             self.shape = tuple(source.shape)
             in_memory = source.numel() * source.element_size()
         else:
             self._chunks, self._row_map, self.shape, in_memory = _arrow_chunks(source)
+            self._dataset = source  # pickled instead of the Arrow views (a memory-mapped dataset pickles its path)
         if max_in_memory_bytes is not None and in_memory > max_in_memory_bytes:
             raise CheckpointDatasetError(
                 f"expected at most {max_in_memory_bytes / 2**30:.2f} GiB of checkpoints held in memory, found "
@@ -58,6 +59,14 @@ class CheckpointRows:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def __getstate__(self):  # for DataLoader workers started with spawn: the dataset, not a copy of its rows
+        return {**self.__dict__, "_chunks": None} if self._dataset is not None else self.__dict__
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self._chunks is None:
+            self._chunks = _arrow_chunks(self._dataset)[0]
 
     def rows(self, indices: Sequence[int]) -> torch.Tensor:
         """Float32 rows ``(len(indices), D)`` in the order given (a copy)."""

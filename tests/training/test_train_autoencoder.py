@@ -168,3 +168,58 @@ def test_tracks_loss_and_flags_with_tensorboard(scripts, dataset_dir, tmp_path):
     accumulator.Reload()
     assert [e.step for e in accumulator.Scalars("loss")] == [1, 2, 3]
     assert not any(b"hf_secret_value" in p.read_bytes() for p in out.rglob("*") if p.is_file())
+
+
+def test_reads_the_dataset_a_block_at_a_time_as_fit_pdiff_does(scripts, dataset_dir, tmp_path, monkeypatch):
+    """No (N, D) copy of the checkpoints: the script never calls checkpoint_params, and it trains what
+    train_autoencoder trains on the dataset's CheckpointRows (fit_pdiff's path for a dataset)."""
+    import datasets
+
+    import pdiff_hf.checkpoints
+    from pdiff_hf.streaming import CheckpointRows
+
+    def whole_matrix(*args, **kwargs):
+        raise AssertionError("the script read the whole (N, D) matrix with checkpoint_params")
+
+    monkeypatch.setattr(pdiff_hf.checkpoints, "checkpoint_params", whole_matrix)
+    monkeypatch.setattr(scripts["train_autoencoder"], "checkpoint_params", whole_matrix, raising=False)
+    out = tmp_path / "ae"
+    assert run_in_process(scripts["train_autoencoder"], _argv(dataset_dir, out, "--max_train_steps", "6")) == 0
+    dataset = datasets.load_from_disk(str(dataset_dir))
+    config = PDiffConfig(ae_block_out_channels=(8, 8), ae_train_batch_size=8, ae_steps=6, lr_warmup_steps=2)
+    torch.manual_seed(config.seed)
+    ae = build_autoencoder(get_layout(dataset), config)
+    train_autoencoder(ae, CheckpointRows(dataset), config, progress=False)
+    assert same_weights(ae, ParameterAutoencoder.from_pretrained(str(out)))
+
+
+def test_dataloader_workers_train_the_same_weights(scripts, dataset_dir, tmp_path):
+    argv = ["--max_train_steps", "6", "--checkpointing_steps", "100"]
+    assert run_in_process(scripts["train_autoencoder"], _argv(dataset_dir, tmp_path / "w0", *argv)) == 0
+    argv += ["--dataloader_num_workers", "2"]
+    assert run_in_process(scripts["train_autoencoder"], _argv(dataset_dir, tmp_path / "w2", *argv)) == 0
+    assert same_weights(ParameterAutoencoder.from_pretrained(str(tmp_path / "w0")),
+                        ParameterAutoencoder.from_pretrained(str(tmp_path / "w2")))  # fmt: skip
+
+
+def test_training_rows_pickle_as_the_memory_mapped_dataset_not_its_rows(tmp_path):
+    """Loader workers started with spawn get the dataset (its file paths), not a copy of the checkpoints."""
+    import pickle
+
+    import datasets
+
+    from pdiff_hf import make_checkpoint_dataset
+    from pdiff_hf.streaming import NormalizedRows, checkpoint_rows
+
+    layout = ParamLayout.from_module(nn.Linear(2000, 10))  # D = 20010
+    params = torch.randn(6, layout.dim, generator=torch.Generator().manual_seed(0))
+    make_checkpoint_dataset(params, layout).save_to_disk(str(tmp_path / "ds"))
+    rows = checkpoint_rows(datasets.load_from_disk(str(tmp_path / "ds")).select([4, 1, 2]))
+    blob = pickle.dumps(rows)
+    assert len(blob) < params.numel()  # the 3 x 20010 float32 rows alone are 240 kB
+    assert torch.equal(pickle.loads(blob).rows([2, 0]), params[[2, 4]])
+    torch.manual_seed(0)
+    ae = build_autoencoder(layout, PDiffConfig(ae_block_out_channels=(8, 8)))
+    ae.fit_normalization(params[[4, 1, 2]])
+    data = NormalizedRows(rows, ae)
+    assert torch.equal(torch.stack(pickle.loads(pickle.dumps(data)).__getitems__([0, 2])), ae.normalize(params[[4, 2]]))
