@@ -63,6 +63,32 @@ def test_scripts_train_the_same_pipeline_as_fit_pdiff(dataset_dir, ldm_dir):
     assert pipe.denoiser.config.sample_abs_max == loaded.denoiser.config.sample_abs_max
 
 
+def test_reads_the_dataset_a_chunk_at_a_time_as_fit_pdiff_does(scripts, dataset_dir, autoencoder_dir, tmp_path, monkeypatch):
+    """No (N, D) copy of the checkpoints: train_ldm.py never calls checkpoint_params, and both scripts train what
+    fit_pdiff trains on the dataset itself (read a block at a time)."""
+    import datasets
+
+    import pdiff_hf.checkpoints
+
+    def whole_matrix(*args, **kwargs):
+        raise AssertionError("the script read the whole (N, D) matrix with checkpoint_params")
+
+    monkeypatch.setattr(pdiff_hf.checkpoints, "checkpoint_params", whole_matrix)
+    monkeypatch.setattr(scripts["train_ldm"], "checkpoint_params", whole_matrix, raising=False)
+    out = tmp_path / "ldm"
+    argv = _argv(dataset_dir, autoencoder_dir, out, "--max_train_steps", LDM_STEPS, "--checkpointing_steps", "100")
+    assert run_in_process(scripts["train_ldm"], argv) == 0
+    dataset = datasets.load_from_disk(str(dataset_dir))
+    config = PDiffConfig(
+        ae_block_out_channels=(8, 8), ae_train_batch_size=8, ae_steps=AE_STEPS, denoiser_block_out_channels=(8, 16),
+        num_train_timesteps=100, denoiser_train_batch_size=8, denoiser_steps=LDM_STEPS, lr_warmup_steps=2,
+    )
+    pipe = fit_pdiff(dataset, get_layout(dataset), config, progress=False)
+    loaded = PDiffPipeline.from_pretrained(str(out))
+    assert same_weights(pipe.autoencoder, loaded.autoencoder)
+    assert same_weights(pipe.denoiser, loaded.denoiser)
+
+
 def test_resume_mid_epoch_is_bit_identical(scripts, dataset_dir, autoencoder_dir, ldm_dir, tmp_path):
     resumed = tmp_path / "resumed"
     resumed.mkdir()
