@@ -42,6 +42,8 @@ def parse_args():
     p.add_argument("--collect_learning_rate", type=float, default=0.005)
     p.add_argument("--ae_steps", type=int, default=None, help="default: PDiffConfig's")
     p.add_argument("--denoiser_steps", type=int, default=None, help="default: PDiffConfig's")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="more PDiffConfig overrides, e.g. --set latent_noise=0.01 ae_token_size=512 (values parsed as JSON)")
     p.add_argument("--num_models", type=int, default=100)
     p.add_argument("--num_inference_steps", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
@@ -124,6 +126,9 @@ def fit_sample_evaluate(args, work_dir: str) -> dict:
     orig_val, orig_test = torch.tensor(dataset["val_accuracy"]), torch.tensor(dataset["test_accuracy"])
     laps("load")
     overrides = {k: getattr(args, k) for k in ("ae_steps", "denoiser_steps") if getattr(args, k) is not None}
+    for item in args.set:
+        field, _, value = item.partition("=")
+        overrides[field] = json.loads(value)
     config = PDiffConfig(seed=args.seed, **overrides)
     pipe = fit_pdiff(checkpoint_params(dataset) if args.in_memory else dataset, layout, config, progress=False)
     laps("fit")
@@ -143,6 +148,7 @@ def fit_sample_evaluate(args, work_dir: str) -> dict:
     return {
         "D": layout.dim,
         "autoencoder": type(pipe.autoencoder).__name__,
+        "config_overrides": overrides,
         "autoencoder_config": {k: pipe.autoencoder.config[k] for k in ("token_size", "hidden_dim", "latent_channels")
                                if k in pipe.autoencoder.config},  # fmt: skip
         "latent_shape": list(pipe.autoencoder.latent_shape),
