@@ -39,6 +39,7 @@ __all__ = [
     "shuffle_conditions",
     "solved_shares",
     "task_accuracies",
+    "task_data",
 ]
 
 
@@ -271,3 +272,23 @@ def novelty_per_condition(
             model, layout, train_params[train_conditions == t], gen, tasks[t], seed=seed, **novelty_kwargs
         )
     return reports
+
+
+def task_data(task, condition: int, num_conditions: int, **kwargs) -> ClassificationSplits:
+    """The data of condition ``condition`` of a registered task (:class:`~pdiff_hf.tasks.Task`):
+    ``task.load_data(condition=condition, num_tasks=num_conditions, **kwargs)``, passing only the arguments its
+    ``load_data`` takes. A task without a ``condition`` argument has one condition only; :class:`ConditionError`
+    when asked for more."""
+    import inspect
+
+    params = inspect.signature(task.load_data).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if "condition" not in params and not takes_all:
+        if num_conditions != 1:
+            raise ConditionError(
+                f"expected a task whose load_data takes condition= for {num_conditions} conditions, found "
+                f"{getattr(task.load_data, '__name__', task.load_data)}{inspect.signature(task.load_data)}"
+            )
+        return task.load_data(**{k: v for k, v in kwargs.items() if k in params})
+    wanted = {"condition": condition, "num_tasks": num_conditions, **kwargs}
+    return task.load_data(**{k: v for k, v in wanted.items() if takes_all or k in params})

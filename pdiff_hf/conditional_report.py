@@ -233,3 +233,79 @@ def write_conditional_report(output_dir, results: Dict, started: Optional[float]
         results.setdefault("timings_s", {})["total"] = round(time.perf_counter() - started, 3)
     write_text_atomic(out / "report.md", format_conditional_report(results))
     write_json_atomic(out / "results.json", results)
+
+
+def evaluated_per_task_lines(results: Mapping) -> List[str]:
+    """Originals vs generated per task, for ``pdiff-hf evaluate`` (no shuffled control)."""
+    lines = ["| task | original best | original median | original min | original best (val) | generated best "
+             "| generated median | generated min | generated best (val) | generated - original median (pp) |",
+             "|---|" + "---|" * 9]  # fmt: skip
+    for name, o in results["original"].items():
+        g = results["generated"][name]
+        lines.append(
+            f"| {name} | {o['best']:.2f} | {o['median']:.2f} | {o['min']:.2f} | {o.get('best_by_val', float('nan')):.2f} "
+            f"| {g['best']:.2f} | {g['median']:.2f} | {g['min']:.2f} | {g.get('best_by_val', float('nan')):.2f} "
+            f"| {g['median'] - o['median']:+.2f} |"
+        )
+    return lines
+
+
+def evaluation_lines(results: Mapping) -> List[str]:
+    """The tables of a conditional ``pdiff-hf evaluate`` run (printed, and the body of its ``report.md``)."""
+    names = results["tasks"]["names"]
+    return [
+        "## Originals vs generated per task (test accuracy, %)",
+        "",
+        *evaluated_per_task_lines(results),
+        "",
+        *solved_lines({**results, "shuffled_control": {}}),
+        "",
+        "## Cross-task matrix (median test accuracy)",
+        "",
+        "Generated models:",
+        "",
+        *_matrix_lines(results["cross_task"]["generated"], names),
+        "",
+        "Original checkpoints:",
+        "",
+        *_matrix_lines(results["cross_task"]["original"], names),
+        "",
+        "## Diversity within each task",
+        "",
+        *diversity_lines(results),
+        "",
+        "## Novelty within each task's checkpoints",
+        "",
+        *novelty_lines(results),
+    ]
+
+
+def format_conditional_evaluation(results: Mapping) -> str:
+    names = results["tasks"]["names"]
+    lines = [
+        "# p-diff evaluation (conditional pipeline)",
+        "",
+        f"- pipeline: `{results['pipeline']}`",
+        f"- checkpoints: `{results['checkpoints']}` ({sum(results['tasks']['checkpoints_per_task'])} checkpoints over "
+        f"{len(names)} tasks: {', '.join(names)}; D = {results['selection']['D']})",
+        f"- target: `{results['target']}` (task {results['task']})",
+        f"- generated: {results['num_models_per_task']} models per task, {results['num_inference_steps']} inference "
+        f"steps, guidance scale {results['guidance_scale']:g}, seed {results['seed']}",
+        "",
+        *evaluation_lines(results),
+    ]
+    timings = results.get("timings_s")
+    if timings:
+        lines += ["## Timings (s)", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def write_conditional_evaluation(output_dir, results: Dict, started: Optional[float] = None) -> None:
+    """Write ``report.md`` then ``results.json`` of a conditional ``pdiff-hf evaluate`` run (results last)."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if started is not None:
+        results.setdefault("timings_s", {})["total"] = round(time.perf_counter() - started, 3)
+    write_text_atomic(out / "report.md", format_conditional_evaluation(results))
+    write_json_atomic(out / "results.json", results)

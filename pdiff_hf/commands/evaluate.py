@@ -5,6 +5,11 @@ Loads the pipeline (``PDiffPipeline.from_pretrained``), the checkpoint dataset i
 parameter vectors, runs :func:`pdiff_hf.novelty.analyze_novelty`, prints a table and the verdict, and with
 ``--output-dir`` writes ``plots/``, ``report.md`` and ``results.json`` (last) with :func:`pdiff_hf.novelty.write_report`,
 the report writer the demo uses too.
+
+A conditional pipeline (denoiser ``num_conditions > 0``) with a conditional checkpoint dataset is scored per task
+instead (:mod:`pdiff_hf.commands.evaluate_conditional`): ``--num-models`` models per condition at
+``--guidance-scale``, each scored on its task's data; a conditional pipeline with an unconditional dataset, or the
+reverse, is a :class:`~pdiff_hf.errors.ConditionError` before any work.
 """
 
 import argparse
@@ -31,6 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=sorted(TASKS), default="mnist1d", help="task of the target network")
     p.add_argument("--num-models", type=int, default=100, help="models to generate (and per baseline)")
     p.add_argument("--num-inference-steps", type=int, default=25)
+    p.add_argument(
+        "--guidance-scale", type=float, default=1.0,
+        help="classifier-free guidance of a conditional pipeline (1: none); with one, --num-models is per condition",
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds generation and the baselines")
     p.add_argument("--average-k", type=int, default=16, help="checkpoints per average baseline model")
     p.add_argument(
@@ -68,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         raise EvaluateError(f"--num-models: expected >= 1, found {args.num_models}")
     if args.num_inference_steps < 1:
         raise EvaluateError(f"--num-inference-steps: expected >= 1, found {args.num_inference_steps}")
+    if not args.guidance_scale >= 1.0:
+        raise EvaluateError(f"--guidance-scale: expected >= 1, found {args.guidance_scale}")
     if args.num_threads < 1:
         raise EvaluateError(f"--num-threads: expected >= 1, found {args.num_threads}")
     pipeline_dir = _require_dir(args.pipeline, "--pipeline")
@@ -89,6 +100,7 @@ def _evaluate(args: argparse.Namespace, pipeline_dir: Path, checkpoints_dir: Pat
     from ..checkpoints import check_dataset_layout, checkpoint_params, get_layout
     from ..novelty import NOISE_LEVELS, analyze_novelty, tune_cpu_allocator, write_report
     from ..pipelines import PDiffPipeline
+    from .evaluate_conditional import check_conditional_match, evaluate_conditional, pipeline_num_conditions
 
     torch.set_num_threads(args.num_threads)
     tune_cpu_allocator()  # process-wide, so the command sets it, never the library (pdiff_hf.novelty.allocator)
@@ -116,6 +128,8 @@ def _evaluate(args: argparse.Namespace, pipeline_dir: Path, checkpoints_dir: Pat
             f"--checkpoints: expected at least 2 checkpoints to compare generated models with, found {len(dataset)}"
         )
     get_layout(dataset)
+    # a conditional pipeline needs a conditional dataset and the reverse: checked before loading any weights
+    names = check_conditional_match(pipeline_num_conditions(pipeline_dir), dataset, args.guidance_scale)
 
     pipe = PDiffPipeline.from_pretrained(str(pipeline_dir))
     pipe.set_progress_bar_config(disable=True)
@@ -128,6 +142,9 @@ def _evaluate(args: argparse.Namespace, pipeline_dir: Path, checkpoints_dir: Pat
     task = get_task(args.task)
     target = task.model_class.from_pretrained(str(target_dir))
     layout.check_module(target)
+    if names is not None:
+        paths = (pipeline_dir, checkpoints_dir, target_dir)
+        return evaluate_conditional(args, pipe, dataset, names, target, layout, paths, out)
     data = task.load_data()
 
     generator = torch.Generator().manual_seed(args.seed)
