@@ -22,6 +22,16 @@ With ``--push_to_hub`` the checkpoint dataset goes to the dataset repo ``--hub_m
 dataset card, :func:`pdiff_hf.hub.push_checkpoint_dataset`); train on it with ``--dataset_name <hub_model_id>
 --dataset_config_name <config>`` (the config is logged).
 
+Conditional datasets (for ``train_ldm.py --condition_column condition``): ``--num_tasks K`` collects over the task's
+conditions ``0 … K-1`` (``load_data(condition=t, num_tasks=K)``, e.g. ``--task mnist1d-shift``)::
+
+    python training/collect_checkpoints.py --task mnist1d-shift --num_tasks 4 --selection '*' \
+        --output_dir pdiff-shift --num_train_epochs 30 --train_learning_rate 0.01 --learning_rate 0.05
+
+The target is trained on task 0 (the shared base); for each task the modules whose parameters are all selected are
+re-initialized and trained ``--num_train_epochs`` on that task, then collected (``collect_conditional_checkpoints``:
+a ``condition`` column and ``--condition_names``, default ``<task>-0`` …). ``target/`` is the base.
+
 Under ``accelerate launch`` with several processes only the main process collects (the work is sequential).
 Bad input ends with one line ``collect_checkpoints.py: error: …`` on stderr and exit code 2.
 """
@@ -37,7 +47,8 @@ from accelerate import PartialState
 from accelerate.logging import get_logger
 
 from pdiff_hf.collect import collect_checkpoints, collect_from_runs, train_classifier
-from pdiff_hf.errors import PDiffError, TrainingScriptError
+from pdiff_hf.conditional import collect_conditional_checkpoints, task_data
+from pdiff_hf.errors import ConditionError, PDiffError, TrainingScriptError
 from pdiff_hf.evaluation import evaluate_parameters, summarize_accuracies
 from pdiff_hf.io_utils import atomic_directory, write_json_atomic
 from pdiff_hf.layout import ParamLayout
@@ -100,6 +111,16 @@ def parse_args(input_args: Optional[List[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum on the selection.")
     parser.add_argument("--num_runs", type=int, default=1, help="Runs (seeds seed, seed+1, …) from the same base.")
+    parser.add_argument(
+        "--num_tasks",
+        type=int,
+        default=0,
+        help="0: one task. K > 0: a conditional dataset over the task's conditions 0 … K-1 (load_data(condition=t), "
+        "e.g. --task mnist1d-shift), with a 'condition' column and condition names (collect_conditional_checkpoints).",
+    )
+    parser.add_argument(
+        "--condition_names", type=str, default=None, help="Comma-separated task names (default: <task>-0, …)."
+    )
     # Hub
     parser.add_argument("--push_to_hub", action="store_true", help="Push the checkpoint dataset to the Hub.")
     parser.add_argument("--hub_model_id", type=str, default=None, help="Dataset repo 'owner/name' for the checkpoints.")
@@ -113,6 +134,17 @@ def parse_args(input_args: Optional[List[str]] = None) -> argparse.Namespace:
     for name in ("channels", "num_layers"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise TrainingScriptError(f"--{name}: expected >= 1, found {getattr(args, name)}")
+    if args.num_tasks < 0:
+        raise TrainingScriptError(f"--num_tasks: expected >= 0, found {args.num_tasks}")
+    if args.num_tasks and args.num_runs != 1:
+        raise TrainingScriptError(f"--num_runs: expected 1 with --num_tasks (one run per task), found {args.num_runs}")
+    if args.condition_names is not None:
+        names = [n.strip() for n in args.condition_names.split(",")]
+        if not args.num_tasks or len(names) != args.num_tasks or not all(names):
+            raise TrainingScriptError(
+                f"--condition_names: expected {args.num_tasks} non-empty names (one per --num_tasks), found "
+                f"{args.condition_names!r}"
+            )
     if args.num_train_epochs < 0:
         raise TrainingScriptError(f"--num_train_epochs: expected >= 0, found {args.num_train_epochs}")
     if not args.learning_rate > 0:
@@ -127,6 +159,39 @@ def parse_args(input_args: Optional[List[str]] = None) -> argparse.Namespace:
         raise TrainingScriptError("--push_to_hub needs --hub_model_id (the dataset repo 'owner/name')")
     get_task(args.task)  # an unknown name is an UnknownTaskError listing the known tasks
     return args
+
+
+def condition_names(args: argparse.Namespace) -> List[str]:
+    if args.condition_names is not None:
+        return [n.strip() for n in args.condition_names.split(",")]
+    return [f"{args.task}-{t}" for t in range(args.num_tasks)]
+
+
+def reset_selection(layout: ParamLayout, seed: int):
+    """``reset(model, t)`` for :func:`collect_conditional_checkpoints`: re-initialize (``reset_parameters``, seeded
+    with ``seed + 100 + t``) every module whose parameters are all in the selection, so each task's selection is
+    trained from a fresh start, not from the base's solution of task 0 (which a shifted task must first unlearn)."""
+    selected = set(layout.names)
+
+    def reset(model: torch.nn.Module, t: int) -> None:
+        torch.manual_seed(seed + 100 + t)
+        for prefix, module in model.named_modules():
+            own = [f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)]
+            if own and hasattr(module, "reset_parameters") and all(n in selected for n in own):
+                module.reset_parameters()
+
+    return reset
+
+
+def load_task_data(task, args: argparse.Namespace) -> list:
+    """``[data]`` of the task, or with ``--num_tasks K`` the data of conditions ``0 … K-1``
+    (:func:`pdiff_hf.conditional.task_data`)."""
+    if not args.num_tasks:
+        return [task.load_data(seed=args.data_seed)]
+    try:
+        return [task_data(task, t, args.num_tasks, seed=args.data_seed) for t in range(args.num_tasks)]
+    except ConditionError as err:
+        raise TrainingScriptError(f"--num_tasks: {err}") from None
 
 
 def select(model: torch.nn.Module, args: argparse.Namespace) -> ParamLayout:
@@ -157,7 +222,8 @@ def main(args: argparse.Namespace) -> int:
     if state.is_main_process:
         # 1. task data and target network
         task = get_task(args.task)
-        data = task.load_data(seed=args.data_seed)
+        tasks = load_task_data(task, args)
+        data = tasks[0]
         if args.pretrained_target_model:
             try:
                 model = task.model_class.from_pretrained(args.pretrained_target_model)
@@ -201,7 +267,12 @@ def main(args: argparse.Namespace) -> int:
             batch_size=args.train_batch_size,
             momentum=args.momentum,
         )
-        if args.num_runs == 1:
+        if args.num_tasks:
+            ds = collect_conditional_checkpoints(
+                model, tasks, layout, condition_names(args), reset=reset_selection(layout, args.seed), seed=args.seed,
+                train_epochs=args.num_train_epochs, train_learning_rate=args.train_learning_rate, **kwargs,
+            )  # fmt: skip
+        elif args.num_runs == 1:
             ds = collect_checkpoints(model, data, layout, seed=args.seed, **kwargs)
         else:
             ds = collect_from_runs(model, data, layout, seeds=[args.seed + i for i in range(args.num_runs)], **kwargs)

@@ -142,6 +142,11 @@ def test_push_to_hub_pushes_the_dataset_and_never_writes_the_token(script, small
         (["--pretrained_target_model", "{tmp}"], "expected a saved MNIST1DCNN"),
         (["--output_dir", "{tmp}/file"], "--output_dir: expected a folder, found a file"),
         (["--selection", ","], "--selection: expected"),
+        (["--num_tasks", "-1"], "--num_tasks: expected >= 0, found -1"),
+        (["--num_tasks", "2", "--num_runs", "2"], "--num_runs: expected 1 with --num_tasks"),
+        (["--num_tasks", "2", "--condition_names", "a"], "--condition_names: expected 2 non-empty names"),
+        (["--condition_names", "a"], "--condition_names: expected 0 non-empty names"),
+        (["--num_tasks", "2"], "--num_tasks: expected a task whose load_data takes condition= for 2 conditions"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(script, small_mnist1d, tmp_path, capsys, extra, message):
