@@ -299,8 +299,12 @@ def novelty_verdict(summary: Mapping) -> List[str]:
         f"Memorization: {word} - median distance to the nearest "
         f"training checkpoint {g_nn:.4g} = {_fmt(ratio)}x{interval(weight_text)} the originals' own nearest-neighbour "
         f"distance {o_nn:.4g} (memorizing below {th['memorization_distance_ratio']:g}x); median max-IoU {g_iou:.3f} "
-        f"vs originals {o_iou:.3f}, 1 - max-IoU {_fmt(iou_ratio)}x{interval(function_text)} the originals' "
-        f"(functional copies below {th['memorization_iou_gap_ratio']:g}x)"
+        + (
+            f"vs originals {o_iou:.3f}, 1 - max-IoU {_fmt(iou_ratio)}x{interval(function_text)} the originals' "
+            f"(functional copies below {th['memorization_iou_gap_ratio']:g}x)"
+            if o_iou < 1.0
+            else f"vs originals {o_iou:.3f}: the originals are functional copies of one another, so no ratio"
+        )
         + (": generated models are near-copies of training checkpoints." if memorizing else ".")
     )
 
@@ -327,8 +331,12 @@ def novelty_verdict(summary: Mapping) -> List[str]:
         f"Average collapse: {word} - median distance to the mean checkpoint {g_dm:.4g} = {_fmt(d_ratio)}x"
         f"{interval(distance_text)} the originals' {o_dm:.4g} (collapse below {th['collapse_distance_ratio']:g}x); "
         f"median prediction agreement with the mean-checkpoint model {g_ag:.3f} vs originals {o_ag:.3f}, "
-        f"1 - agreement {_fmt(ag_ratio)}x{interval(agreement_text)} the originals' (collapse below "
-        f"{th['collapse_disagreement_ratio']:g}x)."
+        + (
+            f"1 - agreement {_fmt(ag_ratio)}x{interval(agreement_text)} the originals' (collapse below "
+            f"{th['collapse_disagreement_ratio']:g}x)."
+            if o_ag < 1.0
+            else "the originals all agree with it, so no ratio."
+        )
     )
 
     baseline_gn = {k: v["good_and_novel_fraction"] for k, v in summary.get("baselines", {}).items()}

@@ -178,3 +178,14 @@ def test_same_verdict_and_intervals_with_1_and_2_threads():
     finally:
         torch.set_num_threads(before)
     assert results[0] == results[1]
+
+
+def test_originals_that_are_functional_copies_are_named_not_an_infinite_ratio(novel_report):
+    summary = json.loads(json.dumps(novel_report.to_dict(), allow_nan=False))
+    groups = summary["novelty"]["groups"]
+    groups["original"]["max_iou"]["median"] = 1.0
+    groups["original"]["mean_model_agreement"]["median"] = 1.0
+    text = " ".join(novelty_verdict(summary))
+    assert "inf" not in text
+    assert "the originals are functional copies of one another, so no ratio" in text
+    assert "the originals all agree with it, so no ratio." in text
