@@ -1,10 +1,11 @@
 """Checks a ``PDiffPipeline`` makes on its components: that a sampling scheduler runs the forward process the
 denoiser was trained with (and can step its prediction type), that a target network holds every tensor of the
-parameter layout with its shape, and that a base model holds the modules a PEFT adapter layout attaches to."""
+parameter layout with its shape, that a base model holds the modules a PEFT adapter layout attaches to, and that the
+sampling arguments (output type, generators, initial latents, step callback) fit the pipeline."""
 
 import copy
 import inspect
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import torch
 from diffusers import ModelMixin
@@ -171,3 +172,42 @@ def check_output_request(
             f"expected output_type='model' with recalibrate_batchnorm (it recalibrates built networks), found "
             f"output_type={output_type!r}"
         )
+
+
+def check_noise(generator, latents, num_models: int, latent_shape: Tuple[int, int]) -> None:
+    """Raise :class:`PipelineInputError` unless ``generator`` is ``None``, a ``torch.Generator`` or one per model,
+    and ``latents`` is ``None`` or a float tensor ``(num_models, *latent_shape)``."""
+    if isinstance(generator, list):
+        if len(generator) != num_models:
+            raise PipelineInputError(
+                f"expected one generator per model ({num_models}), found a list of {len(generator)} generators"
+            )
+        not_generators = [type(g).__name__ for g in generator if not isinstance(g, torch.Generator)]
+        if not_generators:
+            raise PipelineInputError(f"expected a list of torch.Generator, found {not_generators}")
+    elif generator is not None and not isinstance(generator, torch.Generator):
+        raise PipelineInputError(
+            f"expected generator to be a torch.Generator or a list of them, found {type(generator).__name__}"
+        )
+    if latents is not None:
+        shape = (num_models, *latent_shape)
+        if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+            found = latents.dtype if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise PipelineInputError(f"expected latents as a floating-point torch.Tensor, found {found}")
+        if tuple(latents.shape) != shape:
+            raise PipelineInputError(
+                f"expected latents of shape {shape} (num_models, C, L), found {tuple(latents.shape)}"
+            )
+
+
+def check_callback(callback, names, allowed: Sequence[str]) -> None:
+    """Raise :class:`PipelineInputError` unless ``callback`` is ``None`` or callable and ``names`` lists tensors
+    from ``allowed`` (the pipeline's ``_callback_tensor_inputs``)."""
+    if callback is not None and not callable(callback):
+        raise PipelineInputError(f"expected callback_on_step_end to be callable, found {type(callback).__name__}")
+    names = names or []
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise PipelineInputError(f"expected callback_on_step_end_tensor_inputs to be a list of names, found {names!r}")
+    unknown = [name for name in names if name not in allowed]
+    if unknown:
+        raise PipelineInputError(f"expected callback_on_step_end_tensor_inputs within {list(allowed)}, found {unknown}")

@@ -18,7 +18,7 @@ from pdiff_hf.models.denoiser import LatentUNet1DModel
 
 from pdiff_hf.recalibration import prepare_batches
 
-from .pipeline_checks import check_output_request, check_scheduler, check_target
+from .pipeline_checks import check_callback, check_noise, check_output_request, check_scheduler, check_target
 from .pipeline_conditions import _is_int, check_conditioning, condition_ids
 from .pipeline_output import OUTPUT_TYPES, GeneratedModels, PDiffPipelineOutput, postprocess
 
@@ -109,44 +109,11 @@ class PDiffPipeline(DiffusionPipeline):
                 f"expected num_inference_steps to be an int in [1, {max_steps}] (the scheduler's "
                 f"num_train_timesteps), found {num_inference_steps!r}"
             )
-        if isinstance(generator, list):
-            if len(generator) != num_models:
-                raise PipelineInputError(
-                    f"expected one generator per model ({num_models}), found a list of {len(generator)} generators"
-                )
-            not_generators = [type(g).__name__ for g in generator if not isinstance(g, torch.Generator)]
-            if not_generators:
-                raise PipelineInputError(f"expected a list of torch.Generator, found {not_generators}")
-        elif generator is not None and not isinstance(generator, torch.Generator):
-            raise PipelineInputError(
-                f"expected generator to be a torch.Generator or a list of them, found {type(generator).__name__}"
-            )
-        if latents is not None:
-            shape = (num_models, *self.autoencoder.latent_shape)
-            if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
-                found = latents.dtype if isinstance(latents, torch.Tensor) else type(latents).__name__
-                raise PipelineInputError(f"expected latents as a floating-point torch.Tensor, found {found}")
-            if tuple(latents.shape) != shape:
-                raise PipelineInputError(
-                    f"expected latents of shape {shape} (num_models, C, L), found {tuple(latents.shape)}"
-                )
+        check_noise(generator, latents, num_models, tuple(self.autoencoder.latent_shape))
         if not isinstance(output_type, str) or output_type not in OUTPUT_TYPES:
             raise PipelineInputError(f"expected output_type in {OUTPUT_TYPES}, found {output_type!r}")
         check_output_request(output_type, self.layout, getattr(self, "target", None), recalibrate_batchnorm)
-        if callback_on_step_end is not None and not callable(callback_on_step_end):
-            raise PipelineInputError(
-                f"expected callback_on_step_end to be callable, found {type(callback_on_step_end).__name__}"
-            )
-        names = callback_on_step_end_tensor_inputs or []
-        if isinstance(names, str) or not isinstance(names, (list, tuple)):
-            raise PipelineInputError(
-                f"expected callback_on_step_end_tensor_inputs to be a list of names, found {names!r}"
-            )
-        unknown = [name for name in names if name not in self._callback_tensor_inputs]
-        if unknown:
-            raise PipelineInputError(
-                f"expected callback_on_step_end_tensor_inputs within {self._callback_tensor_inputs}, found {unknown}"
-            )
+        check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
 
     def prepare_latents(
         self,
