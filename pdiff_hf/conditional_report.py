@@ -53,6 +53,23 @@ def _matrix_lines(matrix: Sequence[Sequence[float]], names: Sequence[str]) -> Li
     return lines
 
 
+def cross_task_lines(results: Dict) -> List[str]:
+    """The report's cross-task section: median test accuracy of the models made for each task (rows) on every task
+    (columns), for the generated models and the original checkpoints."""
+    names = results["tasks"]["names"]
+    return [
+        "## Cross-task matrix (median test accuracy)",
+        "",
+        "Generated models:",
+        "",
+        *_matrix_lines(results["cross_task"]["generated"], names),
+        "",
+        "Original checkpoints:",
+        "",
+        *_matrix_lines(results["cross_task"]["original"], names),
+    ]
+
+
 def per_task_lines(results: Mapping) -> List[str]:
     """Originals vs generated (and the control's median) per task."""
     lines = [
@@ -185,15 +202,7 @@ def format_conditional_report(results: Mapping) -> str:
         "",
         *diversity_lines(results),
         "",
-        "## Cross-task matrix (median test accuracy)",
-        "",
-        "Generated models:",
-        "",
-        *_matrix_lines(results["cross_task"]["generated"], names),
-        "",
-        "Original checkpoints:",
-        "",
-        *_matrix_lines(results["cross_task"]["original"], names),
+        *cross_task_lines(results),
         "",
         "## Guidance-scale sweep (median test accuracy on the requested task)",
         "",
@@ -252,7 +261,6 @@ def evaluated_per_task_lines(results: Mapping) -> List[str]:
 
 def evaluation_lines(results: Mapping) -> List[str]:
     """The tables of a conditional ``pdiff-hf evaluate`` run (printed, and the body of its ``report.md``)."""
-    names = results["tasks"]["names"]
     return [
         "## Originals vs generated per task (test accuracy, %)",
         "",
@@ -260,15 +268,7 @@ def evaluation_lines(results: Mapping) -> List[str]:
         "",
         *solved_lines({**results, "shuffled_control": {}}),
         "",
-        "## Cross-task matrix (median test accuracy)",
-        "",
-        "Generated models:",
-        "",
-        *_matrix_lines(results["cross_task"]["generated"], names),
-        "",
-        "Original checkpoints:",
-        "",
-        *_matrix_lines(results["cross_task"]["original"], names),
+        *cross_task_lines(results),
         "",
         "## Diversity within each task",
         "",
