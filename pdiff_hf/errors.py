@@ -58,6 +58,17 @@ class RecalibrationError(PDiffError):
     """BatchNorm recalibration was asked of a model without BatchNorm running statistics, or given no batches."""
 
 
+class GeneralizationTestError(PDiffError):
+    """A held-out generalization test without enough checkpoints (fewer than 10 training or 5 held-out), or with
+    groups, predictions or settings that do not fit together (:mod:`pdiff_hf.novelty.generalization`)."""
+
+
+class AlignmentError(PDiffError):
+    """Permutation alignment cannot be done safely: an architecture without a permutation spec (residual adds,
+    concatenation, attention, grouped convolutions, unknown modules with parameters), a spec whose tied axes disagree
+    in size, a state dict or permutation that does not fit the spec, or runs of different architectures."""
+
+
 # ------------------------------------------------------------------------------------------- models, pipeline
 class SchedulerError(PDiffError):
     """A scheduler is unknown or incompatible with the objective the denoiser was trained with."""

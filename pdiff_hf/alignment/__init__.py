@@ -1,0 +1,29 @@
+"""Permutation alignment of independently trained networks (weight matching, Git Re-Basin, Ainsworth et al. 2023):
+permutation specs (:mod:`.spec`) say which tensor axes are tied by a permutation of hidden units; weight matching
+(:mod:`.weight_matching`) finds the permutations that align a network to a reference, keeping its function."""
+
+from .spec import Axis, PermutationSpec, permutation_spec, resnet_spec, spec_from_module
+from .weight_matching import (
+    align_to,
+    apply_permutation,
+    check_permutations,
+    identity_permutations,
+    invert_permutations,
+    random_permutations,
+    weight_matching,
+)
+
+__all__ = [
+    "Axis",
+    "PermutationSpec",
+    "align_to",
+    "apply_permutation",
+    "check_permutations",
+    "identity_permutations",
+    "invert_permutations",
+    "permutation_spec",
+    "random_permutations",
+    "resnet_spec",
+    "spec_from_module",
+    "weight_matching",
+]
