@@ -4,13 +4,13 @@
 Collects whole-network checkpoints of MNIST1DCNN (every parameter plus the BatchNorm statistics, as
 ``pdiff-hf demo --selection whole``) two ways, with the same number of runs and checkpoints:
 
-* branches: :func:`pdiff_hf.collect.collect_branches` (one trunk of ``--trunk_epochs``, then ``--runs`` branches of
+* branches: :func:`pdiff_hf.checkpoints.collect.collect_branches` (one trunk of ``--trunk_epochs``, then ``--runs`` branches of
   ``--branch_epochs`` with their own data orders);
 * independent: ``--runs`` networks trained from their own random init for ``--trunk_epochs + --branch_epochs``
-  epochs (:func:`pdiff_hf.collect.collect_from_runs` with a ``reset`` that re-initializes everything, which warns);
+  epochs (:func:`pdiff_hf.checkpoints.collect.collect_from_runs` with a ``reset`` that re-initializes everything, which warns);
 
 and prints, for each, the checkpoints' median test accuracy, the test accuracy of the average of all checkpoints
-and the worst average of two runs' means (:func:`pdiff_hf.weight_averaging.check_weight_averaging`, on the test
+and the worst average of two runs' means (:func:`pdiff_hf.checkpoints.run_mixing.check_weight_averaging`, on the test
 split here only to report: the check itself uses whatever split it is given), and the pairwise error-set IoU.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_branch_averaging.py --runs 4
@@ -37,12 +37,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.num_threads)
 
-    from pdiff_hf.checkpoints import checkpoint_params
-    from pdiff_hf.collect import collect_branches, collect_from_runs, train_classifier
-    from pdiff_hf.demo import select_layout
-    from pdiff_hf.evaluation import predict_with_parameters
+    from pdiff_hf.checkpoints.collect import (
+        collect_branches,
+        collect_from_runs,
+        train_classifier,
+    )
+    from pdiff_hf.checkpoints.dataset import checkpoint_params
+    from pdiff_hf.checkpoints.run_mixing import check_weight_averaging
+    from pdiff_hf.demos.demo import select_layout
+    from pdiff_hf.evaluation.batched import predict_with_parameters
     from pdiff_hf.tasks.mnist1d import MNIST1DCNN, load_mnist1d
-    from pdiff_hf.weight_averaging import check_weight_averaging
 
     data = load_mnist1d(seed=42)
     test = (data.test_x, data.test_y)

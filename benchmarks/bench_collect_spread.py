@@ -33,11 +33,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.num_threads)
 
-    from pdiff_hf.collect import collect_checkpoints, train_classifier
-    from pdiff_hf.checkpoints import checkpoint_params
-    from pdiff_hf.evaluation import predict_with_parameters
-    from pdiff_hf.demo import select_layout
-    from pdiff_hf.normalization import compute_stats, normalize
+    from pdiff_hf.checkpoints.collect import collect_checkpoints, train_classifier
+    from pdiff_hf.checkpoints.dataset import checkpoint_params
+    from pdiff_hf.demos.demo import select_layout
+    from pdiff_hf.evaluation.batched import predict_with_parameters
+    from pdiff_hf.models.normalization import compute_stats, normalize
     from pdiff_hf.tasks import get_task
 
     task = get_task("mnist1d")

@@ -39,7 +39,7 @@ def main(args):
     from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 
     from pdiff_hf import PDiffPipeline, evaluate_parameters, summarize_accuracies
-    from pdiff_hf.demo import DemoConfig, run_demo, select_layout
+    from pdiff_hf.demos.demo import DemoConfig, run_demo, select_layout
     from pdiff_hf.novelty import tune_cpu_allocator
     from pdiff_hf.tasks import MNIST1DCNN, load_mnist1d
 

@@ -34,8 +34,14 @@ from pathlib import Path
 
 import torch
 
-from pdiff_hf import PDiffCheckpointCallback, PDiffConfig, checkpoint_params, fit_pdiff, summarize_accuracies
-from pdiff_hf.data import ClassificationSplits
+from pdiff_hf import (
+    PDiffCheckpointCallback,
+    PDiffConfig,
+    checkpoint_params,
+    fit_pdiff,
+    summarize_accuracies,
+)
+from pdiff_hf.evaluation.data import ClassificationSplits
 from pdiff_hf.novelty import analyze_novelty
 from pdiff_hf.peft_adapters import peft_layout, peft_module_layout, peft_target
 

@@ -87,7 +87,7 @@ def nn_distances(a: torch.Tensor, b: torch.Tensor, exclude_self: bool) -> torch.
 
 def collect(args, work_dir: str) -> dict:
     from pdiff_hf import ParamLayout
-    from pdiff_hf.collect import collect_checkpoints, train_classifier
+    from pdiff_hf.checkpoints.collect import collect_checkpoints, train_classifier
     from pdiff_hf.tasks.mnist1d import load_mnist1d
     from pdiff_hf.tasks.mnist1d_mlp import MNIST1DMLP
 
@@ -111,12 +111,12 @@ def fit_sample_evaluate(args, work_dir: str) -> dict:
     import datasets
 
     from pdiff_hf import fit_pdiff, get_layout
-    from pdiff_hf.checkpoints import checkpoint_params
-    from pdiff_hf.evaluation import evaluate_parameters
-    from pdiff_hf.streaming import CheckpointRows
+    from pdiff_hf.checkpoints.dataset import checkpoint_params
+    from pdiff_hf.checkpoints.rows import CheckpointRows
+    from pdiff_hf.evaluation.batched import evaluate_parameters
     from pdiff_hf.tasks.mnist1d import load_mnist1d
     from pdiff_hf.tasks.mnist1d_mlp import MNIST1DMLP
-    from pdiff_hf.training_utils import PDiffConfig
+    from pdiff_hf.training.config import PDiffConfig
 
     laps = Laps()
     data = load_mnist1d(seed=42)

@@ -26,8 +26,15 @@ import torch
 def build_setting(args):
     import datasets
 
-    from pdiff_hf import PDiffConfig, PDiffPipeline, ParamLayout, checkpoint_params, collect_checkpoints, fit_pdiff
-    from pdiff_hf.collect import train_classifier
+    from pdiff_hf import (
+        ParamLayout,
+        PDiffConfig,
+        PDiffPipeline,
+        checkpoint_params,
+        collect_checkpoints,
+        fit_pdiff,
+    )
+    from pdiff_hf.checkpoints.collect import train_classifier
     from pdiff_hf.tasks import MNIST1DCNN, load_mnist1d
 
     data = load_mnist1d()
@@ -71,8 +78,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.num_threads)
 
-    from pdiff_hf import checkpoint_params, get_layout
-    from pdiff_hf import novelty
+    from pdiff_hf import checkpoint_params, get_layout, novelty
     from pdiff_hf.novelty import metrics
 
     if not args.no_tune_allocator:

@@ -45,8 +45,8 @@ import time
 import torch
 
 from pdiff_hf import ParamLayout, ParamSpec
-from pdiff_hf.training_utils import (
-    PDiffConfig,
+from pdiff_hf.training.config import PDiffConfig
+from pdiff_hf.training.training_utils import (
     autoencoder_loss,
     build_autoencoder,
     build_denoiser,
@@ -197,7 +197,7 @@ def memory(dim: int, args) -> dict:
 
 def compare(dim: int, args) -> list:
     """Held-out reconstruction MSE and s/step of the conv and the token autoencoder at one D."""
-    from pdiff_hf.fit import _train
+    from pdiff_hf.training.fit import _train
 
     params = synthetic_checkpoints(args.num_checkpoints + 20, dim)
     train, held_out = params[: args.num_checkpoints], params[args.num_checkpoints :]

@@ -4,7 +4,7 @@
 For each folder, the generated models are sampled again from ``DIR/pipeline`` exactly as the demo sampled them
 (``--num-models``, ``--num-inference-steps`` and the seed from ``results.json``), evaluated as generated and after
 BatchNorm recalibration on ``--recalibration_batches`` training batches of 128
-(:func:`pdiff_hf.recalibration.recalibrate_parameters`), and each set is measured against the target:
+(:func:`pdiff_hf.evaluation.recalibration.recalibrate_parameters`), and each set is measured against the target:
 
 1. median test accuracy >= originals' median - 1 pp;
 2. >= 90% of the models >= the originals' minimum;
@@ -28,7 +28,7 @@ import torch
 
 def pipe_mean(params, model, layout, data) -> float:
     """Mean test accuracy (%) of ``params``: compared with the demo's ``results.json`` to confirm the resampling."""
-    from pdiff_hf.evaluation import evaluate_parameters
+    from pdiff_hf.evaluation.batched import evaluate_parameters
 
     return float(evaluate_parameters(model, layout, params, data.test_x, data.test_y).double().mean())
 
@@ -41,8 +41,8 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from pdiff_hf import PDiffPipeline, checkpoint_params, load_checkpoint_dataset
+    from pdiff_hf.evaluation.recalibration import recalibrate_parameters
     from pdiff_hf.novelty import analyze_novelty
-    from pdiff_hf.recalibration import recalibrate_parameters
     from pdiff_hf.tasks.mnist1d import MNIST1DCNN, load_mnist1d
 
     print("| run | models | median (orig median) | >= orig min | NN distance ratio | good & novel (gaussian) | verdict |")

@@ -12,29 +12,26 @@ __version__ = "0.1.0"
 
 # submodule -> the public names it exports (at top level)
 _import_structure: Dict[str, List[str]] = {
-    "checkpoint_import": ["checkpoints_from_files", "checkpoints_from_hub", "checkpoints_from_state_dicts"],
-    "checkpoints": [
+    "checkpoints.collect": ["collect_branches", "collect_checkpoints", "collect_from_runs", "train_classifier"],
+    "checkpoints.conditional": ["collect_conditional_checkpoints"],
+    "checkpoints.dataset": [
         "check_dataset_layout",
         "checkpoint_conditions",
         "checkpoint_params",
         "get_condition_names",
         "get_layout",
-        "load_checkpoint_dataset",
         "make_checkpoint_dataset",
         "set_condition_names",
         "set_layout",
         "split_by_runs",
     ],
-    "conditional": [
-        "collect_conditional_checkpoints",
-        "cross_task_matrix",
-        "fit_shuffled_control",
-        "generate_per_condition",
-        "per_condition_summary",
-        "task_accuracies",
+    "checkpoints.import_checkpoints": [
+        "checkpoints_from_files",
+        "checkpoints_from_hub",
+        "checkpoints_from_state_dicts",
     ],
-    "collect": ["collect_branches", "collect_checkpoints", "collect_from_runs", "train_classifier"],
-    "data": ["ClassificationSplits"],
+    "checkpoints.run_mixing": ["MixedRunsWarning", "check_weight_averaging"],
+    "checkpoints.trainer_callback": ["PDiffCheckpointCallback"],
     "errors": [
         "CheckpointDatasetError",
         "CheckpointFileError",
@@ -57,50 +54,56 @@ _import_structure: Dict[str, List[str]] = {
         "TrainingScriptError",
         "UnknownTaskError",
     ],
-    "evaluation": ["evaluate_parameters", "predict_with_parameters", "select_best", "summarize_accuracies"],
-    "fit": ["fit_pdiff", "train_autoencoder", "train_denoiser"],
+    "evaluation.batched": ["evaluate_parameters", "predict_with_parameters", "select_best", "summarize_accuracies"],
+    "evaluation.conditional": [
+        "cross_task_matrix",
+        "generate_per_condition",
+        "per_condition_summary",
+        "task_accuracies",
+    ],
+    "evaluation.data": ["ClassificationSplits"],
+    "evaluation.recalibration": ["recalibrate_batchnorm", "recalibrate_parameters"],
+    "hub.datasets": ["load_checkpoint_dataset"],
     "layout": ["ParamLayout", "ParamSpec"],
     "models": ["LatentUNet1DModel", "ParameterAutoencoder", "TokenParameterAutoencoder"],
     "novelty": ["NoveltyReport", "analyze_novelty", "novelty_verdict"],
     "pipelines": ["PDiffPipeline", "PDiffPipelineOutput"],
     "pipelines.pipeline_output": ["GeneratedModels"],
-    "recalibration": ["recalibrate_batchnorm", "recalibrate_parameters"],
-    "trainer_callback": ["PDiffCheckpointCallback"],
-    "training_utils": ["PDiffConfig", "build_models"],
-    "weight_averaging": ["MixedRunsWarning", "check_weight_averaging"],
+    "training.config": ["PDiffConfig"],
+    "training.fit": ["fit_pdiff", "train_autoencoder", "train_denoiser"],
+    "training.shuffled_control": ["fit_shuffled_control"],
+    "training.training_utils": ["build_models"],
 }
-# submodules reachable as attributes without an import statement (pdiff_hf.hub.push_pipeline, pdiff_hf.tasks, …)
+# concept folders and modules reachable as attributes without an import statement (pdiff_hf.hub.push_pipeline, …)
 _submodules = sorted(
-    {m for m in _import_structure if "." not in m} | {"checkpointing", "commands", "demo", "hub", "io_utils", "normalization", "remote_code", "scoring", "tasks"}
+    {m.split(".")[0] for m in _import_structure}
+    | {"checkpoints", "commands", "demos", "evaluation", "hub", "models", "remote_code", "tasks", "training", "utils"}
 )
 
 _name_to_module = {name: module for module, names in _import_structure.items() for name in names}
 __all__ = ["__version__"] + sorted(_name_to_module)
 
 if TYPE_CHECKING:
-    from .checkpoint_import import checkpoints_from_files, checkpoints_from_hub, checkpoints_from_state_dicts
-    from .checkpoints import (
+    from .checkpoints.collect import collect_branches, collect_checkpoints, collect_from_runs, train_classifier
+    from .checkpoints.conditional import collect_conditional_checkpoints
+    from .checkpoints.dataset import (
         check_dataset_layout,
         checkpoint_conditions,
         checkpoint_params,
         get_condition_names,
         get_layout,
-        load_checkpoint_dataset,
         make_checkpoint_dataset,
         set_condition_names,
         set_layout,
         split_by_runs,
     )
-    from .conditional import (
-        collect_conditional_checkpoints,
-        cross_task_matrix,
-        fit_shuffled_control,
-        generate_per_condition,
-        per_condition_summary,
-        task_accuracies,
+    from .checkpoints.import_checkpoints import (
+        checkpoints_from_files,
+        checkpoints_from_hub,
+        checkpoints_from_state_dicts,
     )
-    from .collect import collect_branches, collect_checkpoints, collect_from_runs, train_classifier
-    from .data import ClassificationSplits
+    from .checkpoints.run_mixing import MixedRunsWarning, check_weight_averaging
+    from .checkpoints.trainer_callback import PDiffCheckpointCallback
     from .errors import (
         CheckpointDatasetError,
         CheckpointFileError,
@@ -123,17 +126,25 @@ if TYPE_CHECKING:
         TrainingScriptError,
         UnknownTaskError,
     )
-    from .evaluation import evaluate_parameters, predict_with_parameters, select_best, summarize_accuracies
-    from .fit import fit_pdiff, train_autoencoder, train_denoiser
+    from .evaluation.batched import evaluate_parameters, predict_with_parameters, select_best, summarize_accuracies
+    from .evaluation.conditional import (
+        cross_task_matrix,
+        generate_per_condition,
+        per_condition_summary,
+        task_accuracies,
+    )
+    from .evaluation.data import ClassificationSplits
+    from .evaluation.recalibration import recalibrate_batchnorm, recalibrate_parameters
+    from .hub.datasets import load_checkpoint_dataset
     from .layout import ParamLayout, ParamSpec
     from .models import LatentUNet1DModel, ParameterAutoencoder, TokenParameterAutoencoder
     from .novelty import NoveltyReport, analyze_novelty, novelty_verdict
     from .pipelines import PDiffPipeline, PDiffPipelineOutput
     from .pipelines.pipeline_output import GeneratedModels
-    from .recalibration import recalibrate_batchnorm, recalibrate_parameters
-    from .trainer_callback import PDiffCheckpointCallback
-    from .training_utils import PDiffConfig, build_models
-    from .weight_averaging import MixedRunsWarning, check_weight_averaging
+    from .training.config import PDiffConfig
+    from .training.fit import fit_pdiff, train_autoencoder, train_denoiser
+    from .training.shuffled_control import fit_shuffled_control
+    from .training.training_utils import build_models
 
 
 def __getattr__(name: str) -> Any:

@@ -12,8 +12,14 @@ from diffusers import ModelMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import nn
 
-from pdiff_hf.errors import LayoutMismatchError, PeftLayoutError, PipelineInputError, SchedulerError
+from pdiff_hf.errors import (
+    LayoutMismatchError,
+    PeftLayoutError,
+    PipelineInputError,
+    SchedulerError,
+)
 from pdiff_hf.layout import ParamLayout
+from pdiff_hf.models.denoiser import LatentUNet1DModel
 from pdiff_hf.peft_adapters import (
     PEFT_CONFIG_KEY,
     check_adapter_base,
@@ -22,7 +28,6 @@ from pdiff_hf.peft_adapters import (
     peft_config_of,
     require_peft,
 )
-from pdiff_hf.models.denoiser import LatentUNet1DModel
 
 # Config keys that define the forward (noising) process; a sampling scheduler must agree with training on them.
 OBJECTIVE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")

@@ -12,9 +12,11 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from pdiff_hf.errors import LayoutMismatchError, PipelineInputError
+from pdiff_hf.evaluation.recalibration import prepare_batches, recalibrate_batchnorm
 from pdiff_hf.layout import ParamLayout
-from pdiff_hf.peft_adapters import GeneratedAdapters  # imports peft only when adapters are built
-from pdiff_hf.recalibration import prepare_batches, recalibrate_batchnorm
+from pdiff_hf.peft_adapters import (
+    GeneratedAdapters,  # imports peft only when adapters are built
+)
 
 from .pipeline_checks import check_peft_output
 
@@ -40,14 +42,14 @@ class GeneratedModels(Sequence):
     model to reuse it). ``models[a:b]`` is again a lazy :class:`GeneratedModels`.
 
     With ``recalibrate_batchnorm``, each model's BatchNorm running statistics are re-estimated on those inputs when it
-    is built (:func:`pdiff_hf.recalibration.recalibrate_batchnorm`; off by default). ``vectors`` and
+    is built (:func:`pdiff_hf.evaluation.recalibration.recalibrate_batchnorm`; off by default). ``vectors`` and
     :meth:`state_dict` stay the generated parameters; only the built modules carry the recalibrated statistics.
 
     Args:
         target (`nn.Module`): the network the parameters are for (not modified).
         layout (`ParamLayout`): maps each vector onto the target's named tensors.
         vectors (`torch.Tensor`): ``(N, D)`` generated parameter vectors (float32).
-        recalibrate_batchnorm (optional): training inputs to recalibrate on, in any form of :mod:`pdiff_hf.data`
+        recalibrate_batchnorm (optional): training inputs to recalibrate on, in any form of :mod:`pdiff_hf.evaluation.data`
             (a tensor of inputs, an ``(inputs, labels)`` pair, a ``datasets.Dataset``, a DataLoader); the first
             ``recalibration_batches`` batches are read once, here, and every model is recalibrated on the same ones.
         recalibration_batches (`int` or `None`): how many batches (of 128 for indexable inputs; default 8, ``None``:
@@ -70,7 +72,7 @@ class GeneratedModels(Sequence):
         self.target = target
         self.layout = layout
         self.vectors = vectors if vectors.dim() == 2 else vectors[None]
-        self._recalibration = None  # the prepared batches (a list of pdiff_hf.data.Batch) when recalibrating
+        self._recalibration = None  # the prepared batches (a list of pdiff_hf.evaluation.data.Batch) when recalibrating
         if recalibrate_batchnorm is not None:
             self._recalibration = prepare_batches(target, recalibrate_batchnorm, recalibration_batches)
 

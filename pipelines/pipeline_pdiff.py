@@ -12,15 +12,26 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from pdiff_hf.errors import PipelineInputError
+from pdiff_hf.evaluation.recalibration import prepare_batches
 from pdiff_hf.layout import ParamLayout, check_finite
 from pdiff_hf.models.autoencoder import ParameterAutoencoder
 from pdiff_hf.models.denoiser import LatentUNet1DModel
 
-from pdiff_hf.recalibration import prepare_batches
-
-from .pipeline_checks import check_callback, check_noise, check_output_request, check_scheduler, check_target
+from .pipeline_checks import (
+    check_callback,
+    check_noise,
+    check_output_request,
+    check_scheduler,
+    check_target,
+)
 from .pipeline_conditions import _is_int, check_conditioning, condition_ids
-from .pipeline_output import OUTPUT_TYPES, GeneratedModels, PDiffPipelineOutput, postprocess
+from .pipeline_output import (
+    OUTPUT_TYPES,
+    GeneratedModels,
+    PDiffPipelineOutput,
+    postprocess,
+)
+
 
 class PDiffPipeline(DiffusionPipeline):
     r"""Generate parameters of a target network with p-diff (Wang et al. 2024, arXiv 2402.13144).
@@ -193,7 +204,7 @@ class PDiffPipeline(DiffusionPipeline):
             recalibrate_batchnorm (*optional*, ``output_type="model"`` only): training inputs (a tensor, an
                 ``(inputs, labels)`` pair, a ``datasets.Dataset`` or a DataLoader) on which every generated model's
                 BatchNorm running statistics are re-estimated when it is built (off by default; see
-                :func:`pdiff_hf.recalibration.recalibrate_batchnorm`). The batches are read once, before sampling.
+                :func:`pdiff_hf.evaluation.recalibration.recalibrate_batchnorm`). The batches are read once, before sampling.
             recalibration_batches (`int` or `None`): how many batches of ``recalibrate_batchnorm`` to use (8; ``None``:
                 all).
 

@@ -101,7 +101,7 @@ def make_tiny_pipeline(layout, num_checkpoints: int = 12, seed: int = 0):
     """A ready PDiffPipeline (untrained networks, but fitted normalization, latent scaling and ``sample_abs_max``)
     with a DPM-Solver scheduler, plus the fake checkpoints it was fitted on."""
     from pdiff_hf import PDiffPipeline
-    from pdiff_hf.training_utils import sampling_scheduler_for
+    from pdiff_hf.training.training_utils import sampling_scheduler_for
 
     ae, denoiser = make_tiny_models(layout, seed=seed)
     gen = torch.Generator().manual_seed(seed)

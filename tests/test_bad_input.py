@@ -7,12 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pdiff_hf.training.fit
 import pytest
 import torch
 
-import pdiff_hf.fit
-from pdiff_hf import CheckpointDatasetError, DimensionMismatchError, NonFiniteParametersError, PDiffConfig, ParamLayout
-from pdiff_hf import fit_pdiff
+from pdiff_hf import (
+    CheckpointDatasetError,
+    DimensionMismatchError,
+    NonFiniteParametersError,
+    ParamLayout,
+    PDiffConfig,
+    fit_pdiff,
+)
 from pdiff_hf.cli import main
 from pdiff_hf.errors import (
     LayoutMismatchError,
@@ -21,7 +27,7 @@ from pdiff_hf.errors import (
     PDiffConfigError,
     PDiffError,
 )
-from pdiff_hf.io_utils import LOCK_NAME, locked_dir
+from pdiff_hf.utils.io_utils import LOCK_NAME, locked_dir
 
 LAYOUT = ParamLayout.from_list([{"name": "w", "shape": [2, 3]}, {"name": "b", "shape": [2]}])  # D = 8
 
@@ -33,7 +39,7 @@ def no_training(monkeypatch):
     def built(*args, **kwargs):
         raise AssertionError("fit_pdiff built a model before checking its inputs")
 
-    monkeypatch.setattr(pdiff_hf.fit, "build_autoencoder", built)
+    monkeypatch.setattr(pdiff_hf.training.fit, "build_autoencoder", built)
 
 
 @pytest.mark.parametrize(
@@ -89,7 +95,7 @@ def no_work(monkeypatch):
     """Loading data (demo) or a dataset (evaluate) fails the test: output folders must be checked first."""
     import datasets
 
-    from pdiff_hf import demo
+    from pdiff_hf.demos import demo
 
     def worked(*args, **kwargs):
         raise AssertionError("work started before the output folder was checked")
@@ -117,7 +123,7 @@ def test_unwritable_output_folder_is_refused_before_any_work(no_work, tmp_path, 
 
 HOLD_LOCK = """
 import sys, time
-from pdiff_hf.io_utils import locked_dir
+from pdiff_hf.utils.io_utils import locked_dir
 with locked_dir(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(60)

@@ -52,7 +52,7 @@ def test_cli_error_lives_in_errors():
 
 def test_demo_flags_left_out_take_demo_config_defaults(tmp_path, monkeypatch):
     """The demo command leaves its defaults to DemoConfig (importing it at parser build time would be slow)."""
-    from pdiff_hf import demo
+    from pdiff_hf.demos import demo
 
     seen = []
 

@@ -16,7 +16,7 @@ from pdiff_hf import (
     get_layout,
     summarize_accuracies,
 )
-from pdiff_hf.training_utils import PDiffConfig
+from pdiff_hf.training.config import PDiffConfig
 
 datasets.disable_progress_bars()
 

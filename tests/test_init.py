@@ -89,3 +89,86 @@ def test_unknown_attribute_is_an_attribute_error():
     assert not hasattr(pdiff_hf, "CLIError")  # not part of the top-level API (pdiff_hf.errors.CLIError)
     assert pdiff_hf.errors.PDiffError is pdiff_hf.PDiffError
     assert pdiff_hf.__version__
+
+
+def _package_modules():
+    """``{module name: file}`` for every module of the installed package (``pipelines/`` is ``pdiff_hf.pipelines``)."""
+    roots = {"pdiff_hf": ROOT / "pdiff_hf", "pdiff_hf.pipelines": ROOT / "pipelines"}
+    modules = {}
+    for prefix, folder in roots.items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = list(path.relative_to(folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join([prefix] + parts)] = path
+    return modules
+
+
+def _module_imports(name: str, path: Path, modules: dict) -> set:
+    """The pdiff_hf modules that ``name`` imports at module level (imports inside functions run later and are left out;
+    ``if TYPE_CHECKING:`` blocks are left out as well)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+            target = ".".join(base + ([node.module] if node.module else []))
+        elif node.module and node.module.startswith("pdiff_hf"):
+            target = node.module
+        else:
+            continue
+        for alias in node.names:  # `from .pkg import module` imports the module
+            if f"{target}.{alias.name}" in modules:
+                found.add(f"{target}.{alias.name}")
+        if target in modules:
+            found.add(target)
+    found.discard(name)
+    return found
+
+
+def test_no_import_circles():
+    """The module-level import graph of the package has no cycle (a lower layer never imports a higher one)."""
+    modules = _package_modules()
+    graph = {name: _module_imports(name, path, modules) for name, path in modules.items()}
+    # a package's __init__ runs before its modules: an edge to a package is an edge to its __init__ only
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, "import circles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_every_module_imports_alone_in_random_order():
+    """Every module imports in a fresh interpreter, the modules in a shuffled order (an import circle or an import
+    that only works after another module was loaded fails here)."""
+    names = sorted(_package_modules())
+    result = _python(
+        f"""
+import importlib, json, random, traceback
+names = {names!r}
+random.Random(0).shuffle(names)
+failed = {{}}
+for name in names:
+    try:
+        importlib.import_module(name)
+    except Exception as err:
+        failed[name] = f"{{type(err).__name__}}: {{err}}"
+print(json.dumps(failed))
+"""
+    )
+    assert result == {}

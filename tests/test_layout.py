@@ -4,7 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from pdiff_hf import LayoutMismatchError, NonFiniteParametersError, ParamLayout, PDiffError, SelectionError
+from pdiff_hf import (
+    LayoutMismatchError,
+    NonFiniteParametersError,
+    ParamLayout,
+    PDiffError,
+    SelectionError,
+)
 from pdiff_hf.layout import last_norm_layer_names
 
 

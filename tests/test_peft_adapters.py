@@ -6,8 +6,11 @@ import json
 import datasets
 import pytest
 import torch
+from pdiff_hf.pipelines import PDiffPipeline
+from pdiff_hf.pipelines.pipeline_checks import check_peft_output
 
 from pdiff_hf import PDiffConfig, checkpoint_params, fit_pdiff, get_layout
+from pdiff_hf.checkpoints.trainer_callback import PDiffCheckpointCallback
 from pdiff_hf.errors import LayoutMismatchError, PeftLayoutError
 from pdiff_hf.peft_adapters import (
     PEFT_CONFIG_KEY,
@@ -19,9 +22,6 @@ from pdiff_hf.peft_adapters import (
     peft_state_dict,
     peft_target,
 )
-from pdiff_hf.pipelines import PDiffPipeline
-from pdiff_hf.pipelines.pipeline_checks import check_peft_output
-from pdiff_hf.trainer_callback import PDiffCheckpointCallback
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from pdiff_hf import (
+    ParamLayout,
     PDiffConfig,
     PDiffPipeline,
-    ParamLayout,
     checkpoint_params,
     collect_checkpoints,
     evaluate_parameters,

@@ -46,13 +46,17 @@ import torch
 from accelerate import PartialState
 from accelerate.logging import get_logger
 
-from pdiff_hf.collect import collect_checkpoints, collect_from_runs, train_classifier
-from pdiff_hf.conditional import collect_conditional_checkpoints, task_data
+from pdiff_hf.checkpoints.collect import (
+    collect_checkpoints,
+    collect_from_runs,
+    train_classifier,
+)
+from pdiff_hf.checkpoints.conditional import collect_conditional_checkpoints, task_data
 from pdiff_hf.errors import ConditionError, PDiffError, TrainingScriptError
-from pdiff_hf.evaluation import evaluate_parameters, summarize_accuracies
-from pdiff_hf.io_utils import atomic_directory, write_json_atomic
+from pdiff_hf.evaluation.batched import evaluate_parameters, summarize_accuracies
 from pdiff_hf.layout import ParamLayout
 from pdiff_hf.tasks import TASKS, get_task
+from pdiff_hf.utils.io_utils import atomic_directory, write_json_atomic
 
 PROG = "collect_checkpoints.py"
 logger = get_logger(__name__)
@@ -185,7 +189,7 @@ def reset_selection(layout: ParamLayout, seed: int):
 
 def load_task_data(task, args: argparse.Namespace) -> list:
     """``[data]`` of the task, or with ``--num_tasks K`` the data of conditions ``0 … K-1``
-    (:func:`pdiff_hf.conditional.task_data`)."""
+    (:func:`pdiff_hf.checkpoints.conditional.task_data`)."""
     if not args.num_tasks:
         return [task.load_data(seed=args.data_seed)]
     try:

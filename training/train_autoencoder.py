@@ -30,7 +30,19 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from pdiff_hf.checkpointing import (
+from pdiff_hf.checkpoints.dataset import get_layout
+from pdiff_hf.checkpoints.rows import (
+    CheckpointRows,
+    NormalizedRows,
+    checkpoint_rows,
+    fit_normalization,
+)
+from pdiff_hf.errors import NonFiniteParametersError, PDiffError, TrainingScriptError
+from pdiff_hf.hub.datasets import load_checkpoint_dataset
+from pdiff_hf.layout import check_finite
+from pdiff_hf.models import ParameterAutoencoder
+from pdiff_hf.training.config import PDiffConfig
+from pdiff_hf.training.resume import (
     StopOnSignal,
     check_output_dir,
     load_checkpoint,
@@ -41,13 +53,7 @@ from pdiff_hf.checkpointing import (
     save_checkpoint,
     save_pretrained_into,
 )
-from pdiff_hf.checkpoints import get_layout, load_checkpoint_dataset
-from pdiff_hf.errors import NonFiniteParametersError, PDiffError, TrainingScriptError
-from pdiff_hf.layout import check_finite
-from pdiff_hf.models import ParameterAutoencoder
-from pdiff_hf.streaming import CheckpointRows, NormalizedRows, checkpoint_rows, fit_normalization
-from pdiff_hf.training_utils import (
-    PDiffConfig,
+from pdiff_hf.training.training_utils import (
     autoencoder_loss,
     build_autoencoder,
     check_training_args,
@@ -82,7 +88,7 @@ def parse_args(argv=None):
     parser.add_argument("--norm_mode", type=str, default="per_dimension", choices=["per_dimension", "per_tensor"])
     parser.add_argument("--autoencoder_type", type=str, default="auto", choices=["auto", "conv", "token"],
                         help="'conv' (ParameterAutoencoder), 'token' (TokenParameterAutoencoder, linear in D for "
-                        "10^5-10^6 parameters) or 'auto' (chosen by D, see pdiff_hf.training_utils.build_autoencoder).")
+                        "10^5-10^6 parameters) or 'auto' (chosen by D, see pdiff_hf.training.training_utils.build_autoencoder).")
     parser.add_argument("--token_size", type=int, default=None, help="Token autoencoder: entries per token.")
     parser.add_argument("--token_hidden_dim", type=int, default=128, help="Token autoencoder: width of the token MLP.")
     parser.add_argument("--token_latent_channels", type=int, default=8, help="Token autoencoder: latent channels.")
@@ -131,7 +137,7 @@ def main(args):
     )
     layout = get_layout(dataset)
     # (N, D) checkpoints read a block at a time from the dataset's Arrow column (memory-mapped after load_from_disk),
-    # as fit_pdiff reads them: no copy of the whole matrix, raw or normalized (pdiff_hf.streaming)
+    # as fit_pdiff reads them: no copy of the whole matrix, raw or normalized (pdiff_hf.checkpoints.rows)
     params = checkpoint_rows(dataset)
 
     accelerator = Accelerator(

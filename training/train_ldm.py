@@ -10,7 +10,7 @@
     # data parallel on a CPU-only machine (two gloo processes):
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 training/train_ldm.py ...
 
-A conditional checkpoint dataset (several tasks, :func:`pdiff_hf.conditional.collect_conditional_checkpoints`)
+A conditional checkpoint dataset (several tasks, :func:`pdiff_hf.checkpoints.conditional.collect_conditional_checkpoints`)
 trains a denoiser conditional on the task with ``--condition_column condition``; sample it with
 ``pipe(condition=t, guidance_scale=s)``.
 
@@ -31,9 +31,27 @@ from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from pdiff_hf.pipelines import PDiffPipeline
 from tqdm.auto import tqdm
 
-from pdiff_hf.checkpointing import (
+from pdiff_hf.checkpoints.dataset import (
+    checkpoint_conditions,
+    get_condition_names,
+    get_layout,
+)
+from pdiff_hf.checkpoints.rows import checkpoint_rows
+from pdiff_hf.errors import (
+    ConditionError,
+    DimensionMismatchError,
+    NonFiniteParametersError,
+    PDiffError,
+    TrainingScriptError,
+)
+from pdiff_hf.hub.datasets import load_checkpoint_dataset
+from pdiff_hf.layout import check_finite
+from pdiff_hf.models import LatentUNet1DModel, ParameterAutoencoder
+from pdiff_hf.training.config import PDiffConfig
+from pdiff_hf.training.resume import (
     StopOnSignal,
     check_output_dir,
     load_checkpoint,
@@ -44,25 +62,7 @@ from pdiff_hf.checkpointing import (
     save_checkpoint,
     save_pretrained_into,
 )
-from pdiff_hf.checkpoints import (
-    checkpoint_conditions,
-    get_condition_names,
-    get_layout,
-    load_checkpoint_dataset,
-)
-from pdiff_hf.errors import (
-    ConditionError,
-    DimensionMismatchError,
-    NonFiniteParametersError,
-    PDiffError,
-    TrainingScriptError,
-)
-from pdiff_hf.layout import check_finite
-from pdiff_hf.models import LatentUNet1DModel, ParameterAutoencoder
-from pdiff_hf.pipelines import PDiffPipeline
-from pdiff_hf.streaming import checkpoint_rows
-from pdiff_hf.training_utils import (
-    PDiffConfig,
+from pdiff_hf.training.training_utils import (
     build_denoiser,
     check_training_args,
     denoiser_loss,

@@ -4,7 +4,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    # Defaults are DemoConfig's, applied in run(): a flag left at None is not passed on. Importing pdiff_hf.demo here
+    # Defaults are DemoConfig's, applied in run(): a flag left at None is not passed on. Importing pdiff_hf.demos.demo here
     # would load torch, diffusers and datasets for every `pdiff-hf --help`.
     p = subparsers.add_parser(
         "demo",
@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "conditional", False):
         return run_conditional(args)
-    from ..demo import DemoConfig, run_demo
+    from ..demos.demo import DemoConfig, run_demo
     from ..novelty import format_accuracy_table, tune_cpu_allocator
 
     options = dict(
@@ -98,9 +98,15 @@ _UNCONDITIONAL_ONLY = ("selection", "save_every")
 
 
 def run_conditional(args: argparse.Namespace) -> int:
-    """``pdiff-hf demo --conditional``: :func:`pdiff_hf.conditional_demo.run_conditional_demo`."""
-    from ..conditional_demo import ConditionalDemoConfig, run_conditional_demo
-    from ..conditional_report import diversity_lines, per_task_lines, solved_lines, sweep_lines, target_lines
+    """``pdiff-hf demo --conditional``: :func:`pdiff_hf.demos.conditional_demo.run_conditional_demo`."""
+    from ..demos.conditional_demo import ConditionalDemoConfig, run_conditional_demo
+    from ..demos.conditional_report import (
+        diversity_lines,
+        per_task_lines,
+        solved_lines,
+        sweep_lines,
+        target_lines,
+    )
     from ..errors import DemoConfigError
     from ..novelty import tune_cpu_allocator
 

@@ -71,7 +71,7 @@ def _saved_without_rows(folder: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io_utils import locked_dir
+    from ..utils.io_utils import locked_dir
 
     if args.num_models < 1:
         raise EvaluateError(f"--num-models: expected >= 1, found {args.num_models}")
@@ -97,10 +97,23 @@ def _evaluate(args: argparse.Namespace, pipeline_dir: Path, checkpoints_dir: Pat
     import datasets
     import torch
 
-    from ..checkpoints import check_dataset_layout, checkpoint_params, get_layout
-    from ..novelty import NOISE_LEVELS, analyze_novelty, tune_cpu_allocator, write_report
+    from ..checkpoints.dataset import (
+        check_dataset_layout,
+        checkpoint_params,
+        get_layout,
+    )
+    from ..novelty import (
+        NOISE_LEVELS,
+        analyze_novelty,
+        tune_cpu_allocator,
+        write_report,
+    )
     from ..pipelines import PDiffPipeline
-    from .evaluate_conditional import check_conditional_match, evaluate_conditional, pipeline_num_conditions
+    from .evaluate_conditional import (
+        check_conditional_match,
+        evaluate_conditional,
+        pipeline_num_conditions,
+    )
 
     torch.set_num_threads(args.num_threads)
     tune_cpu_allocator()  # process-wide, so the command sets it, never the library (pdiff_hf.novelty.allocator)

@@ -4,10 +4,10 @@ Used by :mod:`pdiff_hf.commands.evaluate` when the pipeline's denoiser has ``num
 dataset must then have a ``condition`` column with as many conditions; :func:`check_conditional_match` refuses a
 mix of conditional and unconditional before any work). ``--num-models`` models are generated per condition at
 ``--guidance-scale``; the data of condition ``t`` is ``task.load_data(condition=t, num_tasks=K)``
-(:func:`pdiff_hf.conditional.task_data`). The report (``report.md``, ``results.json``) has the originals vs the
+(:func:`pdiff_hf.checkpoints.conditional.task_data`). The report (``report.md``, ``results.json``) has the originals vs the
 generated models per task (test accuracy, best by validation), the cross-task matrices, the share of models that
 solve the requested task, and novelty within each task's checkpoints
-(:func:`pdiff_hf.conditional_report.write_conditional_evaluation`).
+(:func:`pdiff_hf.demos.conditional_report.write_conditional_evaluation`).
 """
 
 import argparse
@@ -31,7 +31,7 @@ def pipeline_num_conditions(pipeline_dir: Path) -> int:
 def check_conditional_match(num_conditions: int, dataset, guidance_scale: float) -> Optional[list]:
     """The dataset's condition names when the pipeline and the dataset are both conditional with the same number of
     conditions, ``None`` when both are unconditional; :class:`ConditionError` for any mix."""
-    from ..checkpoints import CONDITION_COLUMN, get_condition_names
+    from ..checkpoints.dataset import CONDITION_COLUMN, get_condition_names
 
     has_column = CONDITION_COLUMN in dataset.column_names
     if not num_conditions:
@@ -61,21 +61,23 @@ def check_conditional_match(num_conditions: int, dataset, guidance_scale: float)
 def evaluate_conditional(args: argparse.Namespace, pipe, dataset, names, target, layout, paths, out) -> int:
     """Generate ``args.num_models`` models per condition, score them and the checkpoints on every task, print the
     tables and with ``out`` write the report. ``paths``: ``(pipeline_dir, checkpoints_dir, target_dir)``."""
-    import torch
 
-    from ..checkpoints import checkpoint_conditions, checkpoint_params
-    from ..conditional import (
-        check_conditions,
+    from ..checkpoints.conditional import check_conditions, task_data
+    from ..checkpoints.dataset import checkpoint_conditions, checkpoint_params
+    from ..demos.conditional_report import (
+        evaluation_lines,
+        within_task_diversity,
+        write_conditional_evaluation,
+    )
+    from ..evaluation.conditional import (
         cross_task_matrix,
         generate_per_condition,
-        novelty_per_condition,
         per_condition_summary,
         solved_shares,
         task_accuracies,
-        task_data,
     )
-    from ..conditional_report import evaluation_lines, within_task_diversity, write_conditional_evaluation
     from ..novelty import NOISE_LEVELS
+    from ..novelty.conditional import novelty_per_condition
     from ..tasks import get_task
 
     start = time.perf_counter()

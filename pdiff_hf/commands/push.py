@@ -65,7 +65,7 @@ def _target_architecture(target_dir: Path):
 def run(args: argparse.Namespace) -> int:
     import datasets
 
-    from ..checkpoints import get_layout
+    from ..checkpoints.dataset import get_layout
     from ..hub import push_checkpoint_dataset, push_pipeline
     from ..pipelines import PDiffPipeline
 

@@ -31,7 +31,11 @@ from .cards import (
     results_document,
     target_hub_id,
 )
-from .datasets import default_config_name, load_checkpoint_dataset_from_hub, push_checkpoint_dataset
+from .datasets import (
+    default_config_name,
+    load_checkpoint_dataset_from_hub,
+    push_checkpoint_dataset,
+)
 from .load import PIPELINE_ALLOW_PATTERNS, load_components, load_pipeline
 from .push import (
     PIPELINE_DELETE_PATTERNS,

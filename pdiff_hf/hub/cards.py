@@ -13,7 +13,6 @@ and known tokens (the given one, ``HF_TOKEN``, the saved login) are replaced by 
 
 import dataclasses
 import json
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -25,9 +24,15 @@ from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardDa
 from torch import nn
 
 from .. import __version__
-from ..checkpoints import PARAMS_COLUMN
+from ..checkpoints.dataset import PARAMS_COLUMN
 from ..errors import PDiffError
 from ..layout import ParamLayout
+from .card_format import SUMMARY_KEYS, format_cell, format_summary_value
+from .condition_cards import (
+    conditional_results_context,
+    conditions_sentence,
+    is_conditional_results,
+)
 from .repo import LAYOUT_DIR, endpoint_url
 from .secrets import redact, sanitize_training_args
 
@@ -36,7 +41,6 @@ DEFAULT_LICENSE = "apache-2.0"
 MODEL_TAGS = ("p-diff", "parameter-generation", "pdiff-hf", "diffusers", "neural-network-diffusion")
 DATASET_TAGS = ("p-diff", "parameter-generation", "pdiff-hf", "model-checkpoints")
 _MAX_LAYOUT_ROWS = 64  # a card lists at most this many tensors; the layout file has them all
-_SUMMARY_KEYS = ("count", "best", "mean", "median", "min", "std")
 # Config keys of the components shown among the training settings.
 _AUTOENCODER_SETTINGS = (
     "in_dim", "block_out_channels", "latent_channels", "pos_channels", "input_noise", "latent_noise", "norm_mode",
@@ -64,17 +68,6 @@ _RECIPE_COLUMNS = (
 # ------------------------------------------------------------------------------------------------ formatting
 def _template(name: str) -> str:
     return resources.files("pdiff_hf.hub_cards").joinpath(name).read_text(encoding="utf-8")
-
-
-def _fmt(value: Any) -> str:
-    """One table cell: floats to 6 significant digits, lists inline, ``|`` and newlines escaped."""
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_fmt(v) for v in value) + "]"
-    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def layout_context(layout: ParamLayout | None) -> dict[str, Any]:
@@ -158,19 +151,10 @@ def load_results(results: None | str | os.PathLike | Mapping) -> dict[str, Any] 
     for key in ("original", "generated"):
         if key in results and not isinstance(results[key], Mapping):
             raise PDiffError(
-                f"expected results[{key!r}] to be a summary mapping ({', '.join(_SUMMARY_KEYS)}), "
+                f"expected results[{key!r}] to be a summary mapping ({', '.join(SUMMARY_KEYS)}), "
                 f"found {results[key]!r}"
             )
     return dict(results)
-
-
-def _fmt_summary(summary: Mapping, key: str) -> str:
-    value = summary.get(key)
-    if value is None:
-        return "–"
-    if key == "count" or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return _fmt(value)
-    return "nan" if math.isnan(value) else f"{value:.2f}"
 
 
 def _verdict(results: Mapping) -> list[str]:
@@ -196,19 +180,17 @@ def _results_context(results: Mapping | None) -> dict[str, Any]:
     ``more_baselines`` (how many were left out) and ``verdict`` (prose). The raw statistics stay in results.json."""
     if not results:
         return {"results_rows": [], "more_baselines": 0, "verdict": []}
-    from .condition_cards import conditional_results_context, is_conditional_results  # it imports this module
-
     if is_conditional_results(results):
         return conditional_results_context(results)
     rows = []
     labels = {"original": "Original checkpoints (training data)", "generated": "p-diff generated"}
     for key in ("original", "generated"):
         if isinstance(results.get(key), Mapping):
-            rows.append({"label": labels[key], **{k: _fmt_summary(results[key], k) for k in _SUMMARY_KEYS}})
+            rows.append({"label": labels[key], **{k: format_summary_value(results[key], k) for k in SUMMARY_KEYS}})
     baselines = results.get("baselines") or {}
     baselines = [(n, b) for n, b in baselines.items() if isinstance(b, Mapping)] if isinstance(baselines, Mapping) else []
     for name, summary in baselines[:_MAX_BASELINE_ROWS]:
-        rows.append({"label": _fmt(name), **{k: _fmt_summary(summary, k) for k in _SUMMARY_KEYS}})
+        rows.append({"label": format_cell(name), **{k: format_summary_value(summary, k) for k in SUMMARY_KEYS}})
     return {
         "results_rows": rows,
         "more_baselines": max(0, len(baselines) - _MAX_BASELINE_ROWS),
@@ -235,15 +217,15 @@ def _component_settings(pipe) -> list[dict[str, str]]:
     ae, den, sched = pipe.autoencoder.config, pipe.denoiser.config, pipe.scheduler
     for key in _AUTOENCODER_SETTINGS:
         if key in ae:
-            rows.append({"name": f"autoencoder.{key}", "value": _fmt(ae[key])})
-    rows.append({"name": "autoencoder.latent_shape", "value": _fmt(list(pipe.autoencoder.latent_shape))})
+            rows.append({"name": f"autoencoder.{key}", "value": format_cell(ae[key])})
+    rows.append({"name": "autoencoder.latent_shape", "value": format_cell(list(pipe.autoencoder.latent_shape))})
     for key in _DENOISER_SETTINGS:
         if key in den:
-            rows.append({"name": f"denoiser.{key}", "value": _fmt(den[key])})
+            rows.append({"name": f"denoiser.{key}", "value": format_cell(den[key])})
     if den.get("num_conditions"):  # a conditional pipeline: pipe(condition=...) takes these ids or names
-        rows.append({"name": "denoiser.num_conditions", "value": _fmt(den["num_conditions"])})
+        rows.append({"name": "denoiser.num_conditions", "value": format_cell(den["num_conditions"])})
         if den.get("condition_names"):
-            rows.append({"name": "denoiser.condition_names", "value": _fmt(list(den["condition_names"]))})
+            rows.append({"name": "denoiser.condition_names", "value": format_cell(list(den["condition_names"]))})
     rows.append({"name": "scheduler", "value": type(sched).__name__})
     params = sum(p.numel() for p in pipe.autoencoder.parameters()) + sum(p.numel() for p in pipe.denoiser.parameters())
     rows.append({"name": "model parameters (autoencoder + denoiser)", "value": f"{params:,}"})
@@ -294,10 +276,10 @@ def build_model_card(
         repo_id=repo_id,
         hub_url=endpoint_url(endpoint),
         architecture=architecture,
-        selection_name=_fmt(selection_name) if selection_name else None,
+        selection_name=format_cell(selection_name) if selection_name else None,
         checkpoint_dataset_id=checkpoint_dataset_id,
         checkpoint_dataset_config=checkpoint_dataset_config,
-        training_rows=[{"name": k, "value": _fmt(v)} for k, v in settings.items()],
+        training_rows=[{"name": k, "value": format_cell(v)} for k, v in settings.items()],
         component_rows=_component_settings(pipe),
         pdiff_hf_version=__version__,
         has_target=target is not None,
@@ -344,8 +326,6 @@ def build_dataset_card(
     data["license"] = data.get("license") or license
     data["tags"] = sorted(set(data.get("tags") or []) | set(DATASET_TAGS))
     data.setdefault("pretty_name", f"p-diff checkpoints: {repo_id.split('/')[-1]}")
-    from .condition_cards import conditions_sentence  # it imports this module
-
     summary = [
         {"name": name, "doc": doc, "recipe": " ".join(filter(None, [collection_recipe(doc), conditions_sentence(doc)])),
          **layout_context(ParamLayout.from_list(doc["param_layout"]))}

@@ -9,7 +9,7 @@
 from collections.abc import Mapping
 from typing import Any
 
-from .cards import _SUMMARY_KEYS, _fmt, _fmt_summary
+from .card_format import SUMMARY_KEYS, format_cell, format_summary_value
 
 
 def conditions_sentence(doc: Mapping) -> str:
@@ -41,11 +41,11 @@ def conditional_results_context(results: Mapping) -> dict[str, Any]:
     scale = results.get("guidance_scale")
     for name in results["tasks"]["names"]:
         generated = (results.get("generated") or {}).get(name)
-        original = {k: _fmt_summary(results["original"][name], k) for k in _SUMMARY_KEYS}
+        original = {k: format_summary_value(results["original"][name], k) for k in SUMMARY_KEYS}
         rows.append({"label": f"Original checkpoints, task `{name}`", **original})
         if isinstance(generated, Mapping):
-            label = f"p-diff generated for `{name}`" + (f" (guidance {_fmt(scale)})" if scale is not None else "")
-            rows.append({"label": label, **{k: _fmt_summary(generated, k) for k in _SUMMARY_KEYS}})
+            label = f"p-diff generated for `{name}`" + (f" (guidance {format_cell(scale)})" if scale is not None else "")
+            rows.append({"label": label, **{k: format_summary_value(generated, k) for k in SUMMARY_KEYS}})
         lines = (results.get("novelty") or {}).get(name, {}).get("verdict") or []
         collapsed = ((results.get("diversity") or {}).get(name) or {}).get("collapsed")
         if lines:
@@ -55,7 +55,7 @@ def conditional_results_context(results: Mapping) -> dict[str, Any]:
     if isinstance(targets, Mapping) and "control_ok" in targets:
         verdict.append(
             f"Shuffled-condition control (the same training with the condition ids permuted): "
-            f"{'at least' if targets['control_ok'] else 'NOT'} {_fmt(targets.get('control_gap_pp'))} pp below the "
+            f"{'at least' if targets['control_ok'] else 'NOT'} {format_cell(targets.get('control_gap_pp'))} pp below the "
             "generated models on every task."
         )
     return {"results_rows": rows, "more_baselines": 0, "verdict": verdict}

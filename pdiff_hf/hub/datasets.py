@@ -9,7 +9,7 @@ A repo pushed by :func:`push_checkpoint_dataset` holds, for each config ``C``::
 
 Stock ``datasets.load_dataset(repo_id, C)`` gives back the rows; :func:`load_checkpoint_dataset_from_hub` also
 re-attaches the layout, so :func:`~pdiff_hf.checkpoint_params` and :func:`~pdiff_hf.get_layout` work as on the pushed
-dataset (and the condition names of a conditional dataset, for :func:`~pdiff_hf.checkpoints.get_condition_names`).
+dataset (and the condition names of a conditional dataset, for :func:`~pdiff_hf.checkpoints.dataset.get_condition_names`).
 It refuses repos holding anything but parquet data and text metadata, because ``datasets`` also has builders that
 unpickle (pandas ``.pkl``) or run code. ``pdiff_hf.load_checkpoint_dataset`` dispatches here for a
 Hub repo id.
@@ -21,14 +21,14 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Union
 
 import datasets
 from huggingface_hub import CommitInfo, CommitOperationAdd, DatasetCard, hf_hub_download
 from torch import nn
 
 from .. import __version__
-from ..checkpoints import (
+from ..checkpoints.dataset import (
     CONDITION_COLUMN,
     PARAMS_COLUMN,
     checkpoint_conditions,
@@ -38,7 +38,12 @@ from ..checkpoints import (
     set_condition_names,
     set_layout,
 )
-from ..errors import CheckpointDatasetError, ConditionError, DimensionMismatchError, HubError
+from ..errors import (
+    CheckpointDatasetError,
+    ConditionError,
+    DimensionMismatchError,
+    HubError,
+)
 from ..layout import ParamLayout
 from .cards import DEFAULT_LICENSE, build_dataset_card, describe_architecture
 from .repo import LAYOUT_DIR, check_repo_id, check_target, hub_api
@@ -300,3 +305,65 @@ def load_checkpoint_dataset_from_hub(
     if target_module is not None:
         check_target(layout, target_module, f"{label}, config {config_name!r}")
     return loaded
+
+
+def load_checkpoint_dataset(
+    name_or_path: Union[str, "os.PathLike"],
+    config_name: Optional[str] = None,
+    split: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    **hub_kwargs,
+) -> datasets.Dataset:
+    """Load a checkpoint dataset from a local folder or the Hub and check that it holds at least two checkpoints.
+
+    Args:
+        name_or_path: a folder written by ``save_to_disk`` (a ``Dataset``, or a ``DatasetDict`` whose ``split`` is
+            taken, ``"train"`` by default), or a Hub dataset repo id (``"owner/name"``), loaded with
+            :func:`pdiff_hf.hub.load_checkpoint_dataset_from_hub` (with ``config_name``, ``cache_dir`` and
+            ``hub_kwargs`` such as ``revision`` and ``token``; all are ignored for local folders).
+        split: the split of a ``DatasetDict``.
+
+    Returns the ``datasets.Dataset`` with its parameter layout (:func:`get_layout`). Raises
+    :class:`CheckpointDatasetError` for a folder that is not a checkpoint dataset, a missing split or fewer than two
+    checkpoints.
+    """
+    path = os.fspath(name_or_path)
+    if not path:
+        raise CheckpointDatasetError("expected a checkpoint dataset folder or Hub repo id, found an empty string")
+    if os.path.isfile(path):
+        raise CheckpointDatasetError(f"expected a save_to_disk folder or a Hub repo id, found the file {path!r}")
+    if os.path.isdir(path):
+        try:
+            ds = datasets.load_from_disk(path)
+        except (FileNotFoundError, ValueError, KeyError, json.JSONDecodeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise CheckpointDatasetError(
+                f"expected {path!r} to be a dataset folder written by save_to_disk, found none "
+                f"({type(err).__name__}: {first})"
+            ) from err
+    elif path.count("/") == 1 and not path.startswith((".", "/", "~")):
+        ds = load_checkpoint_dataset_from_hub(
+            path, config_name, split=split or "train", cache_dir=cache_dir, **hub_kwargs
+        )
+    else:
+        raise CheckpointDatasetError(
+            f"expected an existing save_to_disk folder or a Hub repo id 'owner/name', found {path!r}, which is neither"
+        )
+    if isinstance(ds, datasets.DatasetDict):
+        name = split or "train"
+        if name not in ds:
+            raise CheckpointDatasetError(f"expected a split {name!r} in {path!r}, found splits {sorted(ds)}")
+        ds = ds[name]
+    elif split not in (None, "train") and os.path.isdir(path):
+        raise CheckpointDatasetError(f"expected a DatasetDict with split {split!r} in {path!r}, found a single Dataset")
+    layout = get_layout(ds)
+    dim = getattr(ds.features.get(PARAMS_COLUMN), "length", None)
+    if dim is not None and dim not in (-1, layout.dim):
+        raise DimensionMismatchError(
+            f"{path!r}: its layout describes D={layout.dim}, its {PARAMS_COLUMN!r} column has {dim} values per row"
+        )
+    if len(ds) < 2:
+        raise CheckpointDatasetError(
+            f"expected at least 2 checkpoints in {path!r} to fit normalization statistics, found {len(ds)}"
+        )
+    return ds

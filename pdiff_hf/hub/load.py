@@ -93,7 +93,11 @@ def load_components(
     import diffusers
     from diffusers import SchedulerMixin
 
-    from ..models import LatentUNet1DModel, ParameterAutoencoder, TokenParameterAutoencoder
+    from ..models import (
+        LatentUNet1DModel,
+        ParameterAutoencoder,
+        TokenParameterAutoencoder,
+    )
 
     model_classes = {"ParameterAutoencoder": ParameterAutoencoder, "LatentUNet1DModel": LatentUNet1DModel,
                      "TokenParameterAutoencoder": TokenParameterAutoencoder}  # fmt: skip

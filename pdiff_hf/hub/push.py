@@ -29,7 +29,12 @@ from typing import Any
 from huggingface_hub import CommitInfo
 
 from ..errors import HubError
-from .cards import DEFAULT_LICENSE, build_dataset_card, build_model_card, results_document
+from .cards import (
+    DEFAULT_LICENSE,
+    build_dataset_card,
+    build_model_card,
+    results_document,
+)
 from .repo import LAYOUT_FILE, check_repo_id, hub_api
 from .target import check_savable_target
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import DimensionMismatchError
 from ..layout import ParamLayout, check_finite
-from ..normalization import compute_stats, denormalize, normalize
+from .normalization import compute_stats, denormalize, normalize
 
 
 @dataclass
@@ -217,7 +217,7 @@ class ParameterAutoencoder(ModelMixin, ConfigMixin):
 
     def _row_chunks(self, params):
         """``params`` ``(N, D)`` whole when ``N * D <= decode_chunk_entries``, else in chunks of rows; an object
-        with ``row_chunks`` (:class:`pdiff_hf.streaming.CheckpointRows`) is read through it."""
+        with ``row_chunks`` (:class:`pdiff_hf.checkpoints.rows.CheckpointRows`) is read through it."""
         if hasattr(params, "row_chunks"):
             return params.row_chunks(self.decode_chunk_entries)
         self._check_dim(params, "parameters")
@@ -245,7 +245,7 @@ class ParameterAutoencoder(ModelMixin, ConfigMixin):
     @torch.no_grad()
     def set_latent_scaling(self, params: torch.Tensor) -> float:
         """Set ``scaling_factor`` so that diffusion latents of the training checkpoints have unit std. ``params``:
-        raw checkpoints ``(N, D)`` or :class:`pdiff_hf.streaming.CheckpointRows` (encoded a chunk at a time)."""
+        raw checkpoints ``(N, D)`` or :class:`pdiff_hf.checkpoints.rows.CheckpointRows` (encoded a chunk at a time)."""
         was_training = self.training
         self.eval()
         device = self.norm_mean.device

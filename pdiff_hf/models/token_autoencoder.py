@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import DimensionMismatchError
 from ..layout import ParamLayout
-from ..normalization import NORM_MODES
+from .normalization import NORM_MODES
 from .autoencoder import ParameterAutoencoder, ParameterAutoencoderOutput
 
 # token sizes build_autoencoder picks (see default_token_size)

@@ -23,7 +23,7 @@ import torch
 
 from ..errors import DimensionMismatchError, PDiffError
 from ..layout import ParamLayout
-from ..normalization import compute_stats, denormalize, normalize
+from ..models.normalization import compute_stats, denormalize, normalize
 
 NOISE_LEVELS: Tuple[float, ...] = (0.01, 0.05, 0.1, 0.15)
 AVERAGE_K = 16
@@ -32,7 +32,7 @@ AVERAGE_K = 16
 # ------------------------------------------------------------------------------------------------- normalization
 class StatsNormalizer:
     """Per-dimension standardization ``(x - mean) / std`` (log space where ``log_mask``), as in
-    :mod:`pdiff_hf.normalization`."""
+    :mod:`pdiff_hf.models.normalization`."""
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, log_mask: torch.Tensor, source: str = "statistics"):
         self.mean = mean.detach().to("cpu", torch.float32)

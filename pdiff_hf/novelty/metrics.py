@@ -33,9 +33,9 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..data import ClassificationSplits
+from ..evaluation.data import ClassificationSplits
 from ..errors import CheckpointDatasetError, DimensionMismatchError, PDiffError
-from ..evaluation import accuracy_from_predictions, predict_with_parameters, summarize_accuracies
+from ..evaluation.batched import accuracy_from_predictions, predict_with_parameters, summarize_accuracies
 from ..layout import ParamLayout, check_finite
 from .baselines import AVERAGE_K, NOISE_LEVELS, StatsNormalizer, make_baselines, resolve_normalizer
 from .intervals import bootstrap_intervals
@@ -159,7 +159,7 @@ def analyze_novelty(
         seed: seeds a ``torch.Generator`` for every baseline.
         train_val_accuracy: validation accuracies (%) of the training checkpoints, e.g. a checkpoint dataset's
             ``val_accuracy`` column; saves evaluating them again (they are only used for ``best_by_val``).
-        batch_size / models_per_chunk: chunking of :func:`~pdiff_hf.evaluation.predict_with_parameters`; the defaults
+        batch_size / models_per_chunk: chunking of :func:`~pdiff_hf.evaluation.batched.predict_with_parameters`; the defaults
             (500 model-examples per vmapped call) measured fastest for MNIST1DCNN on CPU. On glibc, the first call in
             a process is about twice as fast after :func:`~pdiff_hf.novelty.tune_cpu_allocator`, which this function
             never calls (it changes the whole process).

@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..io_utils import atomic_file
+from ..utils.io_utils import atomic_file
 
 if TYPE_CHECKING:
     import torch

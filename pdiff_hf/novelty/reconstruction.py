@@ -74,7 +74,7 @@ def reconstruction_report(
             its normalization defines the space PCA is fitted in and errors are measured in.
         train_params: ``(T, D)`` the checkpoints the autoencoder was trained on (PCA is fitted on them), ``T >= 2``.
         heldout_params: ``(H, D)`` checkpoints it was not trained on, ``H >= 1``.
-        data: :class:`~pdiff_hf.data.ClassificationSplits` (``val_x``/``val_y`` gate, ``test_x``/``test_y`` report).
+        data: :class:`~pdiff_hf.evaluation.data.ClassificationSplits` (``val_x``/``val_y`` gate, ``test_x``/``test_y`` report).
         margin_pp: the gate's margin (default :data:`GATE_MARGIN_PP`).
 
     Returns:
@@ -91,7 +91,7 @@ def reconstruction_report(
     Raises:
         CheckpointDatasetError: fewer than 2 training or no held-out checkpoints.
     """
-    from ..evaluation import evaluate_parameters
+    from ..evaluation.batched import evaluate_parameters
 
     train = torch.as_tensor(train_params, dtype=torch.float32)
     held = torch.as_tensor(heldout_params, dtype=torch.float32)

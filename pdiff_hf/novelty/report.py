@@ -1,5 +1,5 @@
 """Reports: the :class:`NoveltyReport` returned by the analysis, its markdown tables, and the one writer of a run's
-output folder (:func:`write_report`), shared by :func:`pdiff_hf.demo.run_demo` and ``pdiff-hf evaluate``.
+output folder (:func:`write_report`), shared by :func:`pdiff_hf.demos.demo.run_demo` and ``pdiff-hf evaluate``.
 
 A report folder holds ``plots/*.png``, ``report.md`` and ``results.json``, each written atomically, ``results.json``
 last: a folder without it is incomplete. ``report.md`` has the same sections whoever writes it: a title and a few
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import PDiffError
-from ..io_utils import write_json_atomic, write_text_atomic
+from ..utils.io_utils import write_json_atomic, write_text_atomic
 from .verdict import DEFINITIONS, GENERATED, ORIGINAL
 
 if TYPE_CHECKING:  # the analysis builds reports; a report never imports the analysis

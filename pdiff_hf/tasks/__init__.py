@@ -20,7 +20,7 @@ from ..errors import UnknownTaskError
 if TYPE_CHECKING:
     from torch import nn
 
-    from ..data import ClassificationSplits
+    from ..evaluation.data import ClassificationSplits
     from .mnist1d import MNIST1DCNN, load_mnist1d
 
 

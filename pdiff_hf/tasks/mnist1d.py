@@ -4,7 +4,7 @@
 import numpy as np
 import torch
 
-from ..data import ClassificationSplits
+from ..evaluation.data import ClassificationSplits
 from .mnist1d_cnn import MNIST1DCNN
 
 __all__ = ["MNIST1DCNN", "load_mnist1d"]

@@ -24,7 +24,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from ..data import ClassificationSplits
+from ..evaluation.data import ClassificationSplits
 from ..errors import ConditionError
 from .mnist1d_head import MNIST1DHead
 
@@ -142,7 +142,7 @@ def load_mnist1d_tasks(
 
         data = load_mnist1d(seed=seed)
     if backbone is None:
-        from ..collect import train_classifier
+        from ..checkpoints.collect import train_classifier
         from .mnist1d_cnn import MNIST1DCNN
 
         with torch.random.fork_rng(devices=[]):

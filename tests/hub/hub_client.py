@@ -56,7 +56,6 @@ def hub_session(work: Path, script: str, roles=("client",)):
     """Start a server, run ``script`` once per role (all at once), yield ``{"token", "server", "logs", "seconds",
     <role>: record}``; fail if a role did not finish. The server stops on exit."""
     import pytest
-
     from hub_server import HubServer
 
     token = "hf_" + secrets.token_hex(16)

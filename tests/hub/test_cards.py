@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 from torch import nn
 
-from pdiff_hf import PDiffError, ParamLayout
+from pdiff_hf import ParamLayout, PDiffError
 from pdiff_hf.hub import (
     build_dataset_card,
     build_model_card,

@@ -13,7 +13,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hub_client import USER, Recorder, assert_token_never_leaks, error_of, hub_session, step  # noqa: E402
+from hub_client import (  # noqa: E402
+    USER,
+    Recorder,
+    assert_token_never_leaks,
+    error_of,
+    hub_session,
+    step,
+)
 
 DATASET_REPO = f"{USER}/pdiff-tiny-checkpoints"
 
@@ -122,7 +129,12 @@ def client_main(work: Path) -> None:
 
     torch.set_num_threads(1)
     import pdiff_hf
-    from pdiff_hf import ParamLayout, checkpoint_params, get_layout, make_checkpoint_dataset
+    from pdiff_hf import (
+        ParamLayout,
+        checkpoint_params,
+        get_layout,
+        make_checkpoint_dataset,
+    )
     from pdiff_hf.hub import load_checkpoint_dataset_from_hub, push_checkpoint_dataset
 
     rec = Recorder(work / "client.json")
@@ -163,7 +175,10 @@ def client_main(work: Path) -> None:
     with rec.step("conditional") as r:
         from huggingface_hub import hf_hub_download
 
-        from pdiff_hf.checkpoints import checkpoint_conditions, get_condition_names
+        from pdiff_hf.checkpoints.dataset import (
+            checkpoint_conditions,
+            get_condition_names,
+        )
 
         repo = f"{USER}/pdiff-tiny-conditional"
         conditions = torch.arange(3).repeat_interleave(4)

@@ -156,7 +156,7 @@ CORRUPTIONS = {  # case -> (change to a saved folder, text the HubError must con
 def test_corrupt_local_folder_is_a_hub_error_naming_the_file(saved_dir, tmp_path, monkeypatch, case):
     """Every file is checked, and the scheduler built, before any model is built: a broken denoiser or scheduler
     file fails before the autoencoder is loaded (a patched ``from_pretrained`` that fails would show otherwise)."""
-    from pdiff_hf import HubError, PDiffPipeline, ParameterAutoencoder
+    from pdiff_hf import HubError, ParameterAutoencoder, PDiffPipeline
 
     folder = tmp_path / case
     shutil.copytree(saved_dir, folder)

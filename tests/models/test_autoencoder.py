@@ -13,8 +13,8 @@ from pdiff_hf import (
     checkpoint_params,
     make_checkpoint_dataset,
 )
-from pdiff_hf.fit import train_autoencoder
-from pdiff_hf.training_utils import PDiffConfig
+from pdiff_hf.training.config import PDiffConfig
+from pdiff_hf.training.fit import train_autoencoder
 
 datasets.disable_progress_bars()
 

@@ -3,13 +3,20 @@
 import pytest
 import torch
 
-from pdiff_hf import PDiffConfig, PDiffPipeline, ParamLayout, ParamSpec, TokenParameterAutoencoder, fit_pdiff
+from pdiff_hf import (
+    ParamLayout,
+    ParamSpec,
+    PDiffConfig,
+    PDiffPipeline,
+    TokenParameterAutoencoder,
+    fit_pdiff,
+)
 from pdiff_hf.models.token_autoencoder import default_token_size
-from pdiff_hf.training_utils import (
+from pdiff_hf.training.config import choose_autoencoder_type
+from pdiff_hf.training.training_utils import (
     autoencoder_loss,
     build_autoencoder,
     build_denoiser,
-    choose_autoencoder_type,
     sampling_scheduler_for,
 )
 

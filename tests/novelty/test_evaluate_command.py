@@ -15,7 +15,7 @@ def cli_setup(tmp_path, monkeypatch, tiny_models_factory):
     """A saved tiny target, checkpoint dataset and (untrained but valid) pipeline, with a registered ``tiny`` task."""
     from pdiff_hf import PDiffPipeline
     from pdiff_hf.commands import evaluate
-    from pdiff_hf.training_utils import sampling_scheduler_for
+    from pdiff_hf.training.training_utils import sampling_scheduler_for
 
     model, layout, data, train, _, _ = make_task()
     model.save_pretrained(tmp_path / "target")

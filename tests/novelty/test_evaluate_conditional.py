@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pdiff_hf import make_checkpoint_dataset
-from pdiff_hf.data import ClassificationSplits
+from pdiff_hf.evaluation.data import ClassificationSplits
 
 from .helpers import NUM_TRAIN, TinyMLP, make_task
 
@@ -28,7 +28,7 @@ def setup(tmp_path, monkeypatch, tiny_models_factory):
     unconditional (untrained but valid) pipeline; tasks ``tiny-cond`` (load_data(condition=t)) and ``tiny``."""
     from pdiff_hf import PDiffPipeline
     from pdiff_hf.commands import evaluate
-    from pdiff_hf.training_utils import sampling_scheduler_for
+    from pdiff_hf.training.training_utils import sampling_scheduler_for
 
     model, layout, data, train, _, _ = make_task()
     model.save_pretrained(tmp_path / "target")
@@ -110,18 +110,18 @@ def test_a_conditional_unconditional_mix_is_a_condition_error_before_loading(set
 
 
 def test_condition_error_type_and_other_bad_input(setup, capsys):
+    import datasets
+
     from pdiff_hf.commands.evaluate_conditional import check_conditional_match
     from pdiff_hf.errors import ConditionError
     from pdiff_hf.tasks import Task
-
-    import datasets
 
     cond = datasets.load_from_disk(str(setup / "cond"))
     with pytest.raises(ConditionError, match="expected 3 conditions"):
         check_conditional_match(3, cond, 1.0)
     assert check_conditional_match(2, cond, 1.0) == NAMES
     # a task whose load_data has no condition argument cannot serve two conditions
-    from pdiff_hf.conditional import task_data
+    from pdiff_hf.checkpoints.conditional import task_data
 
     with pytest.raises(ConditionError, match="takes condition="):
         task_data(Task(lambda: make_task()[2], TinyMLP), 1, 2)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pdiff_hf import CheckpointDatasetError, DimensionMismatchError, PDiffError
-from pdiff_hf.evaluation import summarize_accuracies
+from pdiff_hf.evaluation.batched import summarize_accuracies
 from pdiff_hf.novelty import NOISE_LEVELS, StatsNormalizer, analyze_novelty
 
 from .helpers import NUM_GEN, NUM_TRAIN, memorizing_params

@@ -6,7 +6,11 @@ import torch
 from torch import nn
 
 from pdiff_hf.errors import CheckpointDatasetError
-from pdiff_hf.novelty.reconstruction import pca_reconstruct, reconstruction_lines, reconstruction_report
+from pdiff_hf.novelty.reconstruction import (
+    pca_reconstruct,
+    reconstruction_lines,
+    reconstruction_report,
+)
 
 from .helpers import make_task
 

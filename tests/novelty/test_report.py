@@ -8,8 +8,9 @@ import time
 import pytest
 
 from pdiff_hf import PDiffError
-from pdiff_hf.evaluation import summarize_accuracies
-from pdiff_hf.novelty import format_accuracy_table, report as report_module, write_report
+from pdiff_hf.evaluation.batched import summarize_accuracies
+from pdiff_hf.novelty import format_accuracy_table, write_report
+from pdiff_hf.novelty import report as report_module
 
 from .helpers import PLOTS, files, headings
 

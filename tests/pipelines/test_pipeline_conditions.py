@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from pdiff_hf import ConditionError, PDiffConfig, PDiffPipeline, ParamLayout, fit_pdiff
+from pdiff_hf import ConditionError, ParamLayout, PDiffConfig, PDiffPipeline, fit_pdiff
 
 CENTERS = torch.tensor([1.0, -1.0, 0.0])[:, None] * torch.linspace(0.5, 1.5, 16)[None]  # (3 conditions, D=16)
 NAMES = ["pos", "neg", "zero"]

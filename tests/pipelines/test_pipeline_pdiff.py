@@ -6,7 +6,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-
 import pytest
 import torch
 from diffusers import (
@@ -25,6 +24,7 @@ from diffusers import (
 )
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
+from pdiff_hf.pipelines.pipeline_pdiff import check_scheduler
 
 from pdiff_hf import (
     LayoutMismatchError,
@@ -35,7 +35,6 @@ from pdiff_hf import (
     SchedulerError,
 )
 from pdiff_hf.errors import PipelineInputError
-from pdiff_hf.pipelines.pipeline_pdiff import check_scheduler
 
 STEPS = 4
 

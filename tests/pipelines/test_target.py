@@ -11,12 +11,18 @@ import sys
 
 import pytest
 import torch
+from pdiff_hf.pipelines.pipeline_output import GeneratedModels
 from torch import nn
 
-from pdiff_hf import HubError, LayoutMismatchError, ParamLayout, PDiffPipeline, predict_with_parameters
+from pdiff_hf import (
+    HubError,
+    LayoutMismatchError,
+    ParamLayout,
+    PDiffPipeline,
+    predict_with_parameters,
+)
 from pdiff_hf.errors import PipelineInputError
 from pdiff_hf.hub.target import check_savable_target
-from pdiff_hf.pipelines.pipeline_output import GeneratedModels
 from pdiff_hf.tasks import MNIST1DCNN
 
 STEPS = 3
@@ -258,7 +264,7 @@ def test_stock_diffusers_loads_the_target_without_pdiff_hf(cnn_pipe, vit_pipe, s
 
 
 def test_recalibrate_batchnorm_reestimates_statistics_of_built_models(cnn_pipe):
-    from pdiff_hf.recalibration import recalibrate_batchnorm
+    from pdiff_hf.evaluation.recalibration import recalibrate_batchnorm
 
     inputs = torch.randn(256, 1, 12, generator=torch.Generator().manual_seed(3)) * 2 + 1
     kwargs = dict(num_models=2, num_inference_steps=STEPS, output_type="model")

@@ -89,7 +89,7 @@ def test_collect_checkpoints_script(script, small_mnist1d, tmp_path):
 
 
 def test_script_defaults_are_the_library_defaults(script):
-    from pdiff_hf.collect import collect_checkpoints, train_classifier
+    from pdiff_hf.checkpoints.collect import collect_checkpoints, train_classifier
     from pdiff_hf.tasks import get_task
 
     def default(fn, name):

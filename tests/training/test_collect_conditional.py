@@ -10,7 +10,7 @@ import datasets
 import pytest
 import torch
 
-from pdiff_hf.checkpoints import checkpoint_conditions, get_condition_names
+from pdiff_hf.checkpoints.dataset import checkpoint_conditions, get_condition_names
 
 from .conftest import ROOT, SCRIPTS, TINY_AE, TINY_LDM, subprocess_env
 

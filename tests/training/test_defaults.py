@@ -59,7 +59,7 @@ def test_model_class_defaults_are_pdiff_config_defaults():
 
 def test_the_demo_runs_the_library_defaults():
     from pdiff_hf import collect_checkpoints, train_classifier
-    from pdiff_hf.demo import COLLECT_LR, DemoConfig
+    from pdiff_hf.demos.demo import COLLECT_LR, DemoConfig
 
     demo = DemoConfig()
     assert demo.pdiff_config(128) == PDiffConfig()  # the default selection (D = 128) trains with PDiffConfig()

@@ -13,9 +13,19 @@ import time
 
 import pytest
 
-from pdiff_hf import PDiffPipeline, ParameterAutoencoder
+from pdiff_hf import ParameterAutoencoder, PDiffPipeline
 
-from .conftest import BIN, SCRIPTS, TINY_AE, TINY_LDM, Background, free_port, run_in_process, same_weights, subprocess_env
+from .conftest import (
+    BIN,
+    SCRIPTS,
+    TINY_AE,
+    TINY_LDM,
+    Background,
+    free_port,
+    run_in_process,
+    same_weights,
+    subprocess_env,
+)
 
 # Constant learning rate: a run stopped at step k and resumed to step k + 5 must equal a run of k + 5 steps.
 ENDLESS = ["--max_train_steps", "100000", "--lr_scheduler", "constant", "--lr_warmup_steps", "0",
@@ -126,7 +136,7 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(runs):
 
 
 def test_a_second_run_into_a_folder_in_use_stops_at_once(dataset_dir, runs, tmp_path):
-    from pdiff_hf.io_utils import locked_dir
+    from pdiff_hf.utils.io_utils import locked_dir
 
     out = tmp_path / "busy"
     with locked_dir(out):  # as a running script holds it

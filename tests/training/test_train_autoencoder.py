@@ -5,16 +5,26 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from torch import nn
 
-from pdiff_hf import ParamLayout, ParameterAutoencoder, PDiffConfig, checkpoint_params, get_layout
-from pdiff_hf.checkpoints import set_layout
-from pdiff_hf.errors import CheckpointDatasetError, NonFiniteParametersError, PDiffError, TrainingScriptError
-from pdiff_hf.fit import train_autoencoder
-from pdiff_hf.training_utils import build_autoencoder
+from pdiff_hf import (
+    ParameterAutoencoder,
+    ParamLayout,
+    PDiffConfig,
+    checkpoint_params,
+    get_layout,
+)
+from pdiff_hf.checkpoints.dataset import set_layout
+from pdiff_hf.errors import (
+    CheckpointDatasetError,
+    NonFiniteParametersError,
+    PDiffError,
+    TrainingScriptError,
+)
+from pdiff_hf.training.fit import train_autoencoder
+from pdiff_hf.training.training_utils import build_autoencoder
 
-from .conftest import D, TINY_AE, run_in_process, same_weights
+from .conftest import TINY_AE, D, run_in_process, same_weights
 
 
 def _argv(dataset_dir, out, *extra):
@@ -176,12 +186,12 @@ def test_reads_the_dataset_a_block_at_a_time_as_fit_pdiff_does(scripts, dataset_
     import datasets
 
     import pdiff_hf.checkpoints
-    from pdiff_hf.streaming import CheckpointRows
+    from pdiff_hf.checkpoints.rows import CheckpointRows
 
     def whole_matrix(*args, **kwargs):
         raise AssertionError("the script read the whole (N, D) matrix with checkpoint_params")
 
-    monkeypatch.setattr(pdiff_hf.checkpoints, "checkpoint_params", whole_matrix)
+    monkeypatch.setattr(pdiff_hf.checkpoints.dataset, "checkpoint_params", whole_matrix)
     monkeypatch.setattr(scripts["train_autoencoder"], "checkpoint_params", whole_matrix, raising=False)
     out = tmp_path / "ae"
     assert run_in_process(scripts["train_autoencoder"], _argv(dataset_dir, out, "--max_train_steps", "6")) == 0
@@ -209,7 +219,7 @@ def test_training_rows_pickle_as_the_memory_mapped_dataset_not_its_rows(tmp_path
     import datasets
 
     from pdiff_hf import make_checkpoint_dataset
-    from pdiff_hf.streaming import NormalizedRows, checkpoint_rows
+    from pdiff_hf.checkpoints.rows import NormalizedRows, checkpoint_rows
 
     layout = ParamLayout.from_module(nn.Linear(2000, 10))  # D = 20010
     params = torch.randn(6, layout.dim, generator=torch.Generator().manual_seed(0))

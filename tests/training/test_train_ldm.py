@@ -6,10 +6,17 @@ import shutil
 import pytest
 import torch
 
-from pdiff_hf import PDiffConfig, PDiffPipeline, ParameterAutoencoder, checkpoint_params, fit_pdiff, get_layout
+from pdiff_hf import (
+    ParameterAutoencoder,
+    PDiffConfig,
+    PDiffPipeline,
+    checkpoint_params,
+    fit_pdiff,
+    get_layout,
+)
 from pdiff_hf.errors import DimensionMismatchError, PDiffError, TrainingScriptError
 
-from .conftest import D, TINY_AE, TINY_LDM, run_in_process, same_weights
+from .conftest import TINY_AE, TINY_LDM, D, run_in_process, same_weights
 
 AE_STEPS, LDM_STEPS = 6, 9
 
@@ -73,7 +80,7 @@ def test_reads_the_dataset_a_chunk_at_a_time_as_fit_pdiff_does(scripts, dataset_
     def whole_matrix(*args, **kwargs):
         raise AssertionError("the script read the whole (N, D) matrix with checkpoint_params")
 
-    monkeypatch.setattr(pdiff_hf.checkpoints, "checkpoint_params", whole_matrix)
+    monkeypatch.setattr(pdiff_hf.checkpoints.dataset, "checkpoint_params", whole_matrix)
     monkeypatch.setattr(scripts["train_ldm"], "checkpoint_params", whole_matrix, raising=False)
     out = tmp_path / "ldm"
     argv = _argv(dataset_dir, autoencoder_dir, out, "--max_train_steps", LDM_STEPS, "--checkpointing_steps", "100")

@@ -7,11 +7,22 @@ import pytest
 import torch
 from torch import nn
 
-from pdiff_hf import PDiffConfig, PDiffPipeline, ParamLayout, checkpoint_params, fit_pdiff, get_layout
-from pdiff_hf.checkpoints import checkpoint_conditions, get_condition_names, make_checkpoint_dataset
+from pdiff_hf import (
+    ParamLayout,
+    PDiffConfig,
+    PDiffPipeline,
+    checkpoint_params,
+    fit_pdiff,
+    get_layout,
+)
+from pdiff_hf.checkpoints.dataset import (
+    checkpoint_conditions,
+    get_condition_names,
+    make_checkpoint_dataset,
+)
 from pdiff_hf.errors import ConditionError, TrainingScriptError
 
-from .conftest import D, N, TINY_AE, TINY_LDM, run_in_process, same_weights
+from .conftest import TINY_AE, TINY_LDM, D, N, run_in_process, same_weights
 
 AE_STEPS, LDM_STEPS = 6, 9
 NAMES = ["a", "b", "c", "d"]

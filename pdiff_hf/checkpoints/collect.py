@@ -1,0 +1,349 @@
+"""Collecting checkpoints with p-diff's recipe.
+
+1. Train the target network (all parameters).
+2. Keep training only the selected parameters and save the selection every ``save_every`` steps until
+   ``num_checkpoints`` are saved. Normalization layers whose running statistics are *not* selected are put in eval
+   mode for this phase, so every checkpoint is evaluated with exactly the statistics of the final base model.
+
+Each checkpoint is then evaluated (batched) on the validation and test splits and the collection is returned as a
+checkpoint dataset (:mod:`pdiff_hf.checkpoints.dataset`).
+
+:func:`collect_branches` is the recipe for diverse checkpoints of one whole network: train to an early checkpoint,
+then train branches from it with different data orders and collect checkpoints from each. Branches of one early
+checkpoint stay in one basin (their averages are good networks); independently trained networks do not, and
+averaging them in weight space is meaningless (:func:`collect_from_runs` warns, see
+:mod:`pdiff_hf.checkpoints.run_mixing`).
+"""
+
+import warnings
+from typing import Any, Callable, Optional, Sequence
+
+import datasets
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import DimensionMismatchError
+from ..evaluation.batched import evaluate_parameters
+from ..evaluation.data import Batch, num_examples, split_sources, training_batches
+from ..evaluation.scoring import ScoreFn, classification_loss, get_logits
+from ..layout import ParamLayout
+from .dataset import get_layout, make_checkpoint_dataset, set_layout
+from .run_mixing import MixedRunsWarning
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _loss(model: nn.Module, batch: Batch, loss_fn: Optional[LossFn]) -> torch.Tensor:
+    """``loss_fn(logits, labels)`` (default: cross-entropy) of one training batch; ``model(**batch)`` for dict
+    batches, ``model(x)`` for tensors."""
+    logits = get_logits(model(*batch.args, **batch.kwargs))
+    return (loss_fn or classification_loss)(logits, batch.require_labels())
+
+
+def train_classifier(
+    model: nn.Module,
+    data: Any,
+    epochs: int = 15,
+    learning_rate: float = 3e-3,
+    batch_size: int = 128,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
+    loss_fn: Optional[LossFn] = None,
+) -> nn.Module:
+    """Train every parameter of ``model`` with AdamW and a cosine schedule (step 1 of the recipe), with a tqdm
+    progress bar unless ``progress=False``. ``data``: :class:`ClassificationSplits` or a mapping of splits (see
+    :func:`collect_checkpoints`)."""
+    train = split_sources(data)["train"]
+    gen = torch.Generator().manual_seed(seed)
+    it = training_batches(train, batch_size, gen, model)
+    n = num_examples(train)
+    steps_per_epoch = max(n // batch_size, 1) if n is not None else len(train)
+    total = epochs * steps_per_epoch
+    opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1))
+    model.train()
+    for _ in tqdm(range(total), desc="train target", disable=not progress, leave=False):
+        loss = _loss(model, next(it), loss_fn)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    return model
+
+
+def _freeze_for_collection(model: nn.Module, layout: ParamLayout):
+    """requires_grad only on selected parameters; unselected norm statistics frozen. Returns an undo function."""
+    selected = set(layout.names)
+    saved_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in selected)
+    model.train()
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, nn.modules.batchnorm._NormBase):
+            stats = {f"{mod_name}.running_mean", f"{mod_name}.running_var"}
+            if not stats & selected:
+                mod.eval()
+
+    def undo():
+        for name, p in model.named_parameters():
+            p.requires_grad_(saved_grad[name])
+        model.eval()
+
+    return undo
+
+
+def collect_checkpoints(
+    model: nn.Module,
+    data: Any,
+    layout: ParamLayout,
+    num_checkpoints: int = 200,
+    save_every: int = 1,
+    learning_rate: float = 0.2,
+    batch_size: int = 128,
+    momentum: float = 0.9,
+    seed: int = 0,
+    run_id: int = 0,
+    train_epochs: int = 0,
+    train_learning_rate: float = 3e-3,
+    evaluate: bool = True,
+    progress: bool = True,
+    loss_fn: Optional[LossFn] = None,
+    score_fn: Optional[ScoreFn] = None,
+) -> datasets.Dataset:
+    """Run p-diff's collection recipe on ``model`` (modified in place) and return the checkpoint dataset.
+
+    Args:
+        layout: the selection to collect (e.g. ``ParamLayout.from_module(model, last_norm_layers=2)``).
+        num_checkpoints / save_every: save one checkpoint every ``save_every`` SGD steps on the selection.
+        learning_rate / momentum: SGD on the selection. Too small a step size makes the checkpoints near copies of
+            each other; the default 0.2 (the demo's for BatchNorm layers) makes them differ in predictions. Measured
+            on MNIST-1D, MNIST1DCNN, the last two BatchNorm layers (D=128), 200 checkpoints, 1 torch thread
+            (``OMP_NUM_THREADS=1 python benchmarks/bench_collect_spread.py --learning_rate 0.001 0.01 0.1 0.2 0.5 1``,
+            target trained with ``train_classifier``'s defaults, 15 epochs as in the demo; test accuracy in %;
+            "NN agreement": median share of test predictions shared with the nearest other checkpoint in
+            standardized weight space):
+
+            ========  =========  =========  ============  ============  ========================
+            lr        acc mean   acc std    best - min    NN agreement  distinct prediction sets
+            ========  =========  =========  ============  ============  ========================
+            0.001     96.46      0.062      0.20          1.0000        13 / 200 (near copies)
+            0.01      96.47      0.127      0.50          1.0000        76 / 200
+            0.1       96.29      0.177      1.10          0.9980        173 / 200
+            0.2       96.13      0.272      1.30          0.9960        196 / 200
+            0.5       94.53      2.068      10.10         0.9860        197 / 200 (drifting off)
+            1.0       17.21      22.947     91.70         0.9950        71 / 200 (diverged)
+            ========  =========  =========  ============  ============  ========================
+
+            With a 30-epoch target (``--target_epochs 30``) lr 0.2 gave std 0.173 pp and 82 / 200 distinct: the
+            spread depends on the target as much as on the step. The step size depends on the selection and network (the demo uses
+            0.05 for the final linear layer, 0.005 for the whole network): measure the spread of yours the same way.
+        train_epochs: epochs of full training first (0 if ``model`` is already trained).
+        evaluate: evaluate every checkpoint on the validation and test splits (batched). Callers that evaluate the
+            checkpoints anyway (the demo's novelty analysis) pass ``False`` and add the columns themselves.
+        progress: tqdm progress bars (target training, collection), as diffusers pipelines show; ``False`` silences.
+
+    Data: a :class:`ClassificationSplits` (tensors), or a mapping of splits — ``"train"`` and optionally
+    ``"validation"`` (or ``"val"``) and ``"test"``, e.g. a ``datasets.DatasetDict`` — each a source of
+    :mod:`pdiff_hf.evaluation.data` (a ``datasets.Dataset``, a DataLoader of dict batches, a mapping of columns, an
+    ``(inputs, labels)`` pair). Dict batches are called as ``model(**batch)`` without their labels, so transformers
+    models need no wrapper and the layout keeps the model's own tensor names.
+
+    loss_fn: ``loss_fn(logits, labels)`` for the SGD steps (default: cross-entropy, labels ``-100`` ignored).
+    score_fn: per-example ``score_fn(logits, labels) -> (B,)`` for the evaluation columns (default: accuracy).
+
+    Columns: ``params``, ``run_id``, ``seed``, ``step``, and with ``evaluate`` ``val_accuracy``, ``test_accuracy``
+    (percent; ``val_score`` / ``test_score`` with a ``score_fn``) for the splits that ``data`` has.
+    """
+    layout.check_module(model)
+    if num_checkpoints < 1 or save_every < 1:
+        raise DimensionMismatchError(
+            f"expected num_checkpoints >= 1 and save_every >= 1, found {num_checkpoints}, {save_every}"
+        )
+    sources = split_sources(data)
+    torch.manual_seed(seed)
+    if train_epochs > 0:
+        train_classifier(
+            model, data, epochs=train_epochs, learning_rate=train_learning_rate, seed=seed, progress=progress,
+            loss_fn=loss_fn,
+        )  # fmt: skip
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    undo = _freeze_for_collection(model, layout)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(trainable, lr=learning_rate, momentum=momentum) if trainable else None
+    it = training_batches(sources["train"], batch_size, gen, model)
+    vectors, steps = [], []
+    bar = tqdm(total=num_checkpoints, desc="collect checkpoints", disable=not progress, leave=False)
+    step = 0
+    while len(vectors) < num_checkpoints:
+        batch = next(it)
+        if opt is not None:
+            loss = _loss(model, batch, loss_fn)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        else:  # nothing trainable is selected (only running statistics): the forward pass updates them
+            model(*batch.args, **batch.kwargs)
+        step += 1
+        if step % save_every == 0:
+            vectors.append(layout.flatten(model))
+            steps.append(step)
+            bar.update(1)
+    bar.close()
+    undo()
+
+    params = torch.stack(vectors)
+    n = len(vectors)
+    columns = {"run_id": [run_id] * n, "seed": [seed] * n, "step": steps}
+    if evaluate:
+        metric = "accuracy" if score_fn is None else "score"
+        for split in ("val", "test"):
+            if sources[split] is not None:
+                scores = evaluate_parameters(model, layout, params, sources[split], score_fn=score_fn)
+                columns[f"{split}_{metric}"] = scores.tolist()
+    return make_checkpoint_dataset(params, layout, columns)
+
+
+def collect_from_runs(
+    model: nn.Module,
+    data: Any,
+    layout: ParamLayout,
+    seeds: Sequence[int],
+    reset: Optional[Callable[[nn.Module, int], None]] = None,
+    **kwargs,
+) -> datasets.Dataset:
+    """Collect from several runs that restart from ``model``'s current state, each with its own seed (data order
+    and, through ``reset(model, seed)``, e.g. a re-initialized selection). Runs get ``run_id`` 0, 1, …; every run
+    shares the tensors outside the selection, so all checkpoints load into the same base network.
+
+    Warns (:class:`~pdiff_hf.checkpoints.run_mixing.MixedRunsWarning`) when ``reset`` is given and ``layout`` selects every
+    parameter of ``model``: the runs are then independent networks, whose weight-space average is meaningless
+    (measured on MNIST-1D: independent seeds averaged fall to chance, 10%); use :func:`collect_branches` instead."""
+    if reset is not None and len(seeds) > 1 and selects_whole_network(model, layout):
+        warnings.warn(
+            f"collect_from_runs: expected runs of one network (branches of one checkpoint), found {len(seeds)} runs "
+            "re-initialized by reset= over a selection of every parameter: independent runs of a whole network lie "
+            "in different basins, so averaging them in weight space is meaningless and p-diff will learn a mixture; "
+            "use collect_branches (branches of one early checkpoint) instead",
+            MixedRunsWarning,
+            stacklevel=2,
+        )
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    parts = []
+    for run_id, seed in enumerate(seeds):
+        model.load_state_dict(start)
+        if reset is not None:
+            reset(model, seed)
+        parts.append(collect_checkpoints(model, data, layout, seed=seed, run_id=run_id, **kwargs))
+    merged = datasets.concatenate_datasets(parts)
+    return set_layout(merged, get_layout(parts[0]))
+
+
+def selects_whole_network(model: nn.Module, layout: ParamLayout) -> bool:
+    """Whether ``layout`` selects every trainable parameter of ``model`` (a whole network, not a subset trained on a
+    shared base)."""
+    selected = set(layout.names)
+    return all(name in selected for name, p in model.named_parameters() if p.requires_grad)
+
+
+def collect_branches(
+    model: nn.Module,
+    data: Any,
+    layout: ParamLayout,
+    num_branches: int = 10,
+    checkpoints_per_branch: int = 20,
+    trunk_epochs: int = 5,
+    branch_epochs: int = 10,
+    train_learning_rate: float = 3e-3,
+    seed: int = 0,
+    progress: bool = True,
+    loss_fn: Optional[LossFn] = None,
+    **collect_kwargs,
+) -> datasets.Dataset:
+    """Diverse checkpoints of one network: branches of one early checkpoint, each trained with its own data order.
+
+    1. trunk: train every parameter of ``model`` for ``trunk_epochs`` (:func:`train_classifier`, seed ``seed``) —
+       the early checkpoint all branches share (``trunk_epochs=0``: ``model`` as it is);
+    2. branches: from that checkpoint, train the selection for ``branch_epochs`` (AdamW, cosine schedule, data order
+       of seed ``seed + 1000 * (b + 1)``), then collect ``checkpoints_per_branch`` checkpoints with
+       :func:`collect_checkpoints` (same seed; ``collect_kwargs`` such as ``learning_rate``, ``save_every``,
+       ``evaluate``, ``score_fn`` are passed on).
+
+    The selection is what branches train; tensors outside it stay the trunk's, so every checkpoint loads into the same
+    base network (for a whole network select everything, e.g. ``ParamLayout.from_module(model,
+    include_buffers=True)``). Branches of one early checkpoint stay in one basin: their averages remain good networks,
+    while independently seeded networks averaged without weight matching fall to chance (10% on MNIST-1D), so this is
+    the recipe to learn the distribution of a whole network from.
+
+    Returns:
+        the checkpoint dataset ``(num_branches * checkpoints_per_branch, D)`` with ``run_id`` = branch index, ``seed``
+        = the branch's data-order seed, ``step`` = step within the branch's collection. ``model`` is left at the
+        trunk checkpoint.
+
+    Raises:
+        DimensionMismatchError: ``num_branches``, ``checkpoints_per_branch`` < 1, or negative epochs.
+    """
+    if num_branches < 1 or checkpoints_per_branch < 1 or trunk_epochs < 0 or branch_epochs < 0:
+        raise DimensionMismatchError(
+            "expected num_branches >= 1, checkpoints_per_branch >= 1, trunk_epochs >= 0 and branch_epochs >= 0, found "
+            f"{num_branches}, {checkpoints_per_branch}, {trunk_epochs}, {branch_epochs}"
+        )
+    layout.check_module(model)
+    for key in ("num_checkpoints", "seed", "run_id", "train_epochs"):
+        if key in collect_kwargs:
+            raise DimensionMismatchError(f"expected collect_branches' own arguments, found {key}= (set per branch)")
+    if trunk_epochs > 0:
+        torch.manual_seed(seed)
+        train_classifier(model, data, epochs=trunk_epochs, learning_rate=train_learning_rate, seed=seed,
+                         progress=progress, loss_fn=loss_fn)  # fmt: skip
+    trunk = {k: v.clone() for k, v in model.state_dict().items()}
+    parts = []
+    for b in tqdm(range(num_branches), desc="branches", disable=not progress, leave=False):
+        branch_seed = seed + 1000 * (b + 1)
+        model.load_state_dict(trunk)
+        if branch_epochs > 0:
+            train_selection(model, data, layout, branch_epochs, train_learning_rate, branch_seed, loss_fn)
+        parts.append(
+            collect_checkpoints(
+                model, data, layout, num_checkpoints=checkpoints_per_branch, seed=branch_seed, run_id=b,
+                progress=False, loss_fn=loss_fn, **collect_kwargs,
+            )  # fmt: skip
+        )
+    model.load_state_dict(trunk)
+    merged = datasets.concatenate_datasets(parts)
+    return set_layout(merged, get_layout(parts[0]))
+
+
+def train_selection(
+    model: nn.Module,
+    data: Any,
+    layout: ParamLayout,
+    epochs: int,
+    learning_rate: float = 3e-3,
+    seed: int = 0,
+    loss_fn: Optional[LossFn] = None,
+    batch_size: int = 128,
+) -> nn.Module:
+    """Train only ``layout``'s parameters for ``epochs`` (AdamW, cosine schedule, data order from ``seed``), with
+    unselected BatchNorm statistics frozen, as in the collection phase. Returns ``model`` in eval mode."""
+    train = split_sources(data)["train"]
+    gen = torch.Generator().manual_seed(seed)
+    it = training_batches(train, batch_size, gen, model)
+    n = num_examples(train)
+    total = epochs * (max(n // batch_size, 1) if n is not None else len(train))
+    undo = _freeze_for_collection(model, layout)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if trainable:
+        opt = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1))
+        for _ in range(total):
+            loss = _loss(model, next(it), loss_fn)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    undo()
+    return model

@@ -1,0 +1,381 @@
+"""The end-to-end demo: p-diff on MNIST-1D, from data generation to an evaluated, novelty-checked report.
+
+``pdiff-hf demo --output-dir DIR`` calls :func:`run_demo`. Stages (each with a progress bar):
+
+1. data — MNIST-1D generated locally (4000 train, 1000 test, length 40; the last 500 training samples validate);
+2. target — :class:`~pdiff_hf.tasks.MNIST1DCNN` trained on the training split;
+3. collect — keep training only the selection (the last two BatchNorm layers by default) with SGD and save one
+   checkpoint per step. The step size (0.2 for BatchNorm, see :data:`COLLECT_LR`) is chosen so that consecutive
+   checkpoints differ in accuracy and predictions instead of being near-identical copies;
+4. autoencoder, 5. denoiser — trained on the checkpoints;
+6. generate — ``num_models`` parameter vectors with a few-step DPM-Solver;
+7. evaluate — test accuracy of originals and generated models, plus novelty against simple baselines; the
+   reconstruction gate (:mod:`pdiff_hf.novelty.reconstruction`) on ``heldout_checkpoints`` checkpoints collected after
+   the training ones and never trained on; with ``recalibration_batches``, the generated models' accuracy after
+   BatchNorm recalibration beside it.
+
+``branches > 0`` collects with :func:`~pdiff_hf.checkpoints.collect.collect_branches` instead (a ``trunk_epochs`` target, then
+``branches`` branches of ``branch_epochs`` with their own data orders). Measured on the whole network (seeds 0 and 1):
+the generated models become functionally novel (18-46% good and novel vs 1-6% for the Gaussian baseline) but fall
+below the originals (median 0.6-1.3 pp lower, min 91.9-93.9) until recalibrated, and recalibrated they are no longer
+novel; the default stays p-diff's one-run recipe.
+
+The folder gets ``target/``, ``checkpoints/``, ``pipeline/``, then ``plots/``, ``report.md`` and ``results.json`` (last)
+from :func:`pdiff_hf.novelty.write_report`, the report writer ``pdiff-hf evaluate`` uses too.
+"""
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from ..checkpoints.collect import (
+    collect_branches,
+    collect_checkpoints,
+    train_classifier,
+)
+from ..checkpoints.dataset import checkpoint_params, get_layout, set_layout
+from ..errors import DemoConfigError
+from ..evaluation.batched import (
+    evaluate_parameters,
+    predict_with_parameters,
+    summarize_accuracies,
+)
+from ..layout import ParamLayout
+from ..novelty import analyze_novelty, write_report
+from ..novelty.reconstruction import reconstruction_lines, reconstruction_report
+from ..tasks.mnist1d import MNIST1DCNN, load_mnist1d
+from ..training.config import PDiffConfig
+from ..training.fit import fit_pdiff
+from ..utils.io_utils import atomic_directory, locked_dir
+
+# SGD step size on the selection during collection, per selection: large enough that checkpoints differ.
+# "whole" (every parameter + BatchNorm statistics, D = 23,690), measured with
+# `OMP_NUM_THREADS=1 python benchmarks/bench_collect_spread.py --selection whole --learning_rate 0.002 0.005 0.01 0.02 0.05`
+# (200 checkpoints, 15-epoch target; test acc mean / std pp / best-min pp / distinct prediction sets):
+#   0.002: 96.59 / 0.18 / 0.9 / 145;  0.005: 96.48 / 0.22 / 1.2 / 183;  0.01: 96.07 / 0.41 / 2.4 / 196;
+#   0.02: 91.87 / 8.7 / 49.2 / 200 (drifting off);  0.05: 85.94 / 19.8 / 82.1 / 200 (diverging).
+COLLECT_LR = {"norm": 0.2, "classifier": 0.05, "whole": 0.005}
+SELECTIONS = ("norm", "classifier", "whole")
+
+
+@dataclass
+class DemoConfig:
+    """Sizes and seeds of the demo. Defaults are the documented default run."""
+
+    output_dir: str = "pdiff_demo"
+    selection: str = "norm"
+    seed: int = 0
+    data_seed: int = 42
+    target_epochs: int = 15
+    num_checkpoints: int = 200
+    save_every: int = 1
+    collect_learning_rate: Optional[float] = None
+    ae_steps: int = PDiffConfig.ae_steps
+    denoiser_steps: int = PDiffConfig.denoiser_steps
+    num_models: int = 100
+    num_inference_steps: int = 25
+    num_threads: int = 1
+    novelty: bool = True
+    # held-out checkpoints for the autoencoder's reconstruction gate: collected after the training ones (the last
+    # steps of each run), never trained on; 0 skips the gate
+    heldout_checkpoints: int = 20
+    # collection recipe: 0 = p-diff's (one run from the trained target); B > 0 = B branches of a target trained for
+    # trunk_epochs, each trained branch_epochs more with its own data order (pdiff_hf.checkpoints.collect.collect_branches)
+    branches: int = 0
+    trunk_epochs: int = 5
+    branch_epochs: int = 10
+    # BatchNorm recalibration of the generated models on this many training batches (0: off); measured and reported
+    # beside the generated models, which are left as generated (needs a selection with the running statistics)
+    recalibration_batches: int = 0
+
+    def validate(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise DemoConfigError(f"expected --selection in {SELECTIONS}, found {self.selection!r}")
+        positive = {
+            "--target-epochs": self.target_epochs,
+            "--num-checkpoints": self.num_checkpoints,
+            "--save-every": self.save_every,
+            "--ae-steps": self.ae_steps,
+            "--denoiser-steps": self.denoiser_steps,
+            "--num-models": self.num_models,
+            "--num-inference-steps": self.num_inference_steps,
+            "--num-threads": self.num_threads,
+        }
+        bad = {k: v for k, v in positive.items() if v < 1}
+        if bad:
+            raise DemoConfigError(f"expected positive values, found {bad}")
+        counts = {
+            "heldout_checkpoints": self.heldout_checkpoints,
+            "branches": self.branches,
+            "branch_epochs": self.branch_epochs,
+            "recalibration_batches": self.recalibration_batches,
+        }
+        negative = {k: v for k, v in counts.items() if v < 0}
+        if negative or (self.branches and self.trunk_epochs < 1):
+            raise DemoConfigError(
+                f"expected non-negative counts and trunk_epochs >= 1 with branches, found {negative or self.trunk_epochs}"
+            )
+        if self.branches and self.num_checkpoints < 2 * self.branches:
+            raise DemoConfigError(
+                f"expected at least 2 checkpoints per branch, found {self.num_checkpoints} for {self.branches} branches"
+            )
+        if self.recalibration_batches and self.selection != "whole":
+            raise DemoConfigError(
+                f"expected --selection whole for BatchNorm recalibration (its running statistics are generated), found "
+                f"{self.selection!r}"
+            )
+        if self.num_checkpoints < 2:
+            raise DemoConfigError(f"expected --num-checkpoints >= 2 to learn a distribution, found {self.num_checkpoints}")
+        out = Path(self.output_dir)
+        if out.exists() and not out.is_dir():
+            raise DemoConfigError(f"expected --output-dir to be a folder, found a file: {out}")
+
+    @property
+    def collect_lr(self) -> float:
+        return self.collect_learning_rate if self.collect_learning_rate is not None else COLLECT_LR[self.selection]
+
+    def pdiff_config(self, dim: int) -> PDiffConfig:
+        """Model sizes for a selection of ``dim`` entries. Long vectors are cut into patches (``patch_size`` entries
+        per position, about 512 positions) so the convolutions stay wide and short: D = 12,810 → patches of 32 →
+        latent (4, 26)."""
+        patch = 2 ** math.ceil(math.log2(dim / 512)) if dim > 1024 else 1
+        return PDiffConfig(
+            ae_block_out_channels=(32, 64, 64, 64) if patch > 1 else PDiffConfig.ae_block_out_channels,
+            ae_patch_size=patch,
+            ae_steps=self.ae_steps,
+            denoiser_steps=self.denoiser_steps,
+            seed=self.seed,
+        )
+
+
+def select_layout(model: torch.nn.Module, selection: str) -> ParamLayout:
+    """The demo's selections: the last two BatchNorm layers (D=128), the final linear layer (D=12,810), or the whole
+    network: every parameter plus the BatchNorm running statistics (``num_batches_tracked`` is never selected)."""
+    if selection == "norm":
+        return ParamLayout.from_module(model, last_norm_layers=2)
+    if selection == "whole":
+        return ParamLayout.from_module(model, include_buffers=True)
+    return ParamLayout.from_module(model, include="classifier.*")
+
+
+def nearest_neighbour_distances(params: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance of each row of ``(N, D)`` to its nearest other row."""
+    d = torch.cdist(params, params)
+    d.fill_diagonal_(float("inf"))
+    return d.min(1).values
+
+
+def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> Dict:
+    """Run the whole demo and return the content of ``results.json``.
+
+    Before any work: the options are validated, the output folder is created and written to once
+    (:class:`~pdiff_hf.errors.OutputFolderError` if it cannot be), and its lock is taken for the whole run (a second
+    run on the same folder gets :class:`~pdiff_hf.errors.OutputFolderInUseError` at once)."""
+    config.validate()
+    with locked_dir(config.output_dir, "--output-dir") as out:
+        return _run_demo(config, out, log)
+
+
+def _run_demo(config: DemoConfig, out: Path, log: Callable[[str], None]) -> Dict:
+    torch.set_num_threads(config.num_threads)
+    results_path = out / "results.json"
+    if results_path.exists():
+        results_path.unlink()  # a folder without results.json is visibly incomplete while we run
+    timings: Dict[str, float] = {}
+
+    def stage(name: str):
+        timings[name] = time.perf_counter()
+
+    def done(name: str):
+        timings[name] = round(time.perf_counter() - timings[name], 3)
+
+    total_start = time.perf_counter()
+    stage("data")
+    data = load_mnist1d(seed=config.data_seed)
+    done("data")
+    log(f"data: MNIST-1D train {len(data.train_y)}, val {len(data.val_y)}, test {len(data.test_y)}")
+
+    stage("target")
+    torch.manual_seed(config.seed)
+    model = MNIST1DCNN()
+    epochs = config.trunk_epochs if config.branches else config.target_epochs
+    train_classifier(model, data, epochs=epochs, seed=config.seed, progress=True)
+    done("target")
+
+    stage("collect")
+    layout = select_layout(model, config.selection)
+    runs = max(config.branches, 1)
+    held_per_run = math.ceil(config.heldout_checkpoints / runs)
+    per_run = math.ceil(config.num_checkpoints / runs)
+    common = dict(
+        save_every=config.save_every,
+        learning_rate=config.collect_lr,
+        evaluate=not config.novelty,  # the novelty analysis evaluates every checkpoint anyway
+    )
+    if config.branches:
+        collected = collect_branches(
+            model, data, layout, num_branches=config.branches, checkpoints_per_branch=per_run + held_per_run,
+            trunk_epochs=0, branch_epochs=config.branch_epochs, seed=config.seed, progress=True, **common,
+        )  # fmt: skip
+    else:
+        collected = collect_checkpoints(
+            model, data, layout, num_checkpoints=config.num_checkpoints + held_per_run, seed=config.seed,
+            progress=True, **common,
+        )  # fmt: skip
+    dataset, heldout = split_heldout(collected, per_run, config.num_checkpoints)
+    train_params = checkpoint_params(dataset)
+    model.save_pretrained(out / "target")
+    done("collect")
+    log(f"collected {len(dataset)} checkpoints of {layout.describe()}" + (f" in {runs} branches" if config.branches else ""))
+
+    stage("train")
+    pipe = fit_pdiff(train_params, layout, config.pdiff_config(layout.dim), progress=True)
+    with atomic_directory(out / "pipeline") as tmp:
+        pipe.save_pretrained(tmp)
+    done("train")
+
+    stage("generate")
+    generator = torch.Generator().manual_seed(config.seed)
+    generated = pipe(
+        num_models=config.num_models, num_inference_steps=config.num_inference_steps, generator=generator
+    ).params
+    done("generate")
+
+    stage("evaluate")
+    normalized = pipe.autoencoder.normalize(train_params)
+    results = {
+        "config": asdict(config),
+        "selection": {"name": config.selection, "D": layout.dim, "layout": layout.to_list()},
+    }
+    sections = {}
+    if heldout is not None:
+        results["reconstruction"] = reconstruction_report(
+            model, layout, pipe.autoencoder, train_params, checkpoint_params(heldout), data
+        )
+        sections["Reconstruction of held-out checkpoints"] = reconstruction_lines(results["reconstruction"])
+    if config.recalibration_batches:
+        results["recalibration"] = recalibration_effect(
+            model, layout, generated, train_params, data, config.recalibration_batches
+        )
+        sections["BatchNorm recalibration"] = recalibration_lines(results["recalibration"])
+    report, test_accuracies = None, None
+    if config.novelty:
+        report = analyze_novelty(model, layout, train_params, generated, data, normalizer=pipe, seed=config.seed)
+        results.update(report.to_dict())
+        orig_val, orig_test = report.original.val_accuracy, report.original.test_accuracy
+        agreement = float(report.original.nn_agreement.median())
+    else:
+        orig_val = torch.tensor(dataset["val_accuracy"])
+        orig_test = torch.tensor(dataset["test_accuracy"])
+        gen_test = evaluate_parameters(model, layout, generated, data.test_x, data.test_y)
+        results["original"] = summarize_accuracies(orig_test)
+        results["generated"] = summarize_accuracies(gen_test)
+        test_accuracies = (orig_test, gen_test)
+        preds = predict_with_parameters(model, layout, train_params, data.test_x)
+        agreement = float((preds[1:] == preds[:-1]).float().mean(1).median())
+    results["original_spread"] = {
+        "best_minus_min_accuracy": round(float(orig_test.max() - orig_test.min()), 4),
+        "mean_nn_distance_normalized": round(float(nearest_neighbour_distances(normalized).mean()), 6),
+        "mean_nn_distance_raw": round(float(nearest_neighbour_distances(train_params).mean()), 6),
+        "median_nn_prediction_agreement": round(agreement, 6),
+    }
+    if config.novelty:
+        dataset = dataset.add_column("val_accuracy", orig_val.tolist()).add_column("test_accuracy", orig_test.tolist())
+        set_layout(dataset, layout)
+    with atomic_directory(out / "checkpoints") as tmp:
+        dataset.save_to_disk(str(tmp))
+    done("evaluate")
+
+    results["timings_s"] = timings
+    write_report(
+        out,
+        results,
+        title="p-diff on MNIST-1D",
+        intro=report_intro(results),
+        sections={"Spread of the original checkpoints": spread_lines(results["original_spread"]), **sections},
+        novelty=report,
+        test_accuracies=test_accuracies,
+        started=total_start,
+    )
+    return results
+
+
+def report_intro(results: Dict) -> List[str]:
+    """The lines under the title of ``report.md``: the selection and the run's sizes."""
+    cfg = results["config"]
+    sel = results["selection"]
+    return [
+        f"Selection: **{sel['name']}** (D = {sel['D']:,}): "
+        + ", ".join(f"`{t['name']}` {t['shape']}" for t in sel["layout"]),
+        "",
+        f"{cfg['num_checkpoints']} checkpoints (SGD lr {cfg['collect_learning_rate'] or COLLECT_LR[cfg['selection']]}, "
+        f"one every {cfg['save_every']} step(s)"
+        + (
+            f"; {cfg['branches']} branches of a {cfg['trunk_epochs']}-epoch target, each trained {cfg['branch_epochs']} "
+            "more epochs with its own data order" if cfg.get("branches") else ""
+        )
+        + f"); {cfg['num_models']} generated models "
+        f"({cfg['num_inference_steps']} DPM-Solver steps). Test accuracy in percent; any selection is on the "
+        "validation split.",
+    ]
+
+
+def spread_lines(spread: Dict) -> List[str]:
+    """How far apart the original checkpoints are (``results["original_spread"]``), as markdown bullets."""
+    return [
+        f"- best − min test accuracy: {spread['best_minus_min_accuracy']:.2f} pp",
+        f"- mean nearest-neighbour distance: {spread['mean_nn_distance_normalized']:.4g} (normalized), "
+        f"{spread['mean_nn_distance_raw']:.4g} (raw)",
+        f"- test-prediction agreement with the nearest other checkpoint (median): "
+        f"{spread['median_nn_prediction_agreement']:.4f} (1.0 would mean functional copies)",
+    ]
+
+
+def split_heldout(collected, per_run: int, total: int):
+    """``(training, held-out)`` checkpoint datasets: the first ``per_run`` checkpoints of each run (by ``step``; at most
+    ``total`` in all) train, the later ones are held out for the reconstruction gate (``None`` when there are none)."""
+    run_ids, steps = collected["run_id"], collected["step"]
+    order = sorted(range(len(collected)), key=lambda i: (run_ids[i], steps[i]))
+    rank, train_idx, held_idx = {}, [], []
+    for i in order:
+        r = rank[run_ids[i]] = rank.get(run_ids[i], -1) + 1
+        (train_idx if r < per_run else held_idx).append(i)
+    train_idx, held_idx = train_idx[:total], held_idx + train_idx[total:]
+    layout = get_layout(collected)
+    train = set_layout(collected.select(train_idx), layout)
+    return train, (set_layout(collected.select(held_idx), layout) if held_idx else None)
+
+
+def recalibration_effect(model, layout, generated, train_params, data, num_batches: int) -> Dict:
+    """Test accuracy of the generated models (and of the training checkpoints) as generated and after BatchNorm
+    recalibration on the first ``num_batches`` training batches of 128 (:func:`pdiff_hf.recalibrate_parameters`)."""
+    from ..evaluation.recalibration import recalibrate_parameters
+
+    out = {"batches": num_batches, "batch_size": 128}
+    for name, params in (("generated", generated), ("original", train_params)):
+        recal = recalibrate_parameters(model, layout, params, data.train_x, num_batches=num_batches)
+        both = torch.cat([params, recal])
+        acc = evaluate_parameters(model, layout, both, data.test_x, data.test_y, batch_size=10, models_per_chunk=50)
+        out[name] = summarize_accuracies(acc[: len(params)])
+        out[f"{name}_recalibrated"] = summarize_accuracies(acc[len(params):])
+    return out
+
+
+def recalibration_lines(rec: Dict) -> List[str]:
+    """The report's ``BatchNorm recalibration`` section: best / mean / median / min test accuracy, with and without."""
+    lines = [
+        f"Running statistics of every BatchNorm layer re-estimated on {rec['batches']} training batches of "
+        f"{rec['batch_size']} (cumulative average); the generated models above are left as generated.",
+        "",
+        "| models | best | mean | median | min |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label in (("original", "original"), ("original_recalibrated", "original, recalibrated"),
+                       ("generated", "p-diff"), ("generated_recalibrated", "p-diff, recalibrated")):  # fmt: skip
+        r = rec[key]
+        lines.append(f"| {label} | {r['best']:.2f} | {r['mean']:.2f} | {r['median']:.2f} | {r['min']:.2f} |")
+    return lines

@@ -1,0 +1,292 @@
+"""``fit_pdiff``: train p-diff's autoencoder and latent denoiser in this process and return a ``PDiffPipeline``.
+
+The Python counterpart of ``training/train_autoencoder.py`` followed by ``training/train_ldm.py``: the same
+builders, losses, data loader, optimizer, learning-rate schedule, EMA and seeds (see
+:mod:`pdiff_hf.training.training_utils`), in a plain single-process loop without checkpointing. For the same settings a
+one-process script run trains the same weights.
+"""
+
+import dataclasses
+import math
+from typing import List, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from ..checkpoints.rows import CheckpointRows, NormalizedRows
+from ..checkpoints.rows import fit_normalization as streaming_fit_normalization
+from ..errors import (
+    CheckpointDatasetError,
+    ConditionError,
+    DimensionMismatchError,
+    LayoutMismatchError,
+    PDiffConfigError,
+)
+from ..layout import ParamLayout, check_finite
+from .config import PDiffConfig
+from .training_utils import (
+    autoencoder_loss,
+    build_autoencoder,
+    build_denoiser,
+    denoiser_loss,
+    make_dataloader,
+    noise_scheduler_for,
+    sampling_scheduler_for,
+)
+
+
+def _is_dataset(params) -> bool:
+    import datasets
+
+    return isinstance(params, datasets.Dataset)
+
+
+def _optimizer_and_schedule(model, learning_rate: float, max_train_steps: int, config: PDiffConfig):
+    from diffusers.optimization import get_scheduler
+
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay,
+        eps=config.adam_epsilon,
+    )
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=max_train_steps,
+    )
+    return optimizer, lr_scheduler
+
+
+def _ema(model, config: PDiffConfig):
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(
+        model.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, inv_gamma=config.ema_inv_gamma,
+        power=config.ema_power,
+    )
+
+
+def _train(
+    model, data, loss_fn, learning_rate, max_train_steps, batch_size, config, ema=None, desc="", progress=True,
+    conditions=None,
+):
+    """Optimize ``loss_fn(model, batch)`` over shuffled batches of ``data`` (with ``conditions``: pairs
+    ``[rows, conditions]``) for ``max_train_steps`` steps."""
+    optimizer, lr_scheduler = _optimizer_and_schedule(model, learning_rate, max_train_steps, config)
+    loader = make_dataloader(data, batch_size, seed=config.seed, conditions=conditions)
+    losses: List[float] = []
+    bar = tqdm(total=max_train_steps, desc=desc, disable=not progress, leave=False)
+    model.train()
+    epoch = 0
+    while len(losses) < max_train_steps:
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            loss = loss_fn(model, batch)
+            loss.backward()
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(model.parameters())
+            losses.append(loss.item())
+            bar.update(1)
+            if len(losses) >= max_train_steps:
+                break
+        epoch += 1
+    bar.close()
+    if ema is not None:
+        ema.copy_to(model.parameters())
+    model.eval()
+    return losses
+
+
+def train_autoencoder(autoencoder, params: torch.Tensor, config: Optional[PDiffConfig] = None, progress: bool = True) -> List[float]:
+    """Fit normalization statistics and train ``autoencoder`` on raw checkpoints ``(N, D)`` with
+    ``config.ae_*`` settings (an EMA of its weights with ``ae_use_ema``); sets the latent scaling factor at the end.
+    ``params`` may also be :class:`~pdiff_hf.checkpoints.rows.CheckpointRows` (a checkpoint dataset read a block at a time).
+    Batches are normalized when read, so no normalized copy of all checkpoints is made. Returns the loss of every
+    step."""
+    config = config or PDiffConfig()
+    if len(params.shape) != 2 or params.shape[1] != autoencoder.config.in_dim:
+        raise DimensionMismatchError(
+            f"expected checkpoints of shape (N, {autoencoder.config.in_dim}), found {tuple(params.shape)}"
+        )
+    if isinstance(params, CheckpointRows):  # a checkpoint dataset: statistics block by block, finiteness per block
+        streaming_fit_normalization(autoencoder, params)
+    else:
+        check_finite(params, "training checkpoints")
+        autoencoder.fit_normalization(params)
+    # batches are normalized when read (pdiff_hf.checkpoints.rows): no normalized copy of the whole (N, D) matrix
+    data = NormalizedRows(params if isinstance(params, CheckpointRows) else CheckpointRows(params), autoencoder)
+    ema = _ema(autoencoder, config) if config.ae_use_ema else None
+    torch.manual_seed(config.seed)
+    losses = _train(
+        autoencoder, data, autoencoder_loss, config.ae_learning_rate, config.ae_steps, config.ae_train_batch_size,
+        config, ema=ema, desc="train autoencoder", progress=progress,
+    )
+    autoencoder.set_latent_scaling(params)
+    return losses
+
+
+def train_denoiser(
+    denoiser,
+    latents: torch.Tensor,
+    config: Optional[PDiffConfig] = None,
+    progress: bool = True,
+    conditions: Optional[torch.Tensor] = None,
+) -> List[float]:
+    """Train ``denoiser`` on clean latents ``(N, C, L)`` with ``config``'s denoiser settings; with ``use_ema`` it
+    ends with the EMA of its weights. Records ``sample_abs_max`` in the denoiser's config. A conditional denoiser
+    needs ``conditions`` ``(N,)``: ids in ``[0, num_conditions)``, dropped to the null id with probability
+    ``config.condition_dropout``."""
+    config = config or PDiffConfig()
+    if latents.dim() != 3 or latents.shape[1] != denoiser.config.in_channels:
+        raise DimensionMismatchError(
+            f"expected latents of shape (N, {denoiser.config.in_channels}, L), found {tuple(latents.shape)}"
+        )
+    check_finite(latents, "latents")
+    check_conditions(conditions, latents.shape[0], denoiser.config.num_conditions)
+    noise_scheduler = noise_scheduler_for(denoiser)
+    ema = _ema(denoiser, config) if config.use_ema else None
+    torch.manual_seed(config.seed)
+    if conditions is None:
+        loss_fn = lambda model, batch: denoiser_loss(model, noise_scheduler, batch)  # noqa: E731
+    else:
+        loss_fn = lambda model, batch: denoiser_loss(  # noqa: E731
+            model, noise_scheduler, batch[0], batch[1], config.condition_dropout
+        )
+    losses = _train(
+        denoiser, latents, loss_fn, config.denoiser_learning_rate, config.denoiser_steps,
+        config.denoiser_train_batch_size, config, ema=ema, desc="train denoiser", progress=progress,
+        conditions=conditions,
+    )
+    denoiser.register_to_config(sample_abs_max=round(float(latents.abs().max()), 4))
+    return losses
+
+
+def check_conditions(conditions: Optional[torch.Tensor], num_rows: int, num_conditions: int) -> None:
+    """Raise :class:`ConditionError` unless ``conditions`` fits a denoiser with ``num_conditions`` conditions:
+    ``None`` for an unconditional one (``num_conditions == 0``), else an integer tensor ``(num_rows,)`` of ids in
+    ``[0, num_conditions)``."""
+    if conditions is None:
+        if num_conditions:
+            raise ConditionError(
+                f"expected conditions (one id per checkpoint) for a denoiser with num_conditions={num_conditions}, "
+                "found none"
+            )
+        return
+    if not num_conditions:
+        raise ConditionError("expected no conditions for an unconditional denoiser (num_conditions=0), found some")
+    if not isinstance(conditions, torch.Tensor) or conditions.dtype not in (torch.int32, torch.int64):
+        found = f"a {conditions.dtype} tensor" if isinstance(conditions, torch.Tensor) else type(conditions).__name__
+        raise ConditionError(f"expected conditions as an integer tensor ({num_rows},), found {found}")
+    if tuple(conditions.shape) != (num_rows,):
+        raise ConditionError(f"expected one condition per checkpoint ({num_rows},), found shape {tuple(conditions.shape)}")
+    low, high = int(conditions.min()), int(conditions.max())
+    if low < 0 or high >= num_conditions:
+        raise ConditionError(
+            f"expected condition ids in [0, {num_conditions - 1}] (num_conditions={num_conditions}), found ids in "
+            f"[{low}, {high}]"
+        )
+
+
+_POSITIVE_INT_FIELDS = (
+    "ae_steps", "ae_train_batch_size", "denoiser_steps", "denoiser_train_batch_size", "latent_channels",
+)
+_POSITIVE_FLOAT_FIELDS = ("ae_learning_rate", "denoiser_learning_rate")
+
+
+def check_fit_inputs(params, layout, config: PDiffConfig) -> None:
+    """Everything ``fit_pdiff`` can check before training: a float tensor ``(N, D)`` with ``N >= 2`` finite rows and
+    ``D == layout.dim``, a :class:`ParamLayout`, and step counts, batch sizes and learning rates in range."""
+    if not isinstance(layout, ParamLayout):
+        raise LayoutMismatchError(f"expected a ParamLayout, found a {type(layout).__name__}")
+    rows = isinstance(params, CheckpointRows)  # a checkpoint dataset, read a block at a time
+    if not rows and (not isinstance(params, torch.Tensor) or not params.is_floating_point()):
+        found = f"a {params.dtype} tensor" if isinstance(params, torch.Tensor) else f"a {type(params).__name__}"
+        raise DimensionMismatchError(f"expected a float tensor of checkpoints (N, {layout.dim}), found {found}")
+    if len(params.shape) != 2 or params.shape[1] != layout.dim:
+        raise DimensionMismatchError(
+            f"expected checkpoints of shape (N, {layout.dim}) for the layout, found {tuple(params.shape)}"
+        )
+    if params.shape[0] < 2:
+        raise CheckpointDatasetError(
+            f"expected at least 2 checkpoints (rows) to fit normalization statistics, found {params.shape[0]}"
+        )
+    if not rows:  # CheckpointRows are checked block by block when the statistics are computed
+        check_finite(params, "training checkpoints")
+    if not isinstance(config, PDiffConfig):
+        raise PDiffConfigError(f"expected a PDiffConfig, found a {type(config).__name__}")
+    for field in _POSITIVE_INT_FIELDS:
+        value = getattr(config, field)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise PDiffConfigError(f"expected config.{field} to be a positive integer, found {value!r}")
+    for field in _POSITIVE_FLOAT_FIELDS:
+        value = getattr(config, field)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise PDiffConfigError(f"expected config.{field} to be a finite number > 0, found {value!r}")
+    dropout = config.condition_dropout
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        raise PDiffConfigError(f"expected config.condition_dropout in [0, 1), found {dropout!r}")
+    k = config.num_conditions
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise PDiffConfigError(f"expected config.num_conditions to be an int >= 0, found {k!r}")
+    if not isinstance(config.num_train_timesteps, int) or config.num_train_timesteps < 2:
+        raise PDiffConfigError(
+            f"expected config.num_train_timesteps to be an integer >= 2, found {config.num_train_timesteps!r}"
+        )
+
+
+def fit_pdiff(
+    params: torch.Tensor,
+    layout: ParamLayout,
+    config: Optional[PDiffConfig] = None,
+    progress: bool = True,
+    target=None,
+    conditions: Optional[torch.Tensor] = None,
+    condition_names: Optional[List[str]] = None,
+):
+    """Train an autoencoder and a latent denoiser on checkpoints ``(N, D)`` and return a ready ``PDiffPipeline``
+    with a DPM-Solver++ sampling scheduler. ``progress=False`` hides the progress bars. ``target``: the network the
+    parameters are for (a transformers ``PreTrainedModel`` or diffusers ``ModelMixin``), set with ``pipe.set_target``
+    so that ``output_type="model"`` works and the network is saved and pushed with the pipeline.
+
+    ``conditions`` ``(N,)``: a condition id per checkpoint (the task it was trained on) for a conditional pipeline,
+    sampled with ``pipe(condition=c, guidance_scale=s)``. The autoencoder is shared by all conditions; the denoiser
+    learns ``p(latent | condition)`` with ``config.condition_dropout``. ``config.num_conditions`` 0 means
+    ``max(conditions) + 1``; ``condition_names`` gives each id a name.
+
+    ``params``: a float tensor ``(N, D)``, or a checkpoint dataset (``datasets.Dataset`` with the ``params`` column
+    of :func:`~pdiff_hf.make_checkpoint_dataset`), read from its Arrow buffers a block at a time
+    (:mod:`pdiff_hf.checkpoints.rows`): after ``datasets.load_from_disk`` it is memory-mapped, so 200 checkpoints at
+    ``D = 10^6`` are never all copied into memory; NaN/Inf in a dataset are found when the statistics are computed.
+
+    Seeds the global torch RNG with ``config.seed`` (model initialization and training noise come from it).
+    Bad inputs raise a named error before anything is built (see :func:`check_fit_inputs`)."""
+    from ..pipelines.pipeline_pdiff import PDiffPipeline, check_target
+
+    config = config or PDiffConfig()
+    if _is_dataset(params):  # read from its Arrow column a block at a time (memory-mapped after load_from_disk)
+        params = CheckpointRows(params)
+    check_fit_inputs(params, layout, config)
+    if conditions is not None and not config.num_conditions and isinstance(conditions, torch.Tensor) and conditions.numel():
+        config = dataclasses.replace(config, num_conditions=int(conditions.max()) + 1)
+    check_conditions(conditions, params.shape[0], config.num_conditions)
+    if condition_names is not None and len(condition_names) != config.num_conditions:
+        raise ConditionError(
+            f"expected {config.num_conditions} condition_names (one per condition id), found {len(condition_names)}"
+        )
+    check_target(target, layout)  # a target that lacks a selected tensor fails before training
+    torch.manual_seed(config.seed)
+    autoencoder = build_autoencoder(layout, config)
+    train_autoencoder(autoencoder, params, config, progress=progress)
+    with torch.no_grad():
+        latents = autoencoder.params_to_latents(params).float()  # chunks of rows for large N * D
+    torch.manual_seed(config.seed)
+    denoiser = build_denoiser(autoencoder, config, condition_names=condition_names)
+    train_denoiser(denoiser, latents, config, progress=progress, conditions=conditions)
+    pipe = PDiffPipeline(autoencoder=autoencoder, denoiser=denoiser, scheduler=sampling_scheduler_for(denoiser))
+    return pipe.set_target(target) if target is not None else pipe

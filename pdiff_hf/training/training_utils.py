@@ -1,0 +1,301 @@
+"""What the training scripts in ``training/`` and :func:`pdiff_hf.fit_pdiff` share: the default settings (defined
+once, in :class:`PDiffConfig`), the model builders, the two losses, the data loader and the schedulers.
+
+The training loops themselves live in the scripts (``training/train_autoencoder.py``, ``training/train_ldm.py``,
+with Accelerate) and in :mod:`pdiff_hf.training.fit` (a plain single-process loop). Both draw batches from
+:func:`make_dataloader` and noise from the global torch RNG seeded with ``seed``, so for the same settings a
+one-process script run and ``fit_pdiff`` train the same weights.
+"""
+
+import logging
+import math
+from typing import Iterator, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Sampler, TensorDataset
+
+from ..errors import DimensionMismatchError
+from ..layout import ParamLayout
+from .config import PDiffConfig, choose_autoencoder_type
+
+logger = logging.getLogger(__name__)
+
+
+def build_autoencoder(layout: ParamLayout, config: PDiffConfig):
+    """An untrained autoencoder for vectors of ``D = layout.dim`` entries: a
+    :class:`~pdiff_hf.models.ParameterAutoencoder` (``config.ae_*`` fields, ``latent_channels``) or a
+    :class:`~pdiff_hf.models.TokenParameterAutoencoder` (``config.ae_token_*`` fields), by
+    ``config.autoencoder_type``. The choice is logged, and the class is recorded in the saved pipeline.
+
+    ``"auto"`` takes conv below ``D = 5 x 10^4`` and token from there on. On the demo's linear layer (D = 12,810,
+    ``pdiff-hf demo --selection classifier``, seed 0, 100 models, test accuracy best/mean/median/min in %, originals
+    96.70/96.35/96.40/95.80) conv with ``patch_size`` 32 gave 97.00/96.47/96.40/96.20 and token (defaults)
+    96.80/96.35/96.40/95.60, so conv stays the choice up to the sizes where its patches still fit; with
+    ``patch_size`` 1 set a patch of about ``D / 512`` for D above ~10^3 (the demo does). Measured with
+    ``OMP_NUM_THREADS=1 python benchmarks/bench_scale.py --compare --dims 1000`` and ``... --dims 10000
+    --compare_steps 20`` (synthetic rank-8 checkpoints, 200 train + 20 held out, batch 64, held-out MSE in normalized
+    space where predicting the mean scores 1.0; conv with the default patch_size 1, token with the defaults; shared
+    2-core machine):
+
+    ====== ======================================= =======================================
+    D      conv: held-out MSE, s/step              token: held-out MSE, s/step
+    ====== ======================================= =======================================
+    10^3   0.42 after 300 steps, 0.23 s            0.72 after 300 steps, 0.017 s
+    10^4   (20 steps only) 3.5 s                   (20 steps only) 0.12 s
+    ====== ======================================= =======================================
+
+    At 10^3 conv reconstructs better at affordable cost; at 10^4 with ``patch_size`` 1 a conv step costs 29x a
+    token step (with the demo's patch of 32 it is affordable, see above). Not measured yet: both at 10^5 after full
+    training, so the threshold may move.
+    """
+    kind = choose_autoencoder_type(layout.dim, config.autoencoder_type)
+    logger.info("D = %d, autoencoder_type=%r: building the %s autoencoder", layout.dim, config.autoencoder_type, kind)
+    if kind == "token":
+        from ..models.token_autoencoder import (
+            TokenParameterAutoencoder,
+            default_token_size,
+        )
+
+        return TokenParameterAutoencoder(
+            in_dim=layout.dim,
+            token_size=config.ae_token_size if config.ae_token_size is not None else default_token_size(layout.dim),
+            hidden_dim=config.ae_token_hidden_dim,
+            latent_channels=config.ae_token_latent_channels,
+            input_noise=config.input_noise,
+            latent_noise=config.latent_noise,
+            norm_mode=config.norm_mode,
+            param_layout=layout.to_list(),
+        )
+    from ..models.autoencoder import ParameterAutoencoder
+
+    return ParameterAutoencoder(
+        in_dim=layout.dim,
+        block_out_channels=tuple(config.ae_block_out_channels),
+        patch_size=config.ae_patch_size,
+        latent_channels=config.latent_channels,
+        input_noise=config.input_noise,
+        latent_noise=config.latent_noise,
+        norm_mode=config.norm_mode,
+        param_layout=layout.to_list(),
+    )
+
+
+def build_denoiser(autoencoder, config: PDiffConfig, condition_names: Optional[List[str]] = None):
+    """An untrained :class:`~pdiff_hf.models.LatentUNet1DModel` for ``autoencoder``'s latents ``(C, L)``,
+    conditional on ``config.num_conditions`` ids when that is > 0 (``condition_names``: one name per id)."""
+    from ..models.denoiser import LatentUNet1DModel
+
+    channels, length = autoencoder.latent_shape
+    return LatentUNet1DModel(
+        in_channels=channels,
+        sample_length=length,
+        block_out_channels=tuple(config.denoiser_block_out_channels),
+        layers_per_block=config.layers_per_block,
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        prediction_type=config.prediction_type,
+        num_conditions=config.num_conditions,
+        condition_names=list(condition_names) if condition_names is not None else None,
+    )
+
+
+def build_models(layout: ParamLayout, config: PDiffConfig):
+    """Untrained ``(autoencoder, denoiser)`` sized for ``layout``."""
+    autoencoder = build_autoencoder(layout, config)
+    return autoencoder, build_denoiser(autoencoder, config)
+
+
+def autoencoder_loss(autoencoder, batch: torch.Tensor) -> torch.Tensor:
+    """Reconstruction MSE of normalized parameters ``(batch, D)`` (noise augmentation applies in training mode).
+
+    Reads the tuple output: under mixed precision Accelerate rebuilds dict-like outputs from a single dict
+    argument, which ``ParameterAutoencoderOutput`` (two required fields) does not accept."""
+    reconstruction = autoencoder(batch, return_dict=False)[0]
+    return F.mse_loss(reconstruction.float(), batch.float())
+
+
+def denoiser_loss(
+    denoiser,
+    noise_scheduler,
+    latents: torch.Tensor,
+    conditions: Optional[torch.Tensor] = None,
+    condition_dropout: float = 0.0,
+) -> torch.Tensor:
+    """Diffusion loss on clean latents ``(batch, C, L)`` with one random timestep per sample; the noise and the
+    timesteps come from the global torch RNG (seeded per process by the caller).
+
+    ``conditions`` ``(batch,)``: condition ids of a conditional denoiser; each is replaced by the null id with
+    probability ``condition_dropout`` (drawn after the noise and timesteps, so unconditional training draws the
+    same random numbers as before)."""
+    noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+    if conditions is not None and condition_dropout > 0:
+        drop = torch.rand(conditions.shape[0], device=latents.device) < condition_dropout
+        null = getattr(denoiser, "module", denoiser).config.num_conditions  # unwrap DDP for the config
+        conditions = torch.where(drop, torch.full_like(conditions, null), conditions)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "sample":
+        target = latents
+    elif prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise ValueError(f"expected prediction_type epsilon, sample or v_prediction, found {prediction_type!r}")
+    if conditions is None:
+        prediction = denoiser(noisy, timesteps).sample
+    else:
+        prediction = denoiser(noisy, timesteps, condition=conditions).sample
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def noise_scheduler_for(denoiser):
+    """The ``DDPMScheduler`` (training noise process) matching the objective recorded in ``denoiser``'s config."""
+    from diffusers import DDPMScheduler
+
+    c = denoiser.config
+    return DDPMScheduler(
+        num_train_timesteps=c.num_train_timesteps,
+        beta_schedule=c.beta_schedule,
+        beta_start=c.beta_start,
+        beta_end=c.beta_end,
+        prediction_type=c.prediction_type,
+        clip_sample=False,
+    )
+
+
+def sampling_scheduler_for(denoiser, kind: str = "dpm"):
+    """A sampling scheduler for the pipeline: ``"dpm"`` (DPM-Solver++ multistep, 25 steps suffice) or ``"ddpm"``."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    ddpm = noise_scheduler_for(denoiser)
+    if kind == "ddpm":
+        return ddpm
+    if kind == "dpm":
+        return DPMSolverMultistepScheduler.from_config(ddpm.config)
+    raise ValueError(f"expected scheduler kind 'dpm' or 'ddpm', found {kind!r}")
+
+
+class EpochShuffleSampler(Sampler):
+    """A permutation of ``range(num_samples)`` that depends only on ``(seed, epoch)``.
+
+    Every process draws the same permutation without communicating (Accelerate then gives each process its own
+    batches of it), and a resumed run reshuffles exactly as an uninterrupted one after :meth:`set_epoch`. Unlike
+    ``torch.utils.data.RandomSampler`` it holds no generator state to save, so nothing is pickled in checkpoints.
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0):
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        yield from torch.randperm(self.num_samples, generator=generator).tolist()
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def make_dataloader(
+    data: torch.Tensor,
+    batch_size: int,
+    seed: int = 0,
+    num_workers: int = 0,
+    conditions: Optional[torch.Tensor] = None,
+) -> DataLoader:
+    """Shuffled batches ``(min(batch_size, N), ...)`` of the rows of ``data`` ``(N, ...)``; call
+    ``loader.sampler.set_epoch(epoch)`` before each epoch. The loader has its own generator, so iterating it never
+    draws from the global torch RNG (which the losses use). With ``conditions`` ``(N,)`` each batch is a pair
+    ``[rows, conditions]`` of the same shuffled rows."""
+    if conditions is not None and tuple(conditions.shape) != (data.shape[0],):
+        raise DimensionMismatchError(
+            f"expected one condition per row ({data.shape[0]},), found shape {tuple(conditions.shape)}"
+        )
+    return DataLoader(
+        data if conditions is None else TensorDataset(data, conditions),
+        batch_size=min(batch_size, data.shape[0]),
+        sampler=EpochShuffleSampler(data.shape[0], seed),
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+# --------------------------------------------------------------------------------- what the scripts share
+TRACKERS = ("tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "all", "none")
+
+
+def check_training_args(args) -> None:
+    """Raise :class:`~pdiff_hf.errors.TrainingScriptError` for out-of-range or contradicting flags of a training
+    script, before anything is loaded or trained."""
+    from ..errors import TrainingScriptError
+
+    def at_least(name: str, low: float, allow_none: bool = False):
+        value = getattr(args, name)
+        if value is None and allow_none:
+            return
+        if isinstance(value, (list, tuple)):
+            bad = [v for v in value if v < low]
+            if not value or bad:
+                raise TrainingScriptError(f"--{name}: expected values >= {low}, found {value}")
+            return
+        if value is None or value < low:
+            raise TrainingScriptError(f"--{name}: expected a value >= {low}, found {value}")
+
+    for name in ("train_batch_size", "gradient_accumulation_steps"):
+        at_least(name, 1)
+    at_least("max_train_steps", 1, allow_none=True)
+    at_least("num_train_epochs", 1, allow_none=True)
+    if args.max_train_steps is None and args.num_train_epochs is None:
+        raise TrainingScriptError("expected --max_train_steps or --num_train_epochs, found neither")
+    at_least("checkpointing_steps", 1)
+    at_least("checkpoints_total_limit", 1, allow_none=True)
+    at_least("lr_warmup_steps", 0)
+    at_least("dataloader_num_workers", 0)
+    at_least("block_out_channels", 1)
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise TrainingScriptError(f"--learning_rate: expected a finite value > 0, found {args.learning_rate}")
+    if not 0.0 < args.ema_max_decay < 1.0:
+        raise TrainingScriptError(f"--ema_max_decay: expected a value in (0, 1), found {args.ema_max_decay}")
+    if args.max_grad_norm is not None and not args.max_grad_norm > 0:
+        raise TrainingScriptError(f"--max_grad_norm: expected a value > 0, found {args.max_grad_norm}")
+    if args.push_to_hub and not args.hub_model_id:
+        raise TrainingScriptError("--push_to_hub: expected --hub_model_id (e.g. user/pdiff-mnist1d), found none")
+    check_report_to(args.report_to)
+
+
+def check_report_to(report_to: str) -> None:
+    """Raise :class:`~pdiff_hf.errors.TrainingScriptError` unless ``--report_to`` names a tracker that is installed
+    (Accelerate would only warn and then track nothing)."""
+    import importlib.util
+
+    from ..errors import TrainingScriptError
+
+    if report_to not in TRACKERS:
+        raise TrainingScriptError(f"--report_to: expected one of {', '.join(TRACKERS)}, found {report_to!r}")
+    module = {"tensorboard": "tensorboard", "wandb": "wandb", "comet_ml": "comet_ml", "mlflow": "mlflow",
+              "aim": "aim", "clearml": "clearml"}.get(report_to)
+    if module and importlib.util.find_spec(module) is None and not (
+        report_to == "tensorboard" and importlib.util.find_spec("tensorboardX") is not None
+    ):
+        raise TrainingScriptError(
+            f"--report_to {report_to}: expected the {module!r} package to be installed, found none "
+            f"(pip install {module}, or pass --report_to none)"
+        )
+
+
+def tracker_config(args) -> dict:
+    """The flags as tracker hyper-parameters: scalars only (TensorBoard rejects lists and None), no secrets."""
+    out = {}
+    for key, value in vars(args).items():
+        if "token" in key:
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        out[key] = "None" if value is None else value
+    return out
