@@ -30,9 +30,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def dashed_flags(argv: List[str]) -> List[str]:
+    """The training scripts spell flags with underscores (``--output_dir``), ``pdiff-hf`` with dashes
+    (``--output-dir``): accept both by rewriting ``--a_b`` and ``--a_b=value`` to dashes. Values are left alone."""
+    out = []
+    for token in argv:
+        if token == "--":
+            out.extend(argv[len(out) :])
+            break
+        if token.startswith("--") and "_" in token.split("=", 1)[0]:
+            flag, sep, value = token.partition("=")
+            token = flag.replace("_", "-") + sep + value
+        out.append(token)
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(dashed_flags(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

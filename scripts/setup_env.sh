@@ -6,7 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PDIFF_PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
+  if [ -n "${PDIFF_PYTHON:-}" ]; then
+    # the interpreter's own packages (its torch build) stay visible inside the venv
+    "$PY" -m venv --system-site-packages .venv
+  else
+    "$PY" -m venv .venv
+  fi
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null 2>&1 || true

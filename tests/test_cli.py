@@ -90,3 +90,17 @@ def test_evaluate_unknown_task_is_refused(tmp_path, capsys):
                   "--task", "nope"])  # fmt: skip
     assert exit_info.value.code == 2
     assert "mnist1d" in capsys.readouterr().err
+
+
+def test_underscore_flags_are_accepted_like_the_training_scripts():
+    assert cli.dashed_flags(["demo", "--output_dir", "a_b", "--num_models=3", "-x", "--", "--keep_me"]) == [
+        "demo",
+        "--output-dir",
+        "a_b",
+        "--num-models=3",
+        "-x",
+        "--",
+        "--keep_me",
+    ]
+    args = cli.build_parser().parse_args(cli.dashed_flags(["demo", "--output_dir", "out_dir", "--num_models", "7"]))
+    assert (args.output_dir, args.num_models) == ("out_dir", 7)
