@@ -5,7 +5,7 @@ and :func:`choose_autoencoder_type` picks the autoencoder for a vector length ``
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-AUTOENCODER_TYPES = ("auto", "conv", "token")
+AUTOENCODER_TYPES = ("auto", "conv", "token", "linear")
 # "auto" builds the token autoencoder from this D on; chosen by measurement, see build_autoencoder
 TOKEN_AUTOENCODER_MIN_DIM = 50_000
 
@@ -33,13 +33,19 @@ class PDiffConfig:
     input_noise: float = 0.001
     latent_noise: float = 0.1
     norm_mode: str = "per_dimension"
-    # which autoencoder: "conv" (ParameterAutoencoder), "token" (TokenParameterAutoencoder), or "auto": conv for
-    # D < TOKEN_AUTOENCODER_MIN_DIM, token from there on (see build_autoencoder)
+    # which autoencoder: "conv" (ParameterAutoencoder), "token" (TokenParameterAutoencoder), "linear"
+    # (LinearParameterAutoencoder), or "auto": conv for D < TOKEN_AUTOENCODER_MIN_DIM, token from there on (see
+    # build_autoencoder)
     autoencoder_type: str = "auto"
     # token autoencoder: entries per token; None: default_token_size(D), 256 below D = 5e4, 1024 below 5e5, else 4096
     ae_token_size: Optional[int] = None
     ae_token_hidden_dim: int = 128
     ae_token_latent_channels: int = 8
+    # linear autoencoder: a (latent_channels, ae_linear_latent_length) latent of principal coefficients, fitted exactly
+    # (no ae_* training) and whitened (unit variance per component) with ae_linear_whiten; needs
+    # latent_channels * ae_linear_latent_length <= N - 1 training checkpoints
+    ae_linear_latent_length: int = 16
+    ae_linear_whiten: bool = True
     # autoencoder training
     ae_steps: int = 500
     ae_learning_rate: float = 2e-3
@@ -73,11 +79,21 @@ class PDiffConfig:
     adam_epsilon: float = 1e-8
     seed: int = 0
 
+    def validate(self, dim: Optional[int] = None) -> "PDiffConfig":
+        """Raise :class:`~pdiff_hf.errors.PDiffConfigError` naming the field, its expected range and its value for
+        any field out of type or range, a broken rule between fields, or (with ``dim``, the vector length ``D``) a
+        token or patch longer than ``D``; returns ``self``. The rules, one line per field, are in
+        :mod:`pdiff_hf.training.config_checks` (add one there with a new field)."""
+        from .config_checks import validate_config
+
+        validate_config(self, dim)
+        return self
+
 
 
 def choose_autoencoder_type(dim: int, autoencoder_type: str = "auto") -> str:
-    """``"conv"`` or ``"token"`` for vectors of ``dim`` entries; ``"auto"`` picks conv below
-    :data:`TOKEN_AUTOENCODER_MIN_DIM` and token from there on. ValueError for any other value."""
+    """``"conv"``, ``"token"`` or ``"linear"`` for vectors of ``dim`` entries; ``"auto"`` picks conv below
+    :data:`TOKEN_AUTOENCODER_MIN_DIM` and token from there on (never linear). ValueError for any other value."""
     if autoencoder_type not in AUTOENCODER_TYPES:
         raise ValueError(f"expected autoencoder_type in {AUTOENCODER_TYPES}, found {autoencoder_type!r}")
     if autoencoder_type != "auto":

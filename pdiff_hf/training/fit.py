@@ -238,6 +238,7 @@ def check_fit_inputs(params, layout, config: PDiffConfig) -> None:
         raise PDiffConfigError(
             f"expected config.num_train_timesteps to be an integer >= 2, found {config.num_train_timesteps!r}"
         )
+    config.validate(dim=layout.dim)  # every field's type and range, rules between fields, token size <= D
 
 
 def fit_pdiff(

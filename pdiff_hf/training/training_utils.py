@@ -24,9 +24,11 @@ logger = logging.getLogger(__name__)
 
 def build_autoencoder(layout: ParamLayout, config: PDiffConfig):
     """An untrained autoencoder for vectors of ``D = layout.dim`` entries: a
-    :class:`~pdiff_hf.models.ParameterAutoencoder` (``config.ae_*`` fields, ``latent_channels``) or a
-    :class:`~pdiff_hf.models.TokenParameterAutoencoder` (``config.ae_token_*`` fields), by
-    ``config.autoencoder_type``. The choice is logged, and the class is recorded in the saved pipeline.
+    :class:`~pdiff_hf.models.ParameterAutoencoder` (``config.ae_*`` fields, ``latent_channels``), a
+    :class:`~pdiff_hf.models.TokenParameterAutoencoder` (``config.ae_token_*`` fields) or a
+    :class:`~pdiff_hf.models.LinearParameterAutoencoder` (``latent_channels``, ``config.ae_linear_*`` fields; fitted,
+    not trained: see :func:`~pdiff_hf.training.fit.train_autoencoder`), by ``config.autoencoder_type``. The choice is
+    logged, and the class is recorded in the saved pipeline.
 
     ``"auto"`` takes conv below ``D = 5 x 10^4`` and token from there on. On the demo's linear layer (D = 12,810,
     ``pdiff-hf demo --selection classifier``, seed 0, 100 models, test accuracy best/mean/median/min in %, originals
@@ -49,6 +51,7 @@ def build_autoencoder(layout: ParamLayout, config: PDiffConfig):
     token step (with the demo's patch of 32 it is affordable, see above). Not measured yet: both at 10^5 after full
     training, so the threshold may move.
     """
+    config.validate(dim=layout.dim)  # PDiffConfigError naming the field before anything is allocated
     kind = choose_autoencoder_type(layout.dim, config.autoencoder_type)
     logger.info("D = %d, autoencoder_type=%r: building the %s autoencoder", layout.dim, config.autoencoder_type, kind)
     if kind == "token":
@@ -64,6 +67,17 @@ def build_autoencoder(layout: ParamLayout, config: PDiffConfig):
             latent_channels=config.ae_token_latent_channels,
             input_noise=config.input_noise,
             latent_noise=config.latent_noise,
+            norm_mode=config.norm_mode,
+            param_layout=layout.to_list(),
+        )
+    if kind == "linear":
+        from ..models.linear_autoencoder import LinearParameterAutoencoder
+
+        return LinearParameterAutoencoder(
+            in_dim=layout.dim,
+            latent_channels=config.latent_channels,
+            latent_length=config.ae_linear_latent_length,
+            whiten=config.ae_linear_whiten,
             norm_mode=config.norm_mode,
             param_layout=layout.to_list(),
         )
@@ -86,6 +100,7 @@ def build_denoiser(autoencoder, config: PDiffConfig, condition_names: Optional[L
     conditional on ``config.num_conditions`` ids when that is > 0 (``condition_names``: one name per id)."""
     from ..models.denoiser import LatentUNet1DModel
 
+    config.validate()  # PDiffConfigError naming the field before anything is allocated
     channels, length = autoencoder.latent_shape
     return LatentUNet1DModel(
         in_channels=channels,
