@@ -12,6 +12,14 @@ __version__ = "0.1.0"
 
 # submodule -> the public names it exports (at top level)
 _import_structure: Dict[str, List[str]] = {
+    "alignment": [
+        "PermutationSpec",
+        "align_to",
+        "apply_permutation",
+        "permutation_spec",
+        "spec_from_module",
+        "weight_matching",
+    ],
     "checkpoints.collect": ["collect_branches", "collect_checkpoints", "collect_from_runs", "train_classifier"],
     "checkpoints.conditional": ["collect_conditional_checkpoints"],
     "checkpoints.dataset": [
@@ -33,6 +41,7 @@ _import_structure: Dict[str, List[str]] = {
     "checkpoints.run_mixing": ["MixedRunsWarning", "check_weight_averaging"],
     "checkpoints.trainer_callback": ["PDiffCheckpointCallback"],
     "errors": [
+        "AlignmentError",
         "CheckpointDatasetError",
         "CheckpointFileError",
         "ConditionError",
@@ -84,6 +93,14 @@ _name_to_module = {name: module for module, names in _import_structure.items() f
 __all__ = ["__version__"] + sorted(_name_to_module)
 
 if TYPE_CHECKING:
+    from .alignment import (
+        PermutationSpec,
+        align_to,
+        apply_permutation,
+        permutation_spec,
+        spec_from_module,
+        weight_matching,
+    )
     from .checkpoints.collect import collect_branches, collect_checkpoints, collect_from_runs, train_classifier
     from .checkpoints.conditional import collect_conditional_checkpoints
     from .checkpoints.dataset import (
@@ -105,6 +122,7 @@ if TYPE_CHECKING:
     from .checkpoints.run_mixing import MixedRunsWarning, check_weight_averaging
     from .checkpoints.trainer_callback import PDiffCheckpointCallback
     from .errors import (
+        AlignmentError,
         CheckpointDatasetError,
         CheckpointFileError,
         ConditionError,

@@ -8,8 +8,10 @@
     # data parallel on a CPU-only machine (two gloo processes):
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 training/train_autoencoder.py ...
 
-The autoencoder is saved at ``--output_dir`` itself (``ParameterAutoencoder.from_pretrained(output_dir)``), next to
-resumable ``checkpoint-<step>`` folders; pass it to ``training/train_ldm.py --pretrained_autoencoder_name_or_path``.
+The autoencoder is saved at ``--output_dir`` itself (``ParameterAutoencoder.from_pretrained(output_dir)``, or
+``TokenParameterAutoencoder`` when ``--autoencoder_type`` picks the token autoencoder: its ``config.json`` names the
+class), next to resumable ``checkpoint-<step>`` folders; pass it to ``training/train_ldm.py
+--pretrained_autoencoder_name_or_path``.
 The defaults are :class:`pdiff_hf.PDiffConfig`'s, so this script followed by ``train_ldm.py`` trains the same
 weights as ``pdiff_hf.fit_pdiff`` in one process. Also runs as plain ``python training/train_autoencoder.py ...``.
 """
@@ -40,7 +42,6 @@ from pdiff_hf.checkpoints.rows import (
 from pdiff_hf.errors import NonFiniteParametersError, PDiffError, TrainingScriptError
 from pdiff_hf.hub.datasets import load_checkpoint_dataset
 from pdiff_hf.layout import check_finite
-from pdiff_hf.models import ParameterAutoencoder
 from pdiff_hf.training.config import PDiffConfig
 from pdiff_hf.training.resume import (
     StopOnSignal,
@@ -169,11 +170,12 @@ def main(args):
     if args.use_ema:
         ema_model = EMAModel(
             autoencoder.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=args.ema_inv_gamma,
-            power=args.ema_power, model_cls=ParameterAutoencoder, model_config=autoencoder.config,
+            power=args.ema_power, model_cls=type(autoencoder), model_config=autoencoder.config,
         )
 
     # Checkpoints hold the autoencoder (and its EMA) as save_pretrained folders: safetensors, readable without this script.
-    register_checkpoint_hooks(accelerator, ParameterAutoencoder, "autoencoder", ema_model)
+    # The class is the one built for this run (conv or token), so resume and EMA reload what was saved.
+    register_checkpoint_hooks(accelerator, type(autoencoder), "autoencoder", ema_model)
 
     # Batches are normalized when read, on the CPU with a frozen copy of the statistics (loader workers never touch
     # the accelerator's device); a batch equals the same rows of autoencoder.normalize(all checkpoints).

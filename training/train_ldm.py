@@ -49,7 +49,7 @@ from pdiff_hf.errors import (
 )
 from pdiff_hf.hub.datasets import load_checkpoint_dataset
 from pdiff_hf.layout import check_finite
-from pdiff_hf.models import LatentUNet1DModel, ParameterAutoencoder
+from pdiff_hf.models import LatentUNet1DModel
 from pdiff_hf.training.config import PDiffConfig
 from pdiff_hf.training.resume import (
     StopOnSignal,
@@ -66,6 +66,7 @@ from pdiff_hf.training.training_utils import (
     build_denoiser,
     check_training_args,
     denoiser_loss,
+    load_autoencoder,
     make_dataloader,
     noise_scheduler_for,
     sampling_scheduler_for,
@@ -87,7 +88,8 @@ def parse_args(argv=None):
     parser.add_argument("--dataset_split", type=str, default=None, help="Split of a DatasetDict (default: train).")
     parser.add_argument("--cache_dir", type=str, default=None, help="Where Hub datasets and models are cached.")
     parser.add_argument("--pretrained_autoencoder_name_or_path", type=str, required=True,
-                        help="A trained ParameterAutoencoder: the --output_dir of train_autoencoder.py or a Hub id.")
+                        help="A trained autoencoder (any class of pdiff_hf.models: conv, token, linear): the --output_dir of "
+                        "train_autoencoder.py or a Hub id.")
     parser.add_argument("--output_dir", type=str, default="pdiff-ldm")
     parser.add_argument("--logging_dir", type=str, default="logs", help="Relative to --output_dir.")
     parser.add_argument("--seed", type=int, default=0)
@@ -184,17 +186,8 @@ def load_conditions(dataset, args):
 def main(args):
     resume_path = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
     check_output_dir(args.output_dir, args.resume_from_checkpoint)
-    try:
-        autoencoder = ParameterAutoencoder.from_pretrained(
-            args.pretrained_autoencoder_name_or_path, cache_dir=args.cache_dir, use_safetensors=True
-        )
-    except (OSError, ValueError) as err:
-        if isinstance(err, PDiffError):
-            raise
-        raise TrainingScriptError(
-            f"--pretrained_autoencoder_name_or_path: expected a ParameterAutoencoder folder or repo, found "
-            f"{args.pretrained_autoencoder_name_or_path!r} ({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})"
-        ) from err
+    # whichever autoencoder class its config.json names (conv, token, linear: pdiff_hf.models.autoencoder_class)
+    autoencoder = load_autoencoder(args.pretrained_autoencoder_name_or_path, cache_dir=args.cache_dir)
     dataset = load_checkpoint_dataset(
         args.dataset_name, args.dataset_config_name, split=args.dataset_split, cache_dir=args.cache_dir
     )

@@ -2,7 +2,7 @@
 permutation specs (:mod:`.spec`) say which tensor axes are tied by a permutation of hidden units; weight matching
 (:mod:`.weight_matching`) finds the permutations that align a network to a reference, keeping its function."""
 
-from .spec import Axis, PermutationSpec, permutation_spec, resnet_spec, spec_from_module
+from .spec import Axis, PermutationSpec, has_handwritten_spec, permutation_spec, resnet_spec, spec_from_module
 from .weight_matching import (
     align_to,
     apply_permutation,
@@ -19,6 +19,7 @@ __all__ = [
     "align_to",
     "apply_permutation",
     "check_permutations",
+    "has_handwritten_spec",
     "identity_permutations",
     "invert_permutations",
     "permutation_spec",

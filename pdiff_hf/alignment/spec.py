@@ -501,6 +501,12 @@ def resnet_spec(model: nn.Module) -> PermutationSpec:
     return PermutationSpec.from_axes(shapes, axes)
 
 
+def has_handwritten_spec(model: nn.Module) -> bool:
+    """Whether :func:`permutation_spec` has a hand-written spec for ``model`` (no example input needed)."""
+    cls = type(model)
+    return cls.__module__.startswith("transformers.models.resnet.") and cls.__name__ == "ResNetForImageClassification"
+
+
 def permutation_spec(model: nn.Module, example_input: Any = None) -> PermutationSpec:
     """The hand-written spec where one exists (transformers' ``ResNetForImageClassification``), else
     :func:`spec_from_module` (which needs ``example_input``).
@@ -508,12 +514,11 @@ def permutation_spec(model: nn.Module, example_input: Any = None) -> Permutation
     Raises:
         AlignmentError: no hand-written spec and no ``example_input``, or the model is not supported.
     """
-    cls = type(model)
-    if cls.__module__.startswith("transformers.models.resnet.") and cls.__name__ == "ResNetForImageClassification":
+    if has_handwritten_spec(model):
         return resnet_spec(model)
     if example_input is None:
         raise AlignmentError(
-            f"expected an example_input to derive the permutation spec of {cls.__name__} (no hand-written spec), "
-            "found None"
+            f"expected an example_input to derive the permutation spec of {type(model).__name__} (no hand-written "
+            "spec), found None"
         )
     return spec_from_module(model, example_input)

@@ -18,15 +18,15 @@ from huggingface_hub import snapshot_download
 from torch import nn
 
 from .. import __version__
-from ..errors import HubError, PDiffError
+from ..errors import HubError, PDiffError, first_line
 from .repo import LIBRARY_NAME, check_repo_id, check_target
 
 # What a pipeline download fetches: configs and safetensors. No code, no pickles.
 PIPELINE_ALLOW_PATTERNS = ["model_index.json", "README.md", "*.json", "*.safetensors"]
 # component name -> pdiff_hf class name it must have (None: any diffusers scheduler)
 COMPONENTS = {"autoencoder": "ParameterAutoencoder", "denoiser": "LatentUNet1DModel", "scheduler": None}
-# other pdiff_hf classes a component may have (same interface as the one above)
-ALTERNATIVE_CLASSES = {"autoencoder": ("TokenParameterAutoencoder",)}
+# the autoencoder may also be any other autoencoder class of pdiff_hf (same interface):
+# pdiff_hf.models.AUTOENCODER_MODULES names them
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
@@ -93,14 +93,7 @@ def load_components(
     import diffusers
     from diffusers import SchedulerMixin
 
-    from ..models import (
-        LatentUNet1DModel,
-        ParameterAutoencoder,
-        TokenParameterAutoencoder,
-    )
-
-    model_classes = {"ParameterAutoencoder": ParameterAutoencoder, "LatentUNet1DModel": LatentUNet1DModel,
-                     "TokenParameterAutoencoder": TokenParameterAutoencoder}  # fmt: skip
+    from ..models import AUTOENCODER_MODULES, LatentUNet1DModel, autoencoder_class
     index_path = folder / "model_index.json"
     if not index_path.is_file():
         raise HubError(f"{label} lacks model_index.json: it is not a saved diffusers pipeline")
@@ -130,28 +123,31 @@ def load_components(
             try:
                 components[name] = scheduler_cls.from_pretrained(str(folder), subfolder=name)
             except (OSError, ValueError, TypeError, NotImplementedError) as err:  # values the class rejects
-                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                first = first_line(err)
                 raise HubError(
                     f"{label}: expected scheduler/scheduler_config.json to configure a {class_name}, found values it "
                     f"rejects ({type(err).__name__}: {first})"
                 ) from None
             continue
-        if class_name != expected and class_name not in ALTERNATIVE_CLASSES.get(name, ()):
+        if class_name != expected and not (name == "autoencoder" and class_name in AUTOENCODER_MODULES):
             raise HubError(f"{label}: expected component {name} to be a {expected}, found {class_name}")
         kwargs = {"use_safetensors": True, "variant": variant}
         if torch_dtype is not None:
             kwargs["torch_dtype"] = torch_dtype
         try:
-            components[name] = model_classes[class_name].from_pretrained(str(folder), subfolder=name, **kwargs)
+            model_cls = LatentUNet1DModel if name == "denoiser" else autoencoder_class(class_name)
+            components[name] = model_cls.from_pretrained(str(folder), subfolder=name, **kwargs)
         except PDiffError as err:
             raise type(err)(f"{label}, component {name}: {err}") from None
         except (OSError, ValueError) as err:  # a truncated or foreign safetensors file, a config that does not fit
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            first = first_line(err)
             raise HubError(f"{label}: could not load the {name} component ({type(err).__name__}: {first})") from None
-    if "target" not in skip and index.get("target") not in (None, [None, None]):  # optional: the target network
-        from .target import load_target
+    if "target" not in skip:  # optional: the target network (a Hub mixin or plain one needs the caller's class)
+        from .target import read_target_record, resolve_target
 
-        components["target"] = load_target(folder, index["target"], label)
+        target = resolve_target(folder, index.get("target"), read_target_record(folder, label), label)
+        if target is not None:
+            components["target"] = target
     return components
 
 
@@ -170,6 +166,8 @@ def load_pipeline(
     force_download: bool = False,
     endpoint: str | None = None,
     target_module: nn.Module | None = None,
+    target_class: type | None = None,
+    check_target_weights: bool = True,
     torch_dtype=None,
     variant: str | None = None,
     use_safetensors: bool | None = None,
@@ -186,8 +184,13 @@ def load_pipeline(
         target_module: the network the parameters are for; raises :class:`LayoutMismatchError` naming the repo if
             the pipeline's parameter layout does not fit it.
         torch_dtype / variant: passed to the model components' ``from_pretrained``.
+        target_class: the class of a saved target that only the caller can build (a ``PyTorchModelHubMixin`` or
+            plain ``nn.Module``: no code is imported from the repo), e.g. ``target_class=MyNet``.
+        check_target_weights: with ``target=net``, fill ``net`` in place from the saved ``target/`` weights (every
+            name and shape checked), and check the target against the saved ``target_fingerprint.json``
+            (:class:`TargetMismatchError` naming the tensors that differ); ``False`` uses ``target=`` as given.
         overrides: components to use instead of the saved ones (``autoencoder=``, ``denoiser=``, ``scheduler=``,
-            ``target=``; the saved ``target/`` is built by :func:`pdiff_hf.hub.target.load_target`).
+            ``target=``; the saved ``target/`` is built by :func:`pdiff_hf.hub.target.resolve_target`).
     """
     from ..pipelines import PDiffPipeline
 
@@ -219,8 +222,22 @@ def load_pipeline(
                 library_version=__version__,
             )
         )
-    components = load_components(folder, label, skip=overrides, torch_dtype=torch_dtype, variant=variant)
+    from .target import check_loaded_target, read_target_record, resolve_target
+
+    given_target = "target" in overrides
+    target = overrides.pop("target", None)
+    components = load_components(
+        folder, label, skip=set(overrides) | {"target"}, torch_dtype=torch_dtype, variant=variant
+    )
+    record = read_target_record(folder, label)
+    if not (given_target and target is None):  # target=None: load without the target network
+        entry = _read_json_object(folder / "model_index.json", folder, label).get("target")
+        components["target"] = resolve_target(
+            folder, entry, record, label, target=target, target_class=target_class, fill=check_target_weights
+        )
     pipe = pipeline_class(**{**components, **overrides})
+    saved_weights = (folder / "target").is_dir() and any((folder / "target").glob("*.safetensors"))
+    check_loaded_target(pipe, record, label, check=check_target_weights, unchecked=target is not None and not saved_weights)
     pipe.register_to_config(_name_or_path=name)
     if target_module is not None:
         check_target(pipe.layout, target_module, label)

@@ -102,6 +102,7 @@ def build_denoiser(autoencoder, config: PDiffConfig, condition_names: Optional[L
 
     config.validate()  # PDiffConfigError naming the field before anything is allocated
     channels, length = autoencoder.latent_shape
+    flow = check_objective(config.objective) == "flow_matching"  # flow matching: the denoiser predicts the velocity
     return LatentUNet1DModel(
         in_channels=channels,
         sample_length=length,
@@ -109,7 +110,8 @@ def build_denoiser(autoencoder, config: PDiffConfig, condition_names: Optional[L
         layers_per_block=config.layers_per_block,
         num_train_timesteps=config.num_train_timesteps,
         beta_schedule=config.beta_schedule,
-        prediction_type=config.prediction_type,
+        prediction_type="flow_prediction" if flow else config.prediction_type,
+        objective=config.objective,
         num_conditions=config.num_conditions,
         condition_names=list(condition_names) if condition_names is not None else None,
     )
@@ -137,9 +139,18 @@ def denoiser_loss(
     conditions: Optional[torch.Tensor] = None,
     condition_dropout: float = 0.0,
 ) -> torch.Tensor:
-    """Diffusion loss on clean latents ``(batch, C, L)`` with one random timestep per sample; the noise and the
-    timesteps come from the global torch RNG (seeded per process by the caller).
+    """Training loss on clean latents ``(batch, C, L)`` with one random timestep per sample, for the objective of
+    ``noise_scheduler`` (:func:`noise_scheduler_for`); the noise and the timesteps come from the global torch RNG
+    (seeded per process by the caller).
 
+    * DDPM (a beta-schedule scheduler): ``x_t = add_noise(x0, noise, t)`` at an integer ``t`` in
+      ``[0, num_train_timesteps)``, MSE to the noise, ``x0`` or ``v`` by ``prediction_type``.
+    * Flow matching (``FlowMatchEulerDiscreteScheduler``, rectified flow as in diffusers'
+      ``train_dreambooth_sd3.py`` with uniform timestep density): ``sigma`` drawn uniformly from the scheduler's
+      training sigmas ``1/N, 2/N, … 1``, ``x_t = (1 - sigma) x0 + sigma noise``, the denoiser sees the timestep
+      ``sigma * N`` (diffusers' convention) and is trained by MSE to the velocity ``noise - x0``.
+
+    Both draw the noise first and then one integer per sample, so they use the random stream the same way.
     ``conditions`` ``(batch,)``: condition ids of a conditional denoiser; each is replaced by the null id with
     probability ``condition_dropout`` (drawn after the noise and timesteps, so unconditional training draws the
     same random numbers as before)."""
@@ -149,6 +160,16 @@ def denoiser_loss(
         drop = torch.rand(conditions.shape[0], device=latents.device) < condition_dropout
         null = getattr(denoiser, "module", denoiser).config.num_conditions  # unwrap DDP for the config
         conditions = torch.where(drop, torch.full_like(conditions, null), conditions)
+    if scheduler_objective(noise_scheduler) == "flow_matching":
+        index = timesteps.cpu()  # an index into the training schedule (N sigmas, from 1 down to 1/N)
+        sigmas = noise_scheduler.sigmas[index].to(device=latents.device, dtype=latents.dtype)[:, None, None]
+        noisy = (1.0 - sigmas) * latents + sigmas * noise  # (batch, C, L)
+        model_timesteps = noise_scheduler.timesteps[index].to(latents.device)  # sigma * N
+        if conditions is None:
+            prediction = denoiser(noisy, model_timesteps).sample
+        else:
+            prediction = denoiser(noisy, model_timesteps, condition=conditions).sample
+        return F.mse_loss(prediction.float(), (noise - latents).float())
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     prediction_type = noise_scheduler.config.prediction_type
     if prediction_type == "epsilon":
@@ -166,11 +187,41 @@ def denoiser_loss(
     return F.mse_loss(prediction.float(), target.float())
 
 
+def check_objective(objective) -> str:
+    """``objective`` if it is a training objective pdiff_hf implements (``"ddpm"``, ``"flow_matching"``), else
+    :class:`~pdiff_hf.errors.PDiffConfigError`."""
+    from ..errors import PDiffConfigError
+    from ..models.denoiser import TRAINING_OBJECTIVES
+
+    if objective not in TRAINING_OBJECTIVES:
+        raise PDiffConfigError(f"expected config.objective in {TRAINING_OBJECTIVES}, found {objective!r}")
+    return objective
+
+
+def denoiser_objective(denoiser) -> str:
+    """The training objective recorded in ``denoiser``'s config: ``"ddpm"`` (also for configs saved before the
+    field existed) or ``"flow_matching"``."""
+    return getattr(denoiser, "module", denoiser).config.get("objective", "ddpm")  # unwrap DDP for the config
+
+
+def scheduler_objective(scheduler) -> Optional[str]:
+    """``"flow_matching"`` for diffusers' flow-matching schedulers (the time convention ``t = sigma * N``), else
+    ``"ddpm"``; :func:`pdiff_hf.pipelines.pipeline_checks.check_scheduler` judges sampling schedulers in full."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return "flow_matching" if isinstance(scheduler, FlowMatchEulerDiscreteScheduler) else "ddpm"
+
+
 def noise_scheduler_for(denoiser):
-    """The ``DDPMScheduler`` (training noise process) matching the objective recorded in ``denoiser``'s config."""
-    from diffusers import DDPMScheduler
+    """The training noise process matching the objective recorded in ``denoiser``'s config: a ``DDPMScheduler``
+    (its beta schedule and prediction type), or for ``objective="flow_matching"`` a
+    ``FlowMatchEulerDiscreteScheduler`` with ``num_train_timesteps`` and ``shift=1`` (its ``sigmas`` are the training
+    noise levels)."""
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
     c = denoiser.config
+    if denoiser_objective(denoiser) == "flow_matching":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=c.num_train_timesteps, shift=1.0)
     return DDPMScheduler(
         num_train_timesteps=c.num_train_timesteps,
         beta_schedule=c.beta_schedule,
@@ -181,16 +232,25 @@ def noise_scheduler_for(denoiser):
     )
 
 
-def sampling_scheduler_for(denoiser, kind: str = "dpm"):
-    """A sampling scheduler for the pipeline: ``"dpm"`` (DPM-Solver++ multistep, 25 steps suffice) or ``"ddpm"``."""
+SAMPLING_SCHEDULER_KINDS = {"ddpm": ("dpm", "ddpm"), "flow_matching": ("euler",)}
+
+
+def sampling_scheduler_for(denoiser, kind: Optional[str] = None):
+    """A sampling scheduler for the objective recorded in ``denoiser``'s config (what a pipeline saves, so that a
+    loaded pipeline samples the way it was trained). DDPM: ``"dpm"`` (DPM-Solver++ multistep, the default; 25
+    steps suffice) or ``"ddpm"``; flow matching: ``"euler"`` (``FlowMatchEulerDiscreteScheduler``, the default).
+    ``kind=None`` takes the default; a kind of the other objective is a ValueError naming the valid ones."""
     from diffusers import DPMSolverMultistepScheduler
 
-    ddpm = noise_scheduler_for(denoiser)
-    if kind == "ddpm":
-        return ddpm
+    objective = denoiser_objective(denoiser)
+    kinds = SAMPLING_SCHEDULER_KINDS[objective]
+    kind = kinds[0] if kind is None else kind
+    if kind not in kinds:
+        raise ValueError(f"expected a scheduler kind in {kinds} for a {objective!r} denoiser, found {kind!r}")
+    training = noise_scheduler_for(denoiser)
     if kind == "dpm":
-        return DPMSolverMultistepScheduler.from_config(ddpm.config)
-    raise ValueError(f"expected scheduler kind 'dpm' or 'ddpm', found {kind!r}")
+        return DPMSolverMultistepScheduler.from_config(training.config)
+    return training  # "ddpm" or "euler": the training scheduler steps the reverse process itself
 
 
 class EpochShuffleSampler(Sampler):
@@ -302,6 +362,36 @@ def check_report_to(report_to: str) -> None:
             f"--report_to {report_to}: expected the {module!r} package to be installed, found none "
             f"(pip install {module}, or pass --report_to none)"
         )
+
+
+def load_autoencoder(name_or_path: str, cache_dir: Optional[str] = None, flag: str = "--pretrained_autoencoder_name_or_path"):
+    """The trained autoencoder saved at ``name_or_path`` (a folder or a Hub model id), built with the class its
+    ``config.json`` names (``_class_name``: :func:`pdiff_hf.models.autoencoder_class`, so conv, token and linear
+    autoencoders all load). :class:`~pdiff_hf.errors.TrainingScriptError` naming ``flag`` for a folder that is not a
+    saved autoencoder of pdiff_hf."""
+    from ..errors import PDiffError, TrainingScriptError, first_line
+    from ..models import ParameterAutoencoder, autoencoder_class
+
+    try:
+        config = ParameterAutoencoder.load_config(name_or_path, cache_dir=cache_dir)
+    except (OSError, ValueError) as err:
+        raise TrainingScriptError(
+            f"{flag}: expected a saved autoencoder (folder or Hub id with config.json), found {name_or_path!r} "
+            f"({first_line(err, type(err).__name__)})"
+        ) from err
+    try:
+        cls = autoencoder_class(config.get("_class_name"))
+    except PDiffError as err:
+        raise TrainingScriptError(f"{flag} {name_or_path!r}: {err}") from None
+    try:
+        return cls.from_pretrained(name_or_path, cache_dir=cache_dir, use_safetensors=True)
+    except (OSError, ValueError) as err:
+        if isinstance(err, PDiffError):
+            raise
+        raise TrainingScriptError(
+            f"{flag}: expected a complete {cls.__name__} (config.json and safetensors weights), found "
+            f"{name_or_path!r} ({first_line(err, type(err).__name__)})"
+        ) from err
 
 
 def tracker_config(args) -> dict:

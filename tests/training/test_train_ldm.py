@@ -114,7 +114,7 @@ def test_resume_mid_epoch_is_bit_identical(scripts, dataset_dir, autoencoder_dir
         (["--num_train_timesteps", "1"], TrainingScriptError, "--num_train_timesteps"),
         (["--block_out_channels"], SystemExit, None),  # argparse: exit code 2
         (["--num_validation_models", "-1"], TrainingScriptError, "--num_validation_models"),
-        (["--block_out_channels", "12", "20"], TrainingScriptError, "multiples of norm_num_groups"),
+        (["--block_out_channels", "12", "20"], TrainingScriptError, "group-norm groups"),
     ],
 )
 def test_bad_input_is_a_named_error_before_any_work(scripts, dataset_dir, autoencoder_dir, tmp_path, extra, error, message):
