@@ -35,9 +35,10 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 import datasets
 import torch
 
-from ..errors import CheckpointFileError, LayoutMismatchError
+from ..errors import CheckpointFileError, LayoutMismatchError, first_line
 from ..layout import ParamLayout
 from .dataset import make_checkpoint_dataset
+from .writer import CheckpointWriter
 
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
@@ -87,7 +88,7 @@ def load_state_dict_file(path: Union[str, os.PathLike]) -> Dict[str, torch.Tenso
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError for objects weights_only refuses, RuntimeError for a broken file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        first = first_line(err)
         raise CheckpointFileError(
             f"{path}: expected tensors that torch.load(weights_only=True) can read, found a file it refuses "
             f"({type(err).__name__}: {first}); save the state dict with safetensors instead"
@@ -117,14 +118,19 @@ def checkpoints_from_files(
     source: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
     layout: ParamLayout,
     metadata: Optional[Mapping[str, Sequence]] = None,
+    max_in_memory_bytes: Optional[int] = None,
+    cache_dir: Optional[str] = None,
 ) -> datasets.Dataset:
     """A checkpoint dataset from a folder (or list) of checkpoint files, read one at a time (see
-    :func:`load_state_dict_file`). Columns: ``params``, ``file`` (path relative to the folder) and ``metadata``."""
+    :func:`load_state_dict_file`). Columns: ``params``, ``file`` (path relative to the folder) and ``metadata``.
+    Rows beyond ``max_in_memory_bytes`` stream to an Arrow file in ``cache_dir`` (:mod:`pdiff_hf.checkpoints.writer`)."""
     files = checkpoint_files(source)
     root = Path(source) if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() else None
-    vectors = [_vector(load_state_dict_file(f), layout, f"checkpoint {f}") for f in files]
+    writer = CheckpointWriter(layout, len(files), max_in_memory_bytes, cache_dir)  # memory or disk, decided first
+    for f in files:
+        writer.append(_vector(load_state_dict_file(f), layout, f"checkpoint {f}"))
     names = [str(f.relative_to(root)) if root is not None else str(f) for f in files]
-    return make_checkpoint_dataset(torch.stack(vectors), layout, {"file": names, **(metadata or {})})
+    return writer.finish({"file": names, **(metadata or {})})
 
 
 # What checkpoints_from_hub downloads: weights without pickles, and the JSON files that go with them (configs, shard
@@ -164,6 +170,7 @@ def checkpoints_from_hub(
     subfolder: Optional[str] = None,
     cache_dir: Union[str, os.PathLike, None] = None,
     metadata: Optional[Mapping[str, Sequence]] = None,
+    max_in_memory_bytes: Optional[int] = None,
 ) -> datasets.Dataset:
     """A checkpoint dataset with one row per Hub model repo (a trained network, e.g. fine-tuning runs of one model).
 
@@ -191,7 +198,7 @@ def checkpoints_from_hub(
     if len(revisions) != len(repo_ids):
         raise CheckpointFileError(f"expected one revision per repo ({len(repo_ids)}), found {len(revisions)}")
     prefix = f"{subfolder.strip('/')}/" if subfolder else ""
-    vectors, commits = [], []
+    writer, commits = CheckpointWriter(layout, len(repo_ids), max_in_memory_bytes), []  # memory or disk, decided first
     for repo_id, rev in zip(repo_ids, revisions):
         what = f"Hub repo {repo_id}" + (f"@{rev}" if rev else "") + (f" ({prefix.rstrip('/')})" if prefix else "")
         folder = Path(
@@ -209,8 +216,6 @@ def checkpoints_from_hub(
                 f"{what}: expected .safetensors weights{' in ' + prefix if prefix else ' at the repo root'} (pickled "
                 f".bin/.pt weights are never downloaded), found none"
             )
-        vectors.append(_vector(_selected_tensors(files, layout, what), layout, what))
+        writer.append(_vector(_selected_tensors(files, layout, what), layout, what))
         commits.append(folder.name)  # snapshots/<commit>
-    return make_checkpoint_dataset(
-        torch.stack(vectors), layout, {"repo_id": repo_ids, "revision": commits, **(metadata or {})}
-    )
+    return writer.finish({"repo_id": repo_ids, "revision": commits, **(metadata or {})})

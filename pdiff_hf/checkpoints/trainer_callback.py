@@ -38,6 +38,7 @@ from ..errors import CheckpointDatasetError, PDiffError
 from ..layout import ParamLayout
 from ..peft_adapters import is_peft_model, peft_layout, peft_state_dict
 from .dataset import make_checkpoint_dataset
+from .writer import available_memory_bytes
 
 
 class PDiffCheckpointCallback(TrainerCallback):
@@ -104,6 +105,7 @@ class PDiffCheckpointCallback(TrainerCallback):
         if every < 1:  # a share of the run, as TrainingArguments reads save_steps < 1
             every = math.ceil(every * max(state.max_steps, 1))
         self._every = max(1, int(every))
+        self._check_memory(state.max_steps // self._every + int(self.record_first))
         if self.record_first and state.global_step == 0:
             self._record(model, args, state)
 
@@ -121,6 +123,19 @@ class PDiffCheckpointCallback(TrainerCallback):
         # Trainer evaluates after the step's callbacks: a row of this very step gets the value of its own parameters
         if self._rows and self._rows[-1]["step"] == state.global_step and self._rows[-1]["run_id"] == self.run_id:
             self._rows[-1]["metric"] = self._latest_metric
+
+    def _check_memory(self, new_rows: int) -> None:
+        """The rows this run will record (``new_rows * D * 4`` bytes, twice while :meth:`dataset` stacks them) must
+        fit in the available memory: :class:`CheckpointDatasetError` before the first training step otherwise."""
+        need = 2 * (len(self._vectors) + new_rows) * self.layout.dim * 4
+        free = available_memory_bytes()
+        if free is not None and need > free:
+            raise CheckpointDatasetError(
+                f"expected the {len(self._vectors) + new_rows} checkpoints of D={self.layout.dim} this callback will "
+                f"record ({need / 2**30:.2f} GiB with the final stack) to fit in the {free / 2**30:.2f} GiB of free "
+                "memory, found they do not; raise save_steps, select fewer tensors, or save the checkpoints as files "
+                "and read them with checkpoints_from_files (which streams to disk)"
+            )
 
     # ---------------------------------------------------------------------------------------------------- results
     def _record(self, model, args: TrainingArguments, state: TrainerState) -> None:

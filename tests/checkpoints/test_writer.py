@@ -87,3 +87,37 @@ def test_bad_rows_are_refused(tmp_path):
         writer.finish()
     with pytest.raises(CheckpointDatasetError, match="max_in_memory_bytes >= 0"):
         CheckpointWriter(layout, 2, max_in_memory_bytes=-1)
+
+
+def test_checkpoints_from_files_stream_to_disk_with_the_same_rows(tmp_path):
+    from safetensors.torch import save_file
+
+    from pdiff_hf import checkpoints_from_files
+
+    layout = _layout()
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    states = []
+    for i in range(4):
+        state = {"weight": torch.randn(1, layout.dim - 1), "bias": torch.randn(1)}
+        save_file(state, str(folder / f"ckpt-{i}.safetensors"))
+        states.append(state)
+    memory = checkpoints_from_files(folder, layout)
+    disk = checkpoints_from_files(folder, layout, max_in_memory_bytes=0, cache_dir=str(tmp_path / "cache"))
+    assert disk.cache_files and torch.equal(checkpoint_params(memory), checkpoint_params(disk))
+    assert memory["file"] == disk["file"]
+
+
+def test_trainer_callback_refuses_a_run_whose_rows_cannot_fit_before_training(monkeypatch):
+    from types import SimpleNamespace
+
+    from pdiff_hf import PDiffCheckpointCallback
+    from pdiff_hf.checkpoints import trainer_callback
+
+    model = torch.nn.Linear(9, 1)
+    callback = PDiffCheckpointCallback(ParamLayout.from_module(model), save_steps=1)
+    monkeypatch.setattr(trainer_callback, "available_memory_bytes", lambda: 1000)
+    args = SimpleNamespace(metric_for_best_model=None, save_steps=1)
+    state = SimpleNamespace(max_steps=100, global_step=0)
+    with pytest.raises(CheckpointDatasetError, match=r"expected the 100 checkpoints of D=10"):
+        callback.on_train_begin(args, state, None, model=model)
