@@ -6,18 +6,35 @@ built from the same checkpoints, every group exactly like the others, and says p
 
 | module | what |
 |---|---|
-| :mod:`.baselines` | the normalized space; noisy checkpoints, checkpoint averages, a per-dimension Gaussian |
+| :mod:`.baselines` | the normalized space; noisy checkpoints, checkpoint averages, a per-dimension Gaussian, a Gaussian in the checkpoints' PCA subspace, resampled checkpoints |
+| :mod:`.types` | :class:`GroupMetrics`, the per-model metrics of one group |
 | :mod:`.metrics` | weight-space and function-space metrics; :func:`analyze_novelty` |
 | :mod:`.verdict` | thresholds, definitions, the verdict rules (a function of the JSON summary alone) |
 | :mod:`.report` | :class:`NoveltyReport`, markdown tables, :func:`write_report` (plots, report.md, results.json) |
 | :mod:`.plots` | matplotlib figures (Agg, written atomically); imported on first use |
 | :mod:`.allocator` | :func:`tune_cpu_allocator`, called by entry points only, never by the library |
+| :mod:`.generalization` | the held-out generalization test: generated models against checkpoints of the same collection that were never fitted on (:func:`heldout_split`, :func:`generalization_test`) |
 """
 
 from .allocator import allocator_tuned, tune_cpu_allocator
-from .baselines import AVERAGE_K, NOISE_LEVELS, StatsNormalizer, make_baselines, resolve_normalizer
+from .baselines import (
+    AVERAGE_K,
+    NOISE_LEVELS,
+    StatsNormalizer,
+    make_baselines,
+    pca_gaussian_samples,
+    principal_components,
+    resolve_normalizer,
+)
+from .generalization import (
+    GeneralizationResult,
+    evaluate_generalization,
+    generalization_test,
+    generalization_verdict,
+    heldout_split,
+)
 from .intervals import bootstrap_intervals
-from .metrics import GroupMetrics, analyze_novelty
+from .metrics import analyze_novelty
 from .report import (
     NoveltyReport,
     format_accuracy_table,
@@ -26,6 +43,7 @@ from .report import (
     format_report,
     write_report,
 )
+from .types import GroupMetrics
 from .verdict import (
     BOOTSTRAP_RESAMPLES,
     COLLAPSE_DISAGREEMENT_RATIO,
@@ -56,6 +74,7 @@ __all__ = [
     "DEFINITIONS",
     "GENERATED",
     "GOOD_MARGIN_PP",
+    "GeneralizationResult",
     "GroupMetrics",
     "MEMORIZATION_DISTANCE_RATIO",
     "MEMORIZATION_IOU_GAP_RATIO",
@@ -68,13 +87,19 @@ __all__ = [
     "analyze_novelty",
     "bootstrap_intervals",
     "comparison_outcome",
+    "evaluate_generalization",
     "format_accuracy_table",
     "format_intervals_table",
     "format_novelty_table",
     "format_report",
+    "generalization_test",
+    "generalization_verdict",
+    "heldout_split",
     "make_baselines",
     "noise_reference",
     "novelty_verdict",
+    "pca_gaussian_samples",
+    "principal_components",
     "reference_noise",
     "resolve_normalizer",
     "tune_cpu_allocator",

@@ -7,7 +7,10 @@ compared with:
 * ``noise_<a>``: training checkpoints plus Gaussian noise of std ``a`` in normalized space (``a`` in
   :data:`NOISE_LEVELS`);
 * ``average_k<k>``: means of ``k`` distinct, randomly chosen training checkpoints;
-* ``gaussian``: samples of a per-dimension Gaussian fitted to the training checkpoints.
+* ``gaussian``: samples of a per-dimension Gaussian fitted to the training checkpoints;
+* ``pca_gaussian``: samples of a full-covariance Gaussian in the training checkpoints' PCA subspace (their sample
+  covariance within their principal directions, nothing outside their span; :func:`pca_gaussian_samples`);
+* ``resampled``: training checkpoints drawn with replacement, the perfect memorizer.
 
 **Normalized space**: the per-dimension standardization of the pipeline's autoencoder (BatchNorm running variances
 in log space), or statistics of the training checkpoints when no pipeline is given (:class:`StatsNormalizer`,
@@ -90,9 +93,18 @@ def make_baselines(
     average_k: Optional[int] = AVERAGE_K,
     gaussian: bool = True,
     generator: Optional[torch.Generator] = None,
+    *,
+    pca_gaussian: bool = False,
+    resampled: bool = False,
+    pca_components: Optional[int] = None,
 ) -> Dict[str, Tuple[torch.Tensor, Dict]]:
     """Baselines in normalized space from normalized training checkpoints ``(T, D)``: ``{name: (z (num, D),
-    settings)}`` in the order noise levels, average, gaussian. Seeded by ``generator``."""
+    settings)}`` in the order noise levels, average, gaussian, pca_gaussian, resampled. Seeded by ``generator``;
+    ``pca_gaussian`` and ``resampled`` are drawn last, so the others do not change when they are added.
+    ``pca_components``: principal directions of ``pca_gaussian`` (``None``: all, the rank of the centred
+    checkpoints)."""
+    if pca_components is not None and int(pca_components) < 1:
+        raise PDiffError(f"expected pca_components >= 1 or None, found {pca_components}")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     t, d = z_train.shape
     out: Dict[str, Tuple[torch.Tensor, Dict]] = {}
@@ -115,4 +127,38 @@ def make_baselines(
         mu = z_train.mean(0)
         sd = z_train.std(0, unbiased=False)
         out["gaussian"] = (mu + sd * torch.randn(num, d, generator=gen), {"kind": "gaussian"})
+    if pca_gaussian:
+        z = pca_gaussian_samples(z_train, num, pca_components, gen)
+        out["pca_gaussian"] = (z, {"kind": "pca_gaussian", "components": pca_components})
+    if resampled:
+        out["resampled"] = (z_train[torch.randint(0, t, (num,), generator=gen)], {"kind": "resampled"})
     return out
+
+
+def principal_components(
+    z: torch.Tensor, num_components: Optional[int] = None
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mean (D,), basis (k, D), singular values (k,))`` of the rows of ``z`` ``(T, D)``: the top
+    ``k = min(num_components, rank)`` principal directions (the whole rank, at most ``T - 1``, with ``None``), from the
+    SVD of the centred matrix (no ``D x D`` covariance), in the dtype of ``z``; directions with singular values below
+    ``1e-6`` of the largest count as outside the rank."""
+    mean = z.mean(0)
+    _, s, vh = torch.linalg.svd(z - mean, full_matrices=False)
+    rank = int((s > s[0] * 1e-6).sum()) if s.numel() and float(s[0]) > 0 else 0
+    k = rank if num_components is None else min(int(num_components), rank)
+    return mean, vh[:k], s[:k]
+
+
+def pca_gaussian_samples(
+    z_train: torch.Tensor,
+    num: int,
+    num_components: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """``(num, D)`` draws of a full-covariance Gaussian in the PCA subspace of ``z_train`` ``(T, D)``: the mean plus
+    ``sum_k s_k / sqrt(T - 1) * e_k * v_k`` with ``e_k ~ N(0, 1)``, i.e. the rows' sample covariance within their top
+    ``num_components`` principal directions (all with ``None``) and nothing outside them. Computed in float64."""
+    mean, basis, s = principal_components(z_train.double(), num_components)
+    scale = s / math.sqrt(max(z_train.shape[0] - 1, 1))
+    coeff = torch.randn(num, basis.shape[0], generator=generator, dtype=torch.float64) * scale
+    return (mean + coeff @ basis).to(z_train.dtype)

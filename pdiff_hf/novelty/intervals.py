@@ -5,14 +5,12 @@ models, so that a verdict whose interval straddles its threshold says INCONCLUSI
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
+from .types import GroupMetrics
 from .verdict import BOOTSTRAP_RESAMPLES, COMPARISONS, CONFIDENCE, GENERATED, ORIGINAL
-
-if TYPE_CHECKING:
-    from .metrics import GroupMetrics
 
 
 def _ratio(a: torch.Tensor, b: torch.Tensor, zero_over_zero: float) -> torch.Tensor:

@@ -27,7 +27,6 @@ of :mod:`pdiff_hf.novelty.allocator` is left to the program's entry point.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -40,6 +39,7 @@ from ..layout import ParamLayout, check_finite
 from .baselines import AVERAGE_K, NOISE_LEVELS, StatsNormalizer, make_baselines, resolve_normalizer
 from .intervals import bootstrap_intervals
 from .report import NoveltyReport
+from .types import GroupMetrics
 from .verdict import (
     DEFINITIONS,
     GENERATED,
@@ -50,33 +50,6 @@ from .verdict import (
     reference_noise,
     verdict_thresholds,
 )
-
-
-@dataclass
-class GroupMetrics:
-    """Per-model metrics of one group (``original``, ``generated`` or a baseline); tensors have one entry per
-    model. ``nn_index`` / ``max_iou_index`` index the training checkpoints."""
-
-    name: str
-    kind: str
-    params: torch.Tensor
-    test_accuracy: torch.Tensor
-    val_accuracy: Optional[torch.Tensor]
-    nn_distance: torch.Tensor
-    nn_index: torch.Tensor
-    max_iou: torch.Tensor
-    max_iou_index: torch.Tensor
-    max_agreement: torch.Tensor
-    nn_agreement: torch.Tensor
-    distance_to_mean: torch.Tensor
-    mean_model_agreement: torch.Tensor
-    pairwise_mean_iou: Optional[float]
-    settings: Dict = field(default_factory=dict)
-    mean_model_agrees: Optional[torch.Tensor] = None  # (n, N_test) bool: same test prediction as the mean model
-
-    @property
-    def count(self) -> int:
-        return int(self.test_accuracy.numel())
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
@@ -140,6 +113,8 @@ def analyze_novelty(
     train_val_accuracy: Optional[torch.Tensor] = None,
     batch_size: int = 10,
     models_per_chunk: int = 50,
+    pca_gaussian: bool = False,
+    resampled: bool = False,
 ) -> NoveltyReport:
     """Evaluate generated models, the training checkpoints and simple baselines alike, and measure novelty.
 
@@ -155,7 +130,9 @@ def analyze_novelty(
             distances.
         num_baseline: models per baseline (default: as many as generated); 0 disables the baselines.
         noise_levels: noise stds in normalized space; ``average_k``: checkpoints per average (``None`` disables);
-            ``gaussian``: include the per-dimension Gaussian.
+            ``gaussian``: include the per-dimension Gaussian; ``pca_gaussian`` / ``resampled``: include the
+            full-covariance Gaussian in the checkpoints' PCA subspace and resampled training checkpoints (the perfect
+            memorizer), drawn after the others (:func:`~pdiff_hf.novelty.make_baselines`).
         seed: seeds a ``torch.Generator`` for every baseline.
         train_val_accuracy: validation accuracies (%) of the training checkpoints, e.g. a checkpoint dataset's
             ``val_accuracy`` column; saves evaluating them again (they are only used for ``best_by_val``).
@@ -188,7 +165,8 @@ def analyze_novelty(
     z_gen = norm.normalize(gen)
     check_finite(z_train, "normalized training checkpoints")
     baselines = make_baselines(
-        z_train, num_baseline, noise_levels, average_k, gaussian, torch.Generator().manual_seed(int(seed))
+        z_train, num_baseline, noise_levels, average_k, gaussian, torch.Generator().manual_seed(int(seed)),
+        pca_gaussian=pca_gaussian, resampled=resampled,
     )
     z_mean = z_train.mean(0, keepdim=True)
     names = [ORIGINAL, GENERATED] + list(baselines)
@@ -283,6 +261,7 @@ def analyze_novelty(
             pairwise_mean_iou=_pairwise_mean_iou(errors[a:b]) if k != ORIGINAL else None,
             settings=settings.get(k, {}),
             mean_model_agrees=mean_agrees[a:b],
+            test_predictions=preds[a:b],
         )
     # originals: the (T, T) block is already there
     orig_iou = iou[:n_train].double()

@@ -5,7 +5,8 @@ Every function takes result arrays (tensors, NumPy arrays or lists) and an outpu
 PNG to a temporary file next to ``path`` and moves it into place with ``os.replace``, and returns ``path``.
 
 Group names follow :mod:`pdiff_hf.novelty`: ``original``, ``generated``, ``noise_<amplitude>``, ``average_k<k>``,
-``gaussian``; each gets a fixed colour and marker so that all plots of a report read the same way.
+``gaussian``, ``pca_gaussian``, ``resampled`` (and ``heldout`` / ``training`` of the held-out generalization test);
+each gets a fixed colour and marker so that all plots of a report read the same way.
 """
 
 from __future__ import annotations
@@ -25,12 +26,21 @@ if TYPE_CHECKING:
 
 ArrayLike = Union[Sequence[float], np.ndarray, "torch.Tensor"]
 
-LABELS = {"original": "original checkpoints", "generated": "p-diff generated"}
+LABELS = {
+    "original": "original checkpoints",
+    "generated": "p-diff generated",
+    "heldout": "held-out checkpoints",
+    "training": "training checkpoints",
+}
 _BASE_STYLE = {
     "original": {"color": "0.45", "marker": "o"},
     "generated": {"color": "tab:red", "marker": "*"},
     "average": {"color": "tab:green", "marker": "s"},
     "gaussian": {"color": "tab:purple", "marker": "D"},
+    "heldout": {"color": "tab:orange", "marker": "P"},
+    "training": {"color": "0.45", "marker": "o"},
+    "pca_gaussian": {"color": "tab:olive", "marker": "h"},
+    "resampled": {"color": "tab:brown", "marker": "x"},
 }
 _NOISE_COLORS = ("#9ecae1", "#6baed6", "#3182bd", "#08519c", "#08306b")
 
@@ -240,4 +250,70 @@ def plot_accuracy_distribution(
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_energy_distances(
+    energies: Mapping[str, Optional[float]],
+    null: ArrayLike,
+    threshold: float,
+    path: Union[str, Path],
+    title: str = "Two-sample distance to the held-out checkpoints",
+) -> Path:
+    """The deciding comparison of the held-out generalization test: the permutation null of the energy distance
+    (held-out vs training checkpoints of the same collection) as a histogram, its threshold (dashed), and each
+    group's energy distance to the held-out checkpoints as a vertical line (``None`` values are skipped).
+
+    Args:
+        energies: ``{group name: energy distance}`` (``generated``, ``training``, baselines).
+        null: the null distribution's values; ``threshold``: its 95th percentile.
+    """
+    fig = Figure(figsize=(8.0, 5.0))
+    ax = fig.add_subplot(1, 1, 1)
+    values = _array(null)
+    finite = {k: float(v) for k, v in energies.items() if v is not None and math.isfinite(float(v))}
+    styles = group_styles(list(finite))
+    ax.hist(values, bins=40, color="0.75", edgecolor="0.6", weights=np.full(values.size, 1.0 / max(values.size, 1)),
+            label=f"null: held-out vs training (n={values.size})")
+    ax.axvline(threshold, color="black", ls="--", lw=1.5, label=f"threshold (95th percentile) {threshold:.3g}")
+    for name in _draw_order(list(finite)):
+        main = name in ("generated", "training")
+        ax.axvline(finite[name], color=styles[name]["color"], lw=3.0 if name == "generated" else (2.0 if main else 1.3),
+                   ls="-" if main else ":", label=f"{LABELS.get(name, name)}: {finite[name]:.3g}")
+    ax.set_xlabel("energy distance to the held-out checkpoints (PCA coordinates, normalized units)")
+    ax.set_ylabel("fraction of permutations")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    return save_figure(fig, path)
+
+
+def plot_pca_view(
+    points: Mapping[str, ArrayLike],
+    path: Union[str, Path],
+    title: str = "Training, held-out and generated vectors (first two principal components of the training ones)",
+) -> Path:
+    """Scatter of ``{group name: (n, 2)}`` coordinates, e.g. training, held-out and generated vectors projected on
+    the training checkpoints' first two principal directions; training first, generated on top."""
+    fig = Figure(figsize=(7.5, 6.0))
+    ax = fig.add_subplot(1, 1, 1)
+    arrays = {}
+    for name, v in points.items():
+        a = (v.detach().cpu().double().numpy() if hasattr(v, "detach") else np.asarray(v, dtype=np.float64))
+        if a.ndim != 2 or a.shape[1] != 2:
+            raise ValueError(f"{name}: expected (n, 2) coordinates, found shape {a.shape}")
+        arrays[name] = a
+    styles = group_styles(list(arrays))
+    order = [n for n in ("training",) if n in arrays] + [n for n in _draw_order(list(arrays)) if n != "training"]
+    for z, name in enumerate(order):
+        a = arrays[name]
+        ax.scatter(a[:, 0], a[:, 1], s=50 if name == "generated" else 22, c=styles[name]["color"],
+                   marker=styles[name]["marker"], alpha=0.85 if name != "training" else 0.45,
+                   edgecolors="black" if name in ("generated", "heldout") else "none", linewidths=0.4,
+                   label=_label(name, a.shape[0]), zorder=z + 1)
+    ax.set_xlabel("PC 1 (rms units)")
+    ax.set_ylabel("PC 2 (rms units)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
     return save_figure(fig, path)

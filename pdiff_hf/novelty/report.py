@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import PDiffError
 from ..utils.io_utils import write_json_atomic, write_text_atomic
+from .types import GroupMetrics
 from .verdict import DEFINITIONS, GENERATED, ORIGINAL
 
-if TYPE_CHECKING:  # the analysis builds reports; a report never imports the analysis
-    from .metrics import GroupMetrics
+if TYPE_CHECKING:  # plots (matplotlib) load on first use
     from .plots import ArrayLike
 
 PLOTS_DIR = "plots"
