@@ -74,7 +74,7 @@ _import_structure: Dict[str, List[str]] = {
     "evaluation.recalibration": ["recalibrate_batchnorm", "recalibrate_parameters"],
     "hub.datasets": ["load_checkpoint_dataset"],
     "layout": ["ParamLayout", "ParamSpec"],
-    "models": ["LatentUNet1DModel", "ParameterAutoencoder", "TokenParameterAutoencoder"],
+    "models": ["LatentUNet1DModel", "LinearParameterAutoencoder", "ParameterAutoencoder", "TokenParameterAutoencoder"],
     "novelty": ["NoveltyReport", "analyze_novelty", "novelty_verdict"],
     "pipelines": ["PDiffPipeline", "PDiffPipelineOutput"],
     "pipelines.pipeline_output": ["GeneratedModels"],
@@ -155,7 +155,7 @@ if TYPE_CHECKING:
     from .evaluation.recalibration import recalibrate_batchnorm, recalibrate_parameters
     from .hub.datasets import load_checkpoint_dataset
     from .layout import ParamLayout, ParamSpec
-    from .models import LatentUNet1DModel, ParameterAutoencoder, TokenParameterAutoencoder
+    from .models import LatentUNet1DModel, LinearParameterAutoencoder, ParameterAutoencoder, TokenParameterAutoencoder
     from .novelty import NoveltyReport, analyze_novelty, novelty_verdict
     from .pipelines import PDiffPipeline, PDiffPipelineOutput
     from .pipelines.pipeline_output import GeneratedModels

@@ -16,23 +16,23 @@ codes (``(N_tokens + num_tensors) * pos_dim`` values). Padding never reaches the
 :meth:`forward` return only the ``D`` real entries, so ``autoencoder_loss`` (plain MSE against the input) ignores it.
 
 The model has the interface of ``ParameterAutoencoder`` (normalization buffers, ``encode`` / ``decode`` / ``forward``,
-``params_to_latents`` / ``latents_to_params`` / ``set_latent_scaling``, ``latent_shape``, ``param_layout``), so the
-pipeline, ``fit_pdiff`` and the training scripts treat both alike.
+``params_to_latents`` / ``latents_to_params`` / ``set_latent_scaling``, ``latent_shape``, ``param_layout``: what
+:class:`~pdiff_hf.models.autoencoder_base.ParameterAutoencoderMixin` holds), so the pipeline, ``fit_pdiff`` and the
+training scripts treat both alike.
 """
 
 import itertools
 from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from ..errors import DimensionMismatchError
 from ..layout import ParamLayout
+from .autoencoder_base import ParameterAutoencoderMixin
 from .normalization import NORM_MODES
-from .autoencoder import ParameterAutoencoder, ParameterAutoencoderOutput
 
 # token sizes build_autoencoder picks (see default_token_size)
 SMALL_TOKEN_SIZE, LARGE_TOKEN_SIZE, LARGE_TOKEN_MIN_DIM = 256, 1024, 50_000
@@ -54,7 +54,7 @@ def default_token_size(in_dim: int) -> int:
     return LARGE_TOKEN_SIZE if in_dim < HUGE_TOKEN_MIN_DIM else HUGE_TOKEN_SIZE
 
 
-class TokenParameterAutoencoder(ModelMixin, ConfigMixin):
+class TokenParameterAutoencoder(ParameterAutoencoderMixin, ModelMixin, ConfigMixin):
     r"""Per-tensor token autoencoder over flattened parameter vectors (for ``D`` ≳ 10^4).
 
     Parameters:
@@ -106,9 +106,7 @@ class TokenParameterAutoencoder(ModelMixin, ConfigMixin):
             raise DimensionMismatchError(f"param_layout describes D={layout.dim}, in_dim is {in_dim}")
         sizes = [s.numel for s in layout.specs] if layout is not None else [in_dim]
 
-        self.register_buffer("norm_mean", torch.zeros(in_dim))
-        self.register_buffer("norm_std", torch.ones(in_dim))
-        self.register_buffer("log_mask", layout.log_space_mask() if layout is not None else torch.zeros(in_dim, dtype=torch.bool))
+        self._register_normalization(in_dim, layout)
         # the cutting is a function of the config: recomputed on load, not saved
         counts = [-(-n // token_size) for n in sizes]
         if sum(counts) > MAX_TOKENS:
@@ -153,27 +151,10 @@ class TokenParameterAutoencoder(ModelMixin, ConfigMixin):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    # ----------------------------------------------------------------------------------------------- layout / norm
-    @property
-    def param_layout(self) -> Optional[ParamLayout]:
-        return ParamLayout.from_list(self.config.param_layout) if self.config.param_layout else None
-
     @property
     def latent_shape(self) -> Tuple[int, int]:
         """``(latent_channels, N_tokens)`` of one latent."""
         return (self.config.latent_channels, self.num_tokens)
-
-    # The normalization and the raw-parameter helpers are ParameterAutoencoder's own (they use only the buffers
-    # norm_mean / norm_std / log_mask, the config and encode / decode), shared rather than copied.
-    _check_dim = ParameterAutoencoder._check_dim
-    fit_normalization = ParameterAutoencoder.fit_normalization
-    normalize = ParameterAutoencoder.normalize
-    denormalize = ParameterAutoencoder.denormalize
-    params_to_latents = ParameterAutoencoder.params_to_latents
-    latents_to_params = ParameterAutoencoder.latents_to_params
-    set_latent_scaling = ParameterAutoencoder.set_latent_scaling
-    decode_chunk_entries = ParameterAutoencoder.decode_chunk_entries
-    _row_chunks = ParameterAutoencoder._row_chunks
 
     # ----------------------------------------------------------------------------------------------- tokens
     def to_tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -205,25 +186,8 @@ class TokenParameterAutoencoder(ModelMixin, ConfigMixin):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents ``(batch, latent_channels, N_tokens)`` to normalized parameters ``(batch, D)``."""
-        if latents.dim() != 3 or tuple(latents.shape[1:]) != self.latent_shape:
-            raise DimensionMismatchError(
-                f"expected latents of shape (batch, {self.latent_shape[0]}, {self.latent_shape[1]}), "
-                f"found {tuple(latents.shape)}"
-            )
+        self._check_latents(latents)
         z = latents.transpose(1, 2)  # (B, N, C)
         h = self.act(self.dec_in(z) + self.dec_code(self._codes()).to(z.dtype))  # (B, N, H)
         h = h + self.act(self.dec_mix(h.transpose(1, 2))).transpose(1, 2)  # (B, N, H)
         return self.from_tokens(self.dec_out(h))  # (B, N, T) -> (B, D)
-
-    def forward(self, x: torch.Tensor, return_dict: bool = True):
-        """Reconstruct normalized parameters ``(batch, D)`` (real entries only: padding never reaches a loss); adds
-        p-diff's input and latent noise in training mode."""
-        if self.training and self.config.input_noise > 0:
-            x = x + self.config.input_noise * torch.randn_like(x)
-        latents = self.encode(x)
-        if self.training and self.config.latent_noise > 0:
-            latents = latents + self.config.latent_noise * torch.randn_like(latents)
-        sample = self.decode(latents)
-        if not return_dict:
-            return (sample, latents)
-        return ParameterAutoencoderOutput(sample=sample, latents=latents)

@@ -129,7 +129,8 @@ def test_layout_of_another_dim_is_rejected():
 def test_choice_by_dimension():
     assert choose_autoencoder_type(49_999) == "conv" and choose_autoencoder_type(50_000) == "token"
     assert choose_autoencoder_type(10, "token") == "token" and choose_autoencoder_type(10**6, "conv") == "conv"
-    with pytest.raises(ValueError, match=r"autoencoder_type in \('auto', 'conv', 'token'\), found 'tokens'"):
+    assert choose_autoencoder_type(10, "linear") == "linear"
+    with pytest.raises(ValueError, match=r"autoencoder_type in \('auto', 'conv', 'token', 'linear'\), found 'tokens'"):
         choose_autoencoder_type(10, "tokens")
     assert default_token_size(49_999) == 256 and default_token_size(50_000) == 1024
     assert default_token_size(499_999) == 1024 and default_token_size(500_000) == 4096
