@@ -280,7 +280,9 @@ def load_checkpoint_dataset_from_hub(
         cache_dir=cache_dir,
     )
     try:
-        document = json.loads(Path(layout_file).read_text(encoding="utf-8"))
+        from .validate import read_json_limited
+
+        document = read_json_limited(Path(layout_file), label, f"{LAYOUT_DIR}/{config_name}.json")
         layout = ParamLayout.from_list(document["param_layout"])
     except (ValueError, KeyError, TypeError) as err:
         raise HubError(f"{label}: {LAYOUT_DIR}/{config_name}.json is not a parameter layout ({err})") from None
@@ -333,6 +335,12 @@ def load_checkpoint_dataset(
     if os.path.isfile(path):
         raise CheckpointDatasetError(f"expected a save_to_disk folder or a Hub repo id, found the file {path!r}")
     if os.path.isdir(path):
+        from .validate import check_dataset_folder
+
+        try:  # JSON limits; data file names and links inside the folder (state.json may name ../../x.arrow)
+            check_dataset_folder(Path(path), f"dataset folder {path!r}")
+        except HubError as err:
+            raise CheckpointDatasetError(str(err)) from None
         try:
             ds = datasets.load_from_disk(path)
         except (FileNotFoundError, ValueError, KeyError, json.JSONDecodeError) as err:

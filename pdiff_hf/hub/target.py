@@ -67,6 +67,10 @@ def _check_files(sub: Path, label: str) -> None:
                 f"{label}: expected {TARGET}/{path.name} to be a complete safetensors file, found one that is not "
                 f"({err})"
             ) from None
+    if (sub / "config.json").is_file():  # sizes in the config within what the weights hold, before building
+        from .validate import check_target_config
+
+        check_target_config(sub.parent, label)
 
 
 def trusted_target_class(library: str, class_name: str, label: str) -> type:

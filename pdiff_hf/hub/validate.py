@@ -400,20 +400,20 @@ def check_scheduler_config(folder: Path, label: str) -> None:
                                    f"found {number}")  # fmt: skip
 
 
-def check_target_files(folder: Path, label: str, base: str) -> Dict[str, Tuple[int, ...]]:
-    """The target's ``config.json`` within JSON limits and its integers (sizes, counts) no larger than the values
-    its safetensors weights ``<base>.safetensors`` hold; returns the weights' header shapes."""
+def check_target_config(folder: Path, label: str) -> None:
+    """The target's ``target/config.json`` within JSON limits and its integers (sizes, counts; token ids excepted)
+    no larger than the number of values its safetensors weights hold (all ``target/*.safetensors``, headers only),
+    before the target class builds anything from it."""
     folder = Path(folder)
     roots = allowed_roots(folder)
     rel = "target/config.json"
     config = read_json_limited(resolve_inside(folder, rel, label, roots), label, rel)
     if not isinstance(config, dict):
         raise HubError(f"{label}: expected {rel} to hold a JSON object, found a {type(config).__name__}")
-    shapes = safetensors_header(weight_files(folder / "target", label, base=base, roots=roots), label)
-    # token ids of a transformers config are indices, not sizes; everything else that is an int is bounded
-    skip = [k for k in config if k.endswith("_token_id") or k.endswith("_token_ids")]
-    check_config_budget(config, value_count(shapes), rel, label, skip=skip)
-    return shapes
+    paths = [resolve_inside(folder, f"target/{p.name}", label, roots) for p in sorted((folder / "target").glob("*.safetensors"))]
+    # token ids of a transformers config are indices into a vocabulary, not sizes
+    skip = [k for k in config if k.endswith(("_token_id", "_token_ids"))]
+    check_config_budget(config, value_count(safetensors_header(paths, label)), rel, label, skip=skip)
 
 
 def check_no_meta_tensors(model, label: str, name: str) -> None:

@@ -210,3 +210,74 @@ def test_json_size_limit(folder):
     with pytest.raises(HubError, match=r"config.json to have at most 100 bytes, found \d+"):
         validate.read_json_limited(path, "folder", max_bytes=100)
     assert validate.json_depth('{"a": "[[[[", "b": [[1]]}') == 3  # brackets in strings do not count
+
+
+# ------------------------------------------------------------------------------------ checkpoint dataset folders
+@pytest.fixture
+def dataset_folder(tmp_path):
+    from pdiff_hf.checkpoints.dataset import make_checkpoint_dataset
+
+    layout = ParamLayout.from_module(torch.nn.Linear(3, 2))
+    ds = make_checkpoint_dataset(torch.randn(4, layout.dim), layout)
+    path = tmp_path / "ds"
+    ds.save_to_disk(str(path))
+    return path
+
+
+def test_dataset_folder_loads(dataset_folder):
+    from pdiff_hf.hub.datasets import load_checkpoint_dataset
+
+    assert len(load_checkpoint_dataset(dataset_folder)) == 4
+
+
+@pytest.mark.parametrize("name", ["../../x.arrow", "/etc/passwd", "sub/../../x.arrow"])
+def test_dataset_state_naming_a_file_outside(dataset_folder, tmp_path, name):
+    from pdiff_hf.errors import CheckpointDatasetError
+    from pdiff_hf.hub.datasets import load_checkpoint_dataset
+
+    arrow = next(dataset_folder.glob("*.arrow"))
+    shutil.copyfile(arrow, tmp_path / "x.arrow")  # a real Arrow file outside the dataset folder
+    state = json.loads((dataset_folder / "state.json").read_text())
+    state["_data_files"] = [{"filename": name}]
+    (dataset_folder / "state.json").write_text(json.dumps(state))
+    with pytest.raises(CheckpointDatasetError, match=r"expected a data file name inside the dataset folder"):
+        load_checkpoint_dataset(dataset_folder)
+
+
+def test_dataset_arrow_link_outside(dataset_folder, tmp_path):
+    from pdiff_hf.errors import CheckpointDatasetError
+    from pdiff_hf.hub.datasets import load_checkpoint_dataset
+
+    arrow = next(dataset_folder.glob("*.arrow"))
+    shutil.move(arrow, tmp_path / "outside.arrow")
+    os.symlink(tmp_path / "outside.arrow", arrow)
+    with pytest.raises(CheckpointDatasetError, match=r"to be a file inside the folder, found a link to .*outside it"):
+        load_checkpoint_dataset(dataset_folder)
+
+
+def test_dataset_state_nested_too_deep(dataset_folder):
+    from pdiff_hf.errors import CheckpointDatasetError
+    from pdiff_hf.hub.datasets import load_checkpoint_dataset
+
+    (dataset_folder / "state.json").write_text("{\"a\": " + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(CheckpointDatasetError, match="state.json to nest at most 32 levels deep, found 100001"):
+        load_checkpoint_dataset(dataset_folder)
+
+
+# ------------------------------------------------------------------------------------ the target network
+def test_target_config_beyond_its_weights(folder, monkeypatch):
+    from pdiff_hf.tasks import MNIST1DCNN
+
+    MNIST1DCNN().save_pretrained(folder / "target")
+    edit_json(folder / "model_index.json", target=["pdiff_hf", "MNIST1DCNN"])
+    assert type(load(folder)["target"]).__name__ == "MNIST1DCNN"
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the target was built before its config was checked")
+
+    monkeypatch.setattr(MNIST1DCNN, "from_pretrained", classmethod(refuse))
+    config = json.loads((folder / "target" / "config.json").read_text())
+    key = next(k for k, v in config.items() if not k.startswith("_") and isinstance(v, int) and not isinstance(v, bool))
+    edit_json(folder / "target" / "config.json", **{key: 10**10})
+    with pytest.raises(HubError, match=rf"expected {key} in target/config.json to be in \[0, \d+\].*found 10000000000"):
+        load(folder)
