@@ -128,3 +128,11 @@ class EvaluateError(CLIError):
 
 class PushError(CLIError):
     """``pdiff-hf push`` was given a folder it cannot upload."""
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def first_line(err: BaseException, default: str = "") -> str:
+    """The first line of ``str(err)`` without surrounding blanks, for quoting a library's error inside one of ours;
+    ``default`` when the message is empty (e.g. ``type(err).__name__``)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else default

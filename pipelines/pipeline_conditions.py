@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
+from pdiff_hf.checkpoints.condition_ids import check_conditions
 from pdiff_hf.errors import ConditionError
 
 Condition = Union[int, str, Sequence[Union[int, str]], torch.Tensor]
@@ -28,8 +29,9 @@ def is_single_condition(condition: Condition) -> bool:
 
 
 def condition_ids(condition: Condition, num_conditions: int, names: Optional[List[str]] = None) -> List[int]:
-    """Condition ids for ids or names (as ``DiTPipeline.get_label_ids`` maps labels to ids), each checked to lie in
-    ``[0, num_conditions)``. :class:`ConditionError` names the valid ids or names otherwise."""
+    """Condition ids for ids or names (as ``DiTPipeline.get_label_ids`` maps labels to ids), checked to lie in
+    ``[0, num_conditions)`` by :func:`pdiff_hf.checkpoints.condition_ids.check_conditions`. :class:`ConditionError`
+    names the valid ids or names otherwise."""
     if not num_conditions:
         raise ConditionError(f"expected no condition for an unconditional pipeline (num_conditions=0), found {condition!r}")
     if isinstance(condition, torch.Tensor):
@@ -46,15 +48,13 @@ def condition_ids(condition: Condition, num_conditions: int, names: Optional[Lis
             if not names or item not in names:
                 raise ConditionError(f"expected a condition name in {list(names or [])}, found {item!r}")
             ids.append(names.index(item))
-        elif _is_int(item) and 0 <= item < num_conditions:
+        elif _is_int(item):
             ids.append(int(item))
         else:
-            raise ConditionError(
-                f"expected condition ids in [0, {num_conditions - 1}] (num_conditions={num_conditions}), found {item!r}"
-            )
+            raise ConditionError(f"expected condition ids (integers) or names, found {item!r}")
     if not ids:
         raise ConditionError("expected at least one condition, found an empty list")
-    return ids
+    return check_conditions(ids, num_conditions).tolist()  # ids in [0, num_conditions)
 
 
 def check_conditioning(

@@ -1,36 +1,18 @@
 """Conditional checkpoint collections: p-diff's collection recipe run once per task of one network, giving one
-checkpoint dataset with a ``condition`` column (the task id) and the tasks' ``condition_names``, and the one check of
-condition ids that every caller uses."""
+checkpoint dataset with a ``condition`` column (the task id) and the tasks' ``condition_names``; the one check of
+condition ids that every caller uses (:func:`check_conditions`, from :mod:`.condition_ids`)."""
 
 from typing import Callable, Optional, Sequence
 
 import datasets
-import torch
 from torch import nn
 
 from ..errors import ConditionError
 from ..evaluation.data import ClassificationSplits
 from ..layout import ParamLayout
 from .collect import collect_checkpoints
+from .condition_ids import check_conditions  # noqa: F401 - the one check of condition ids, re-exported
 from .dataset import CONDITION_COLUMN, set_condition_names, set_layout
-
-
-def check_conditions(conditions, num_conditions: int, num_rows: Optional[int] = None) -> torch.Tensor:
-    """``conditions`` as an int64 tensor ``(N,)`` of ids in ``[0, num_conditions)``; :class:`ConditionError`
-    otherwise (or when it does not have ``num_rows`` entries)."""
-    ids = torch.as_tensor(conditions)
-    if ids.is_floating_point() or ids.is_complex() or ids.dim() != 1:
-        raise ConditionError(f"expected a 1-d tensor of integer condition ids, found {ids.dtype} of shape {tuple(ids.shape)}")
-    ids = ids.long()
-    if num_rows is not None and ids.numel() != num_rows:
-        raise ConditionError(f"expected one condition id per row ({num_rows}), found {ids.numel()}")
-    bad = (ids < 0) | (ids >= num_conditions)
-    if bool(bad.any()):
-        raise ConditionError(
-            f"expected condition ids in [0, {num_conditions}), found {sorted(set(ids[bad].tolist()))[:5]}"
-        )
-    return ids
-
 
 
 def collect_conditional_checkpoints(

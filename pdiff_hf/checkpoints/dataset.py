@@ -25,8 +25,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..errors import CheckpointDatasetError, ConditionError, DimensionMismatchError
+from ..errors import CheckpointDatasetError, ConditionError, DimensionMismatchError, first_line
 from ..layout import ParamLayout, check_finite
+from .condition_ids import check_conditions
 
 PARAMS_COLUMN = "params"
 CONDITION_COLUMN = "condition"
@@ -141,13 +142,7 @@ def checkpoint_conditions(
     if num_conditions is None:
         names = get_condition_names(dataset)
         num_conditions = len(names) if names is not None else int(ids.max()) + 1 if ids.numel() else 0
-    bad = (ids < 0) | (ids >= num_conditions)
-    if bool(bad.any()):
-        raise ConditionError(
-            f"expected condition ids in [0, {num_conditions}) in column {column!r}, found "
-            f"{sorted(set(ids[bad].tolist()))[:5]}"
-        )
-    return ids
+    return check_conditions(ids, num_conditions, where=f" in column {column!r}")
 
 
 def checkpoint_params(dataset: datasets.Dataset, check: bool = True) -> torch.Tensor:
@@ -166,7 +161,7 @@ def checkpoint_params(dataset: datasets.Dataset, check: bool = True) -> torch.Te
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, TypeError, ValueError) as err:
         raise CheckpointDatasetError(
             f"expected the {PARAMS_COLUMN!r} column to hold lists of floats of one length, found type {column.type} "
-            f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})"
+            f"({first_line(err, type(err).__name__)})"
         ) from err
     params = torch.from_numpy(values.reshape(len(dataset), -1).copy())
     if check:

@@ -9,7 +9,8 @@ would hold three to four such copies. Here:
 * :class:`CheckpointRows` reads rows ``(B, D)`` or column blocks ``(N, b - a)`` of the checkpoints, from a tensor or
   zero-copy from the dataset's Arrow buffers (a dataset from ``datasets.load_from_disk`` is memory-mapped, so only
   the pages read are loaded, and the OS may drop them again);
-* :func:`fit_normalization` computes the autoencoder's statistics block by block of columns;
+* :func:`fit_normalization` computes the autoencoder's statistics block by block of columns (the one
+  implementation of the block statistics);
 * :class:`NormalizedRows` is the autoencoder's training data: a map-style dataset whose batches are normalized when
   read (``DataLoader`` fetches a batch with one ``__getitems__`` call). Normalization is elementwise, so a batch
   equals the same rows of ``autoencoder.normalize(all_params)`` exactly;
@@ -175,23 +176,39 @@ def _memory_mapped(table) -> bool:
 
 
 @torch.no_grad()
-def fit_normalization(autoencoder, rows: CheckpointRows) -> None:
-    """``autoencoder.fit_normalization`` over the checkpoints of ``rows``, one block of columns (one tensor in
-    ``per_tensor`` mode) at a time; raises :class:`~pdiff_hf.errors.NonFiniteParametersError` for NaN/Inf."""
+def fit_normalization(autoencoder, rows, check: bool = True, max_entries: int = BLOCK_ENTRIES) -> None:
+    """Standardization statistics of the training checkpoints into ``autoencoder.norm_mean`` / ``norm_std`` ``(D,)``,
+    the one implementation (``fit_pdiff``, the training scripts and the autoencoders' ``fit_normalization``).
+
+    ``rows``: a float tensor ``(N, D)`` or :class:`CheckpointRows`. Read a block of columns at a time: the whole
+    matrix when ``N * D <= max_entries``, else blocks of about ``max_entries`` values (one tensor of the layout per
+    block in ``per_tensor`` mode), so the float64 working copy is one block, not the whole matrix (1.6 GB for
+    200 x 10^6). With ``check`` each block is checked for NaN/Inf
+    (:class:`~pdiff_hf.errors.NonFiniteParametersError` naming its columns); ``fit_pdiff`` passes ``check=False``
+    for a tensor it has already checked where it entered."""
     from ..models.normalization import compute_stats
 
-    if rows.shape[1] != autoencoder.config.in_dim:
+    if isinstance(rows, torch.Tensor):
+        rows = CheckpointRows(rows)
+    n, dim = rows.shape
+    if dim != autoencoder.config.in_dim:
         raise DimensionMismatchError(
             f"expected training checkpoints of shape (N, {autoencoder.config.in_dim}), found {rows.shape}"
         )
     layout = autoencoder.param_layout
-    per_tensor = autoencoder.config.norm_mode == "per_tensor"
-    offsets = (layout.offsets() if layout else [(0, rows.shape[1])]) if per_tensor else None
+    offsets = layout.offsets() if layout else [(0, dim)]
+    mode = autoencoder.config.norm_mode
+    if n * dim <= max_entries:
+        blocks = [(0, dim)]
+    else:
+        blocks = rows.column_blocks(offsets if mode == "per_tensor" else None, max_entries)
     log_mask = autoencoder.log_mask.cpu()
-    for a, b in rows.column_blocks(offsets):
+    for a, b in blocks:
         block = rows.columns(a, b)
-        check_finite(block, f"training checkpoints (columns {a}:{b})")
-        mean, std = compute_stats(block, log_mask[a:b], mode=autoencoder.config.norm_mode, offsets=[(0, b - a)])
+        if check:
+            check_finite(block, f"training checkpoints (columns {a}:{b})")
+        inside = [(max(s, a) - a, min(e, b) - a) for s, e in offsets if s < b and e > a]  # the tensors in the block
+        mean, std = compute_stats(block, log_mask[a:b], mode=mode, offsets=inside)
         autoencoder.norm_mean[a:b] = mean.to(autoencoder.norm_mean.device)
         autoencoder.norm_std[a:b] = std.to(autoencoder.norm_std.device)
 

@@ -165,7 +165,7 @@ def _run(config: ConditionalDemoConfig, out: Path, log: Callable[[str], None]) -
         num_checkpoints=config.checkpoints_per_task, learning_rate=config.collect_learning_rate,
         train_epochs=config.head_epochs, train_learning_rate=1e-2, progress=True,
     )  # fmt: skip
-    params, conditions = checkpoint_params(dataset), checkpoint_conditions(dataset)
+    params, conditions = checkpoint_params(dataset, check=False), checkpoint_conditions(dataset)  # checked when collected
     with atomic_directory(out / "checkpoints") as tmp:
         dataset.save_to_disk(str(tmp))
     with atomic_directory(out / "backbone") as tmp:
@@ -174,7 +174,7 @@ def _run(config: ConditionalDemoConfig, out: Path, log: Callable[[str], None]) -
     log(f"collected {len(dataset)} checkpoints ({config.checkpoints_per_task} per task) of {layout.describe()}")
 
     pdiff_config = config.pdiff_config()
-    pipe = fit_pdiff(params, layout, pdiff_config, progress=True, target=head, conditions=conditions, condition_names=names)
+    pipe = fit_pdiff(dataset, layout, pdiff_config, progress=True, target=head, conditions=conditions, condition_names=names)
     with atomic_directory(out / "pipeline") as tmp:
         pipe.save_pretrained(tmp)
     t = timed("train", t)

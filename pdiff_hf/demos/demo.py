@@ -227,13 +227,13 @@ def _run_demo(config: DemoConfig, out: Path, log: Callable[[str], None]) -> Dict
             progress=True, **common,
         )  # fmt: skip
     dataset, heldout = split_heldout(collected, per_run, config.num_checkpoints)
-    train_params = checkpoint_params(dataset)
+    train_params = checkpoint_params(dataset, check=False)  # every row was checked when it was collected
     model.save_pretrained(out / "target")
     done("collect")
     log(f"collected {len(dataset)} checkpoints of {layout.describe()}" + (f" in {runs} branches" if config.branches else ""))
 
     stage("train")
-    pipe = fit_pdiff(train_params, layout, config.pdiff_config(layout.dim), progress=True)
+    pipe = fit_pdiff(dataset, layout, config.pdiff_config(layout.dim), progress=True)
     with atomic_directory(out / "pipeline") as tmp:
         pipe.save_pretrained(tmp)
     done("train")
@@ -254,7 +254,7 @@ def _run_demo(config: DemoConfig, out: Path, log: Callable[[str], None]) -> Dict
     sections = {}
     if heldout is not None:
         results["reconstruction"] = reconstruction_report(
-            model, layout, pipe.autoencoder, train_params, checkpoint_params(heldout), data
+            model, layout, pipe.autoencoder, train_params, checkpoint_params(heldout, check=False), data
         )
         sections["Reconstruction of held-out checkpoints"] = reconstruction_lines(results["reconstruction"])
     if config.recalibration_batches:

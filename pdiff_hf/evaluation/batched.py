@@ -17,7 +17,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.utils import _pytree as pytree
 
-from ..errors import DimensionMismatchError, PDiffError
+from ..errors import DimensionMismatchError, PDiffError, first_line
 from ..layout import ParamLayout, check_finite
 from .data import Batch, iter_batches
 from .scoring import ScoreFn, get_logits, score_examples
@@ -80,7 +80,7 @@ def _forward_chunks(
                                 logger.warning(
                                     "%s cannot be evaluated under torch.func.vmap (%s: %s); evaluating one model at "
                                     "a time instead (same results, slower)", name, type(err).__name__,
-                                    str(err).splitlines()[0] if str(err) else "",
+                                    first_line(err),
                                 )  # fmt: skip
                     outs = [
                         run({k: v[i] for k, v in chunk.items()}, batch.args, batch.kwargs) for i in range(last - first)

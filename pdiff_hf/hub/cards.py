@@ -14,7 +14,6 @@ and known tokens (the given one, ``HF_TOKEN``, the saved login) are replaced by 
 import dataclasses
 import json
 import os
-import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -25,7 +24,7 @@ from torch import nn
 
 from .. import __version__
 from ..checkpoints.dataset import PARAMS_COLUMN
-from ..errors import PDiffError
+from ..errors import HubError, PDiffError
 from ..layout import ParamLayout
 from .card_format import SUMMARY_KEYS, format_cell, format_summary_value
 from .condition_cards import (
@@ -33,7 +32,7 @@ from .condition_cards import (
     conditions_sentence,
     is_conditional_results,
 )
-from .repo import LAYOUT_DIR, endpoint_url
+from .repo import LAYOUT_DIR, check_repo_id, endpoint_url
 from .secrets import redact, sanitize_training_args
 
 CARD_LIBRARY_NAME = "diffusers"  # `library_name` in the card metadata: the Hub shows diffusers loading snippets
@@ -54,7 +53,6 @@ _TRANSFORMERS_SUMMARY = (
     "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_sizes", "depths",
     "image_size", "patch_size", "num_channels", "vocab_size", "max_position_embeddings",
 )
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 _MAX_BASELINE_ROWS = 4  # the card's results table shows at most this many baselines; results.json has them all
 # Column names of a checkpoint dataset and what they say about how its rows were collected.
 _RECIPE_COLUMNS = (
@@ -128,9 +126,12 @@ def target_hub_id(target: Any) -> str | None:
     is not a local folder), else ``None``."""
     config = getattr(target, "config", None)
     name = getattr(config, "_name_or_path", None) if _is_transformers_config(config) else None
-    if not isinstance(name, str) or not _HUB_ID.match(name) or os.path.exists(name):
+    if not isinstance(name, str) or os.path.exists(name):
         return None
-    return name
+    try:
+        return check_repo_id(name)  # huggingface_hub's validate_repo_id, with the owner
+    except HubError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------------- results

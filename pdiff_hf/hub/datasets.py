@@ -43,6 +43,7 @@ from ..errors import (
     ConditionError,
     DimensionMismatchError,
     HubError,
+    first_line,
 )
 from ..layout import ParamLayout
 from .cards import DEFAULT_LICENSE, build_dataset_card, describe_architecture
@@ -344,7 +345,7 @@ def load_checkpoint_dataset(
         try:
             ds = datasets.load_from_disk(path)
         except (FileNotFoundError, ValueError, KeyError, json.JSONDecodeError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            first = first_line(err)
             raise CheckpointDatasetError(
                 f"expected {path!r} to be a dataset folder written by save_to_disk, found none "
                 f"({type(err).__name__}: {first})"

@@ -14,7 +14,7 @@ from huggingface_hub.utils import validate_repo_id
 from torch import nn
 
 from .. import __version__
-from ..errors import HubError, LayoutMismatchError
+from ..errors import HubError, LayoutMismatchError, first_line
 from ..layout import ParamLayout
 
 LIBRARY_NAME = "pdiff-hf"
@@ -30,7 +30,7 @@ def check_repo_id(repo_id: Any, what: str = "a Hub repo id") -> str:
     try:
         validate_repo_id(text)
     except HFValidationError as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err, type(err).__name__)
         raise HubError(f"expected {what} 'owner/name', found {text!r} ({reason})") from None
     if "/" not in text:
         raise HubError(f"expected {what} 'owner/name' with the owner, found {text!r}")

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from ..errors import HubError
+from ..errors import HubError, first_line
 
 TARGET = "target"
 
@@ -113,6 +113,6 @@ def load_target(folder: Path, entry: Sequence, label: str) -> nn.Module:
         else:
             model = cls.from_pretrained(str(folder), subfolder=TARGET, use_safetensors=True)
     except (OSError, ValueError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        first = first_line(err)
         raise HubError(f"{label}: could not load the target component ({type(err).__name__}: {first})") from None
     return model.eval()

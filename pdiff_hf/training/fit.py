@@ -13,8 +13,8 @@ from typing import List, Optional
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoints.rows import CheckpointRows, NormalizedRows
-from ..checkpoints.rows import fit_normalization as streaming_fit_normalization
+from ..checkpoints.condition_ids import check_conditions
+from ..checkpoints.rows import CheckpointRows, NormalizedRows, fit_normalization
 from ..errors import (
     CheckpointDatasetError,
     ConditionError,
@@ -103,12 +103,16 @@ def _train(
     return losses
 
 
-def train_autoencoder(autoencoder, params: torch.Tensor, config: Optional[PDiffConfig] = None, progress: bool = True) -> List[float]:
+def train_autoencoder(
+    autoencoder, params: torch.Tensor, config: Optional[PDiffConfig] = None, progress: bool = True, *, check: bool = True
+) -> List[float]:
     """Fit normalization statistics and train ``autoencoder`` on raw checkpoints ``(N, D)`` with
     ``config.ae_*`` settings (an EMA of its weights with ``ae_use_ema``); sets the latent scaling factor at the end.
     ``params`` may also be :class:`~pdiff_hf.checkpoints.rows.CheckpointRows` (a checkpoint dataset read a block at a time).
     Batches are normalized when read, so no normalized copy of all checkpoints is made. Returns the loss of every
-    step.
+    step. The statistics come from :func:`pdiff_hf.checkpoints.rows.fit_normalization`, which checks each block of
+    columns for NaN/Inf; ``check=False`` skips that scan for checkpoints already checked (``fit_pdiff`` checks a
+    tensor where it enters).
 
     A :class:`~pdiff_hf.models.LinearParameterAutoencoder` is fitted instead of trained: normalization statistics,
     then its principal directions (``fit_basis``, exact, a block of columns at a time), then the latent scaling; no
@@ -123,17 +127,14 @@ def train_autoencoder(autoencoder, params: torch.Tensor, config: Optional[PDiffC
     linear = isinstance(autoencoder, LinearParameterAutoencoder)
     if linear:  # a latent larger than the checkpoints span is refused before any work
         autoencoder.check_num_checkpoints(params.shape[0])
-    if isinstance(params, CheckpointRows):  # a checkpoint dataset: statistics block by block, finiteness per block
-        streaming_fit_normalization(autoencoder, params)
-    else:
-        check_finite(params, "training checkpoints")
-        autoencoder.fit_normalization(params)
+    rows = params if isinstance(params, CheckpointRows) else CheckpointRows(params)
+    fit_normalization(autoencoder, rows, check=check)  # block by block of columns, NaN/Inf checked per block
     if linear:
         autoencoder.fit_basis(params)
         autoencoder.set_latent_scaling(params)
         return []
     # batches are normalized when read (pdiff_hf.checkpoints.rows): no normalized copy of the whole (N, D) matrix
-    data = NormalizedRows(params if isinstance(params, CheckpointRows) else CheckpointRows(params), autoencoder)
+    data = NormalizedRows(rows, autoencoder)
     ema = _ema(autoencoder, config) if config.ae_use_ema else None
     torch.manual_seed(config.seed)
     losses = _train(
@@ -161,7 +162,7 @@ def train_denoiser(
             f"expected latents of shape (N, {denoiser.config.in_channels}, L), found {tuple(latents.shape)}"
         )
     check_finite(latents, "latents")
-    check_conditions(conditions, latents.shape[0], denoiser.config.num_conditions)
+    conditions = checked_conditions(conditions, denoiser.config.num_conditions, latents.shape[0])
     noise_scheduler = noise_scheduler_for(denoiser)
     ema = _ema(denoiser, config) if config.use_ema else None
     torch.manual_seed(config.seed)
@@ -180,30 +181,20 @@ def train_denoiser(
     return losses
 
 
-def check_conditions(conditions: Optional[torch.Tensor], num_rows: int, num_conditions: int) -> None:
-    """Raise :class:`ConditionError` unless ``conditions`` fits a denoiser with ``num_conditions`` conditions:
-    ``None`` for an unconditional one (``num_conditions == 0``), else an integer tensor ``(num_rows,)`` of ids in
-    ``[0, num_conditions)``."""
+def checked_conditions(conditions, num_conditions: int, num_rows: int) -> Optional[torch.Tensor]:
+    """``None`` for an unconditional denoiser (``num_conditions == 0``), else ``conditions`` as int64 ids ``(num_rows,)``
+    checked by :func:`pdiff_hf.checkpoints.conditional.check_conditions`; :class:`ConditionError` when conditions are
+    missing for a conditional denoiser or given for an unconditional one."""
     if conditions is None:
         if num_conditions:
             raise ConditionError(
                 f"expected conditions (one id per checkpoint) for a denoiser with num_conditions={num_conditions}, "
                 "found none"
             )
-        return
+        return None
     if not num_conditions:
         raise ConditionError("expected no conditions for an unconditional denoiser (num_conditions=0), found some")
-    if not isinstance(conditions, torch.Tensor) or conditions.dtype not in (torch.int32, torch.int64):
-        found = f"a {conditions.dtype} tensor" if isinstance(conditions, torch.Tensor) else type(conditions).__name__
-        raise ConditionError(f"expected conditions as an integer tensor ({num_rows},), found {found}")
-    if tuple(conditions.shape) != (num_rows,):
-        raise ConditionError(f"expected one condition per checkpoint ({num_rows},), found shape {tuple(conditions.shape)}")
-    low, high = int(conditions.min()), int(conditions.max())
-    if low < 0 or high >= num_conditions:
-        raise ConditionError(
-            f"expected condition ids in [0, {num_conditions - 1}] (num_conditions={num_conditions}), found ids in "
-            f"[{low}, {high}]"
-        )
+    return check_conditions(conditions, num_conditions, num_rows)
 
 
 _POSITIVE_INT_FIELDS = (
@@ -305,7 +296,7 @@ def fit_pdiff(
     check_fit_inputs(params, layout, config)
     if conditions is not None and not config.num_conditions and isinstance(conditions, torch.Tensor) and conditions.numel():
         config = dataclasses.replace(config, num_conditions=int(conditions.max()) + 1)
-    check_conditions(conditions, params.shape[0], config.num_conditions)
+    conditions = checked_conditions(conditions, config.num_conditions, params.shape[0])
     if condition_names is not None and len(condition_names) != config.num_conditions:
         raise ConditionError(
             f"expected {config.num_conditions} condition_names (one per condition id), found {len(condition_names)}"
@@ -313,7 +304,8 @@ def fit_pdiff(
     check_target(target, layout)  # a target that lacks a selected tensor fails before training
     torch.manual_seed(config.seed)
     autoencoder = build_autoencoder(layout, config)
-    train_autoencoder(autoencoder, params, config, progress=progress)
+    # a tensor was checked for NaN/Inf by check_fit_inputs; a dataset is checked a block at a time here
+    train_autoencoder(autoencoder, params, config, progress=progress, check=isinstance(params, CheckpointRows))
     with torch.no_grad():
         latents = autoencoder.params_to_latents(params).float()  # chunks of rows for large N * D
     torch.manual_seed(config.seed)

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..errors import TrainingScriptError
+from ..errors import TrainingScriptError, first_line
 
 logger = logging.getLogger(__name__)
 FINGERPRINT_FILE = "pdiff_run.json"
@@ -183,7 +183,7 @@ def load_checkpoint(
         try:
             accelerator.load_state(path)
         except Exception as err:  # safetensors, torch and accelerate each raise their own types for a broken folder
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            first = first_line(err)
             if i + 1 < len(candidates):
                 logger.warning(f"cannot resume from {path} ({type(err).__name__}: {first}); trying {candidates[i + 1]}")
                 continue

@@ -81,7 +81,7 @@ def test_guidance_combines_conditional_and_null_predictions(cond_pipe):
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [(dict(condition=3), r"ids in \[0, 2\]"), (dict(condition=-1), r"ids in \[0, 2\]"),
+    [(dict(condition=3), r"ids in \[0, 3\), found \[3\]"), (dict(condition=-1), r"ids in \[0, 3\), found \[-1\]"),
      (dict(condition="other"), r"name in \['pos', 'neg', 'zero'\]"), (dict(condition=1.5), "found float"),
      (dict(condition=[0, 1]), r"list of num_models \(4\)"), (dict(condition=[]), "at least one"),
      (dict(condition=torch.tensor([0.0, 1.0, 1.0, 1.0])), "integer tensor"),
@@ -109,10 +109,10 @@ def test_fit_pdiff_refuses_bad_conditions():
     params, conditions = _data(12)
     layout = ParamLayout.from_list([{"name": "w", "shape": [16]}])
     cases = [
-        (dict(conditions=conditions[:5]), r"one condition per checkpoint \(12,\)"),
+        (dict(conditions=conditions[:5]), r"one condition id per row \(12\), found 5"),
         (dict(conditions=conditions.float()), "integer tensor"),
-        (dict(conditions=conditions - 1), r"ids in \[0, 1\]"),
-        (dict(conditions=conditions, config=_config(num_conditions=2)), r"ids in \[0, 1\].*found ids in \[0, 2\]"),
+        (dict(conditions=conditions - 1), r"ids in \[0, 2\), found \[-1\]"),
+        (dict(conditions=conditions, config=_config(num_conditions=2)), r"ids in \[0, 2\), found \[2\]"),
         (dict(config=_config(num_conditions=2)), "expected conditions"),
         (dict(conditions=conditions, condition_names=["a"]), "expected 3 condition_names"),
     ]
