@@ -25,7 +25,7 @@ silent partial alignment. Units that reach the model's output are never permuted
 
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -57,6 +57,9 @@ class PermutationSpec:
             state dict is listed (tensors that are not permuted with all ``None``), so a state dict with other
             tensors is recognized as another architecture.
         shapes: ``{tensor name: shape}``, the same names as ``axes``.
+        buffers: names of the tensors that are buffers, not parameters (BatchNorm running statistics): they are
+            permuted like the rest, and weight matching leaves them out of its cost unless asked
+            (``weight_matching(..., match_buffers=True)``).
 
     Raises:
         AlignmentError: at construction, when a tensor's axes and shape differ in length, an axis names an unknown
@@ -66,12 +69,16 @@ class PermutationSpec:
     group_sizes: Dict[str, int]
     axes: Dict[str, Tuple[Optional[Axis], ...]]
     shapes: Dict[str, Tuple[int, ...]]
+    buffers: FrozenSet[str] = frozenset()
     _group_axes: Dict[str, Tuple[Tuple[str, int], ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         axes = {name: tuple(_as_axis(a) for a in ax) for name, ax in self.axes.items()}
         shapes = {name: tuple(int(s) for s in shape) for name, shape in self.shapes.items()}
         sizes = {g: int(n) for g, n in self.group_sizes.items()}
+        unknown_buffers = sorted(set(self.buffers) - set(shapes))
+        if unknown_buffers:
+            raise AlignmentError(f"expected buffers among the spec's tensors, found {unknown_buffers[:5]}")
         if set(axes) != set(shapes):
             raise AlignmentError(
                 f"expected the same tensor names in axes and shapes, found {sorted(set(axes) ^ set(shapes))} in only "
@@ -105,10 +112,16 @@ class PermutationSpec:
         object.__setattr__(self, "axes", axes)
         object.__setattr__(self, "shapes", shapes)
         object.__setattr__(self, "group_sizes", sizes)
+        object.__setattr__(self, "buffers", frozenset(self.buffers))
         object.__setattr__(self, "_group_axes", {g: tuple(lst) for g, lst in group_axes.items()})
 
     @classmethod
-    def from_axes(cls, shapes: Mapping[str, Sequence[int]], axes: Mapping[str, Sequence[AxisLike]]) -> "PermutationSpec":
+    def from_axes(
+        cls,
+        shapes: Mapping[str, Sequence[int]],
+        axes: Mapping[str, Sequence[AxisLike]],
+        buffers: Iterable[str] = (),
+    ) -> "PermutationSpec":
         """Build a spec whose group sizes are read from the tensors (each group's first axis); tensors of
         ``shapes`` missing from ``axes`` are not permuted. Tied axes of other sizes are an :class:`AlignmentError`
         (raised by the constructor)."""
@@ -122,7 +135,7 @@ class PermutationSpec:
                 a = _as_axis(a)
                 if a is not None and a.group not in sizes and d < len(shapes[name]):
                     sizes[a.group] = shapes[name][d] // max(a.inner, 1)
-        return cls(group_sizes=sizes, axes=full, shapes={k: tuple(v) for k, v in shapes.items()})
+        return cls(group_sizes=sizes, axes=full, shapes={k: tuple(v) for k, v in shapes.items()}, buffers=frozenset(buffers))
 
     @property
     def groups(self) -> List[str]:
@@ -302,7 +315,9 @@ class _Derivation:
                 self.state[node] = self.call_op(node)
         used = {a.group for ax in self.axes.values() for a in ax if a is not None}
         sizes = {g: n for g, n in self.sizes.items() if g in used}
-        return PermutationSpec(group_sizes=sizes, axes={k: tuple(v) for k, v in self.axes.items()}, shapes=self.shapes)
+        buffers = frozenset(name for name, _ in self.model.named_buffers())
+        axes = {k: tuple(v) for k, v in self.axes.items()}
+        return PermutationSpec(group_sizes=sizes, axes=axes, shapes=self.shapes, buffers=buffers)
 
     def input_state(self, node: torch.fx.Node) -> Optional[_Feat]:
         """The permutation state of the node's tensor inputs; an error if more than one is a tensor and any is
@@ -498,7 +513,7 @@ def resnet_spec(model: nn.Module) -> PermutationSpec:
     unknown = sorted(set(shapes) - known)
     if unknown:
         raise AlignmentError(f"expected only the tensors of transformers' ResNet, found unknown tensors {unknown[:5]}")
-    return PermutationSpec.from_axes(shapes, axes)
+    return PermutationSpec.from_axes(shapes, axes, buffers=[name for name, _ in model.named_buffers()])
 
 
 def has_handwritten_spec(model: nn.Module) -> bool:

@@ -1,9 +1,9 @@
 """Weight matching (Git Re-Basin, Ainsworth et al. 2023): permute a network's hidden units to match a reference.
 
 For each permutation group of a :class:`~pdiff_hf.alignment.spec.PermutationSpec`, the cost of matching unit ``i``
-of the reference to unit ``j`` of the other network is the summed inner product of every tensor slice that belongs
-to those units (weights, biases, BatchNorm parameters and running statistics, the next layer's input columns), with
-the other network's remaining axes already permuted by the current estimate. Each group's permutation is the linear
+of the reference to unit ``j`` of the other network is the summed inner product of every parameter slice that
+belongs to those units (weights, biases, BatchNorm weights and biases, the next layer's input columns), with the
+other network's remaining axes already permuted by the current estimate. Each group's permutation is the linear
 assignment (``scipy.optimize.linear_sum_assignment``) maximizing that cost; groups are visited in a random order
 (``seed``) and the sweep repeats until no group improves::
 
@@ -15,6 +15,10 @@ assignment (``scipy.optimize.linear_sum_assignment``) maximizing that cost; grou
 
 A permutation ``perm`` of a group maps unit ``i`` of the permuted network to unit ``perm[i]`` of the input one
 (``index_select(axis, perm)``).
+
+Buffers (BatchNorm running statistics) are permuted with their units but left out of the cost by default
+(``match_buffers=True`` puts them in): matching parameters only gave the better aligned averages of MNIST1DCNN runs
+(see ``benchmarks/bench_aligned_runs.py``, which prints both).
 """
 
 import copy
@@ -101,6 +105,7 @@ def weight_matching(
     max_iter: int = 100,
     seed: int = 0,
     init: Optional[Mapping[str, Any]] = None,
+    match_buffers: bool = False,
 ) -> Permutations:
     """The permutations that align ``other_state``'s hidden units to ``reference_state``'s.
 
@@ -111,6 +116,8 @@ def weight_matching(
             from ``seed``); it stops earlier at the first sweep in which no group's assignment improves.
         seed: the order of the groups in each sweep (the result is deterministic under it).
         init: starting permutations (default: identities).
+        match_buffers: also sum the cross-correlation of buffers (``spec.buffers``: BatchNorm running statistics)
+            into the cost; by default only parameters are matched (buffers are permuted all the same).
 
     Returns:
         ``{group: (n,) int64 tensor}``; ``apply_permutation(spec, other_state, perms)`` is the aligned state dict.
@@ -122,7 +129,7 @@ def weight_matching(
         raise AlignmentError(f"expected max_iter to be an int >= 1, found {max_iter!r}")
     spec.check_state_dict(reference_state, "reference state dict")
     spec.check_state_dict(other_state, "other state dict")
-    names = spec.permuted_names
+    names = [n for n in spec.permuted_names if match_buffers or n not in spec.buffers]
     ref = {n: reference_state[n].detach().to("cpu", torch.float64) for n in names}
     other = {n: other_state[n].detach().to("cpu", torch.float64) for n in names}
     perms = check_permutations(spec, init) if init is not None else identity_permutations(spec)
@@ -135,6 +142,8 @@ def weight_matching(
             n = spec.group_sizes[g]
             cost = torch.zeros(n, n, dtype=torch.float64)
             for name, d in spec.group_axes(g):
+                if name not in ref:  # a buffer, left out of the cost
+                    continue
                 a = ref[name].movedim(d, 0).reshape(n, -1)  # (n, rest): unit i's slice, inner blocks included
                 b = _permute_tensor(spec, name, other[name], perms, skip=d).movedim(d, 0).reshape(n, -1)
                 cost += a @ b.T  # cost[i, j]: reference unit i . other unit j

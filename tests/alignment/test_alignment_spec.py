@@ -61,6 +61,7 @@ def test_mnist1d_cnn_spec_classifier_input_is_channels_times_positions():
     assert spec.axes["features.6.weight"] == (Axis("features.6"), Axis("features.3"), None)
     assert spec.axes["classifier.weight"] == (None, Axis("features.6", inner=40))
     assert set(spec.shapes) == set(model.state_dict())
+    assert spec.buffers == {n for n, _ in model.named_buffers()}  # running statistics: permuted, not matched
     assert spec.summary() == {"groups": spec.group_sizes, "permuted_tensors": 19}  # 3 x (conv w, b, 4 BN) + classifier.weight
 
 
@@ -180,6 +181,8 @@ def test_tied_axes_of_different_sizes_fail_at_construction():
     with pytest.raises(AlignmentError, match="unused"):
         PermutationSpec(group_sizes={"h": 4, "g": 2}, axes={"a.weight": ("h", None), "b.weight": (None, None)},
                         shapes=shapes)  # fmt: skip
+    with pytest.raises(AlignmentError, match="buffers among the spec's tensors"):
+        PermutationSpec.from_axes(shapes, {"a.weight": ("h", None)}, buffers=["a.running_mean"])
     ok = PermutationSpec.from_axes({"a.weight": (4, 3), "b.weight": (2, 8)}, {"a.weight": ("h", None),
                                                                               "b.weight": (None, Axis("h", 2))})
     assert ok.group_sizes == {"h": 4} and ok.group_axes("h") == (("a.weight", 0), ("b.weight", 1))

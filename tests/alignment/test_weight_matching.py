@@ -141,10 +141,17 @@ def test_aligning_an_independent_network_keeps_its_function(arch):
     aligned = align_to(reference, other, spec=spec, seed=0)
     torch.testing.assert_close(_logits(aligned, x), _logits(other, x), rtol=0, atol=1e-5)
 
-    def distance(state):
-        return sum(((state[k].double() - reference.state_dict()[k].double()) ** 2).sum() for k in spec.permuted_names)
+    def distance(state, names):
+        return sum(((state[k].double() - reference.state_dict()[k].double()) ** 2).sum() for k in names)
 
-    assert distance(aligned.state_dict()) <= distance(other.state_dict())
+    # weight matching maximizes the inner product of the matched tensors: their distance to the reference shrinks
+    parameters = [k for k in spec.permuted_names if k not in spec.buffers]
+    assert spec.buffers >= {k for k in spec.permuted_names if "running" in k}
+    assert distance(aligned.state_dict(), parameters) <= distance(other.state_dict(), parameters)
+    everything = weight_matching(spec, reference.state_dict(), other.state_dict(), match_buffers=True)
+    with_buffers = apply_permutation(spec, other.state_dict(), everything)
+    torch.testing.assert_close(_logits(_load(other, with_buffers), x), _logits(other, x), rtol=0, atol=1e-5)
+    assert distance(with_buffers, spec.permuted_names) <= distance(other.state_dict(), spec.permuted_names)
     before = {k: v.clone() for k, v in other.state_dict().items()}
     assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())  # align_to returns a copy
 
