@@ -60,6 +60,7 @@ _import_structure: Dict[str, List[str]] = {
         "RecalibrationError",
         "SchedulerError",
         "SelectionError",
+        "TargetMismatchError",
         "TrainingScriptError",
         "UnknownTaskError",
     ],
@@ -141,6 +142,7 @@ if TYPE_CHECKING:
         RecalibrationError,
         SchedulerError,
         SelectionError,
+        TargetMismatchError,
         TrainingScriptError,
         UnknownTaskError,
     )

@@ -25,6 +25,11 @@ class PeftLayoutError(LayoutMismatchError):
     features), or a base model, adapter config or adapter folder is not what PEFT adapters need."""
 
 
+class TargetMismatchError(LayoutMismatchError):
+    """A target network's tensors outside the generated selection differ from those of the network the pipeline was
+    trained for (its recorded fingerprint), or saved target weights do not fit the network given to load them into."""
+
+
 class DimensionMismatchError(PDiffError):
     """A tensor or dataset has a parameter dimension ``D`` other than the one a model was built for."""
 

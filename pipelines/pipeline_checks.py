@@ -8,7 +8,6 @@ import inspect
 from typing import Optional, Sequence, Tuple
 
 import torch
-from diffusers import ModelMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import nn
 
@@ -96,8 +95,8 @@ def _check_scheduler_steps(scheduler, denoiser: LatentUNet1DModel) -> None:
 def check_target(target: Optional[nn.Module], layout: Optional[ParamLayout]) -> None:
     """Raise unless ``target`` is ``None`` or an ``nn.Module`` holding every tensor of ``layout`` with its shape
     (:class:`LayoutMismatchError` naming the missing tensors and wrong shapes; :class:`PipelineInputError` for a
-    target that is neither a transformers ``PreTrainedModel`` nor a diffusers ``ModelMixin``: the pipeline saves its
-    components with their own ``save_pretrained``)."""
+    target that is not an ``nn.Module``). Any module saves with the pipeline: transformers and diffusers models with
+    their own ``save_pretrained``, others as safetensors in ``target/`` (see :mod:`pdiff_hf.hub.target`)."""
     if target is None:
         return
     if is_peft_model(target):
@@ -105,14 +104,10 @@ def check_target(target: Optional[nn.Module], layout: Optional[ParamLayout]) -> 
             f"expected the base model of a PeftModel as target, found the {type(target).__name__} itself; pass "
             "target=pdiff_hf.peft_adapters.peft_target(peft_model)"
         )
-    is_pretrained = any(
-        c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers.") for c in type(target).__mro__
-    )
-    if not (isinstance(target, ModelMixin) or is_pretrained):
+    if not isinstance(target, nn.Module):
         raise PipelineInputError(
-            f"expected target to be a transformers PreTrainedModel or a diffusers ModelMixin (components that save "
-            f"and load with the pipeline) or None, found {type(target).__module__}.{type(target).__name__}; for a "
-            "plain nn.Module use GeneratedModels(module, pipe.layout, out.params) or out.load_into(module, i)"
+            f"expected target to be a torch.nn.Module (the network the parameters are for) or None, found "
+            f"{type(target).__module__}.{type(target).__name__}"
         )
     if layout is None:
         raise LayoutMismatchError(

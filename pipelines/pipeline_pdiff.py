@@ -2,6 +2,7 @@
 
 import copy
 import inspect
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -25,6 +26,7 @@ from .pipeline_checks import (
     check_target,
 )
 from .pipeline_conditions import _is_int, check_conditioning, condition_ids
+from .pipeline_target import check_fingerprint, target_fingerprint
 from .pipeline_output import (
     OUTPUT_TYPES,
     GeneratedModels,
@@ -43,11 +45,12 @@ class PDiffPipeline(DiffusionPipeline):
         scheduler ([`SchedulerMixin`]): any DDPM-family diffusers scheduler matching the training objective
             (DDPM, DDIM, DPMSolverMultistep, EulerDiscrete, …).
         target (`nn.Module`, *optional*): the network the parameters are for, saved in ``target/`` with the
-            pipeline: a transformers ``PreTrainedModel`` (``ViTForImageClassification`` …) or a diffusers
-            ``ModelMixin`` (``pdiff_hf.tasks.MNIST1DCNN``). Its tensors outside the selection are those of every
-            generated model; ``output_type="model"`` needs it. Checked against the autoencoder's layout
-            (:class:`LayoutMismatchError` naming missing tensors). For a plain ``nn.Module``, build the models
-            with ``GeneratedModels(module, pipe.layout, out.params)``.
+            pipeline: a transformers ``PreTrainedModel`` (``ViTForImageClassification`` …), a diffusers
+            ``ModelMixin`` (``pdiff_hf.tasks.MNIST1DCNN``), a ``huggingface_hub.PyTorchModelHubMixin`` module or any
+            other ``nn.Module`` (its weights as safetensors). Its tensors outside the selection are those of every
+            generated model, and their fingerprint is saved with the pipeline (``set_target`` checks later targets
+            against it); ``output_type="model"`` needs it. Checked against the autoencoder's layout
+            (:class:`LayoutMismatchError` naming missing tensors).
     """
 
     model_cpu_offload_seq = "denoiser->autoencoder"
@@ -67,12 +70,55 @@ class PDiffPipeline(DiffusionPipeline):
         check_target(target, autoencoder.param_layout)
         self.register_modules(autoencoder=autoencoder, denoiser=denoiser, scheduler=scheduler, target=target)
 
-    def set_target(self, target: Optional[nn.Module]) -> "PDiffPipeline":
+    def set_target(self, target: Optional[nn.Module], check_weights: bool = True) -> "PDiffPipeline":
         """Check ``target`` against the layout and make it the pipeline's target network (``None`` removes it);
-        returns the pipeline, e.g. ``fit_pdiff(params, layout).set_target(model)``."""
+        returns the pipeline, e.g. ``fit_pdiff(params, layout).set_target(model)``.
+
+        Once the pipeline knows its network (a target given before, or the ``target_fingerprint.json`` of a loaded
+        pipeline), a ``target`` whose tensors outside the selection differ from that network's — a fresh, untrained
+        copy — raises :class:`TargetMismatchError` naming them, since the generated parameters would give
+        chance-level models in it. ``check_weights=False`` accepts it anyway (its weights become the record)."""
         check_target(target, self.layout)
+        recorded = self.target_fingerprint
+        if target is not None and check_weights:
+            if recorded is None and getattr(self, "_target_record_missing", False):
+                warnings.warn(
+                    f"this pipeline was saved without its target network, so nothing records the weights outside the "
+                    f"generated selection: {type(target).__name__} must hold the trained weights of the network the "
+                    "checkpoints came from, or the generated models are at chance level (save pipelines with "
+                    "fit_pdiff(..., target=net) to have this checked)",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            check_fingerprint(
+                recorded, target, self.layout, f"the target {type(target).__name__}",
+                advice="; load the trained weights into it first (PDiffPipeline.from_pretrained(path, target=net) "
+                "fills net from the saved target/), or pass check_weights=False to use it anyway",
+            )  # fmt: skip
+        self._target_fingerprint = recorded if target is None else None
+        self._unbuilt_target = None  # a loaded target left unbuilt (see pdiff_hf.hub.target) is replaced
         self.register_modules(target=target)
         return self
+
+    @property
+    def target_fingerprint(self) -> Optional[Dict[str, Dict]]:
+        """``{tensor name: {"shape", "dtype", "sha256"}}`` of the target's tensors outside the selection (see
+        :mod:`pdiff_hf.pipelines.pipeline_target`): of ``pipe.target`` when there is one, else the record kept from a
+        removed or saved target (``None``: the pipeline never knew its network)."""
+        target = getattr(self, "target", None)
+        if target is not None:
+            return target_fingerprint(target, self.layout)
+        return getattr(self, "_target_fingerprint", None)
+
+    @property
+    def device(self) -> torch.device:
+        """diffusers' ``device`` (the first component off the CPU, else the first one's), for any target: a plain
+        ``nn.Module`` has no ``.device``, so a module's device is that of its first parameter or buffer."""
+        devices = []
+        for module in (self.autoencoder, self.denoiser, getattr(self, "target", None)):
+            tensor = None if module is None else next(iter(module.state_dict().values()), None)
+            devices.append(tensor.device if isinstance(tensor, torch.Tensor) else torch.device("cpu"))
+        return next((d for d in devices if d.type not in ("cpu", "meta")), devices[0])
 
     @property
     def layout(self) -> Optional[ParamLayout]:

@@ -1,9 +1,11 @@
 """``pdiff-hf push DIR --repo-id owner/name``: push a finished demo or training folder to the Hugging Face Hub.
 
-``DIR`` holds ``pipeline/`` (``PDiffPipeline.save_pretrained``), ``checkpoints/`` (a checkpoint dataset saved with
-``save_to_disk``) and optionally ``results.json`` (``original`` / ``generated`` accuracy summaries, optional
-``baselines`` / ``novelty``) and ``training_args.json``. The checkpoints go to a dataset repo (parquet shards, one config
-per architecture / selection), then the pipeline goes to a model repo whose card links the dataset.
+``DIR`` is a demo folder — ``pipeline/`` (``PDiffPipeline.save_pretrained``), ``checkpoints/`` (a checkpoint dataset
+saved with ``save_to_disk``) and optionally ``results.json`` (``original`` / ``generated`` accuracy summaries, optional
+``baselines`` / ``novelty``) and ``training_args.json`` — or a training script's ``--output_dir`` (the pipeline itself;
+name its checkpoint dataset folder with ``--checkpoints``). The checkpoints go to a dataset repo (parquet shards, one
+config per architecture / selection), then the pipeline, with its target network, goes to a model repo whose card
+links the dataset.
 
 The token comes from ``--token``, ``HF_TOKEN`` or the saved login, and is never printed.
 """
@@ -21,7 +23,10 @@ def register(subparsers) -> None:
         help="push a demo / training folder (pipeline + checkpoint dataset) to the Hugging Face Hub",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
-    p.add_argument("folder", help="folder with pipeline/, checkpoints/ and optionally results.json, training_args.json")
+    p.add_argument("folder", help="folder with pipeline/, checkpoints/ and optionally results.json, training_args.json "
+                   "(a demo), or a training script's --output_dir (a saved pipeline)")
+    p.add_argument("--checkpoints", default=None,
+                   help="checkpoint dataset folder (save_to_disk) to push with the pipeline (default: DIR/checkpoints)")
     p.add_argument("--repo-id", "--repo_id", "--hub-model-id", "--hub_model_id", dest="repo_id", required=True,
                    help="model repo for the pipeline, 'owner/name'")
     p.add_argument("--dataset-repo-id", "--dataset_repo_id", dest="dataset_repo_id", default=None,
@@ -72,13 +77,23 @@ def run(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
     if not folder.is_dir():
         raise PushError(f"expected a folder made by `pdiff-hf demo` or a training script, found no folder {folder}")
-    pipeline_dir = folder / "pipeline"
+    is_training_dir = (folder / "model_index.json").is_file()  # train_ldm.py --output_dir: the pipeline itself
+    pipeline_dir = folder if is_training_dir else folder / "pipeline"
     if not (pipeline_dir / "model_index.json").is_file():
-        raise PushError(f"expected a saved pipeline in {pipeline_dir} (model_index.json), found none")
-    checkpoints_dir = folder / "checkpoints"
+        raise PushError(
+            f"expected a saved pipeline in {pipeline_dir} (model_index.json) or in {folder} (a training script's "
+            "--output_dir), found none"
+        )
+    checkpoints_dir = Path(args.checkpoints) if args.checkpoints else folder / "checkpoints"
+    if is_training_dir and not args.checkpoints and not args.no_dataset:
+        # the script's checkpoint-* folders are training states, not the checkpoint dataset
+        print(f"{folder} is a training script's --output_dir: pushing the pipeline only (pass --checkpoints DIR, the "
+              "script's --dataset_name folder, to push its checkpoint dataset too)")
+        args.no_dataset = True
     if not args.no_dataset and not checkpoints_dir.is_dir():
         raise PushError(f"expected a checkpoint dataset in {checkpoints_dir} (save_to_disk), found none; or pass --no-dataset")
-    results = _read_json(folder / "results.json", "evaluation results") if (folder / "results.json").is_file() else None
+    results_path = next((p / "results.json" for p in (folder, pipeline_dir) if (p / "results.json").is_file()), None)
+    results = _read_json(results_path, "evaluation results") if results_path else None
     training_args = (
         _read_json(folder / "training_args.json", "training settings") if (folder / "training_args.json").is_file() else None
     )

@@ -243,5 +243,7 @@ def _run(config: ConditionalDemoConfig, out: Path, log: Callable[[str], None]) -
     results["targets"] = check_targets(results)
     timed("evaluate", t)
     results["timings_s"] = timings
+    with atomic_directory(out / "pipeline") as tmp:  # again: now its card has the checkpoints and the results
+        pipe.save_pretrained(tmp, results=results, checkpoint_dataset_path="../checkpoints")
     write_conditional_report(out, results, started)
     return results

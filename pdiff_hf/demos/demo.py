@@ -233,7 +233,7 @@ def _run_demo(config: DemoConfig, out: Path, log: Callable[[str], None]) -> Dict
     log(f"collected {len(dataset)} checkpoints of {layout.describe()}" + (f" in {runs} branches" if config.branches else ""))
 
     stage("train")
-    pipe = fit_pdiff(dataset, layout, config.pdiff_config(layout.dim), progress=True)
+    pipe = fit_pdiff(dataset, layout, config.pdiff_config(layout.dim), progress=True, target=model)
     with atomic_directory(out / "pipeline") as tmp:
         pipe.save_pretrained(tmp)
     done("train")
@@ -289,6 +289,8 @@ def _run_demo(config: DemoConfig, out: Path, log: Callable[[str], None]) -> Dict
     with atomic_directory(out / "checkpoints") as tmp:
         dataset.save_to_disk(str(tmp))
     done("evaluate")
+    with atomic_directory(out / "pipeline") as tmp:  # again: now its card has the checkpoints and the results
+        pipe.save_pretrained(tmp, results=results, checkpoint_dataset_path="../checkpoints")
 
     results["timings_s"] = timings
     write_report(

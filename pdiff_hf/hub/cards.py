@@ -108,6 +108,8 @@ def describe_architecture(target: Any) -> str | None:
     if isinstance(target, nn.Module):
         name = type(target).__name__
         config = getattr(target, "config", None)
+        if config is None:  # a PyTorchModelHubMixin records its init arguments here
+            config = getattr(target, "_hub_mixin_config", None)
         count = sum(p.numel() for p in target.parameters())
         if _is_transformers_config(config):
             items = ", ".join(f"{k}={getattr(config, k)!r}" for k in _TRANSFORMERS_SUMMARY if hasattr(config, k))
@@ -233,6 +235,23 @@ def _component_settings(pipe) -> list[dict[str, str]]:
     return rows
 
 
+def _target_kind(target) -> str:
+    from .target import target_kind
+
+    return target_kind(target)
+
+
+def _target_load_args(class_name: str | None, kind: str | None) -> str:
+    """What ``from_pretrained`` needs besides the repo id to build the target: nothing for a transformers or diffusers
+    class (built by name), ``target_class=`` for a Hub mixin and ``target=`` for a plain module (code never comes from
+    the repo)."""
+    if kind == "hub_mixin":
+        return f", target_class={class_name}"
+    if kind == "plain":
+        return f", target={class_name}(...)"
+    return ""
+
+
 # ------------------------------------------------------------------------------------------------------ cards
 def build_model_card(
     pipe,
@@ -247,12 +266,15 @@ def build_model_card(
     token: Any = None,
     template_path: None | str | os.PathLike = None,
     endpoint: str | None = None,
+    checkpoint_dataset_path: str | None = None,
 ) -> ModelCard:
     """The model card of ``pipe``, rendered from ``hub_cards/model_card.md`` (or ``template_path``) through
     ``huggingface_hub.ModelCard.from_template``: target architecture (``target_architecture``, else the pipeline's
     target, with its Hub id when it came from one) and parameter selection, checkpoint dataset, training settings,
     a short evaluation table, the verdict as prose, and a usage snippet that runs as written against ``repo_id``
-    (``out.models[0]`` when the pipeline has a target). The raw statistics go to ``results.json``
+    (``out.models[0]`` when the pipeline has a target; ``target_class=`` / ``target=`` for a Hub-mixin or plain
+    target, whose code the repo does not carry). ``checkpoint_dataset_path``: a local checkpoint folder named when
+    there is no dataset repo (a demo's ``checkpoints/``). The raw statistics go to ``results.json``
     (:func:`results_document`). Credentials never enter the card."""
     results = load_results(results)
     if training_args is None and results:  # a demo's results.json records the run's settings
@@ -261,7 +283,15 @@ def build_model_card(
     selection = (results or {}).get("selection")
     selection_name = selection.get("name") if isinstance(selection, Mapping) else selection
     target = getattr(pipe, "target", None)
+    # a loaded pipeline whose Hub-mixin or plain target was not built (its class is the user's) still carries it
+    unbuilt = (getattr(pipe, "_unbuilt_target", None) or {}).get("record") if target is None else None
+    if target is not None:
+        target_class, kind = type(target).__name__, _target_kind(target)
+    else:
+        target_class, kind = (unbuilt["class_name"], unbuilt["kind"]) if unbuilt else (None, None)
     architecture = describe_architecture(target_architecture if target_architecture is not None else target)
+    if architecture is None and unbuilt:
+        architecture = unbuilt.get("architecture")
     if architecture is None:
         for key in ("target_architecture", "architecture", "target_model", "model_name", "target"):
             if settings.get(key):
@@ -280,12 +310,14 @@ def build_model_card(
         selection_name=format_cell(selection_name) if selection_name else None,
         checkpoint_dataset_id=checkpoint_dataset_id,
         checkpoint_dataset_config=checkpoint_dataset_config,
+        checkpoint_dataset_path=checkpoint_dataset_path,
         training_rows=[{"name": k, "value": format_cell(v)} for k, v in settings.items()],
         component_rows=_component_settings(pipe),
         pdiff_hf_version=__version__,
-        has_target=target is not None,
-        target_class=type(target).__name__ if target is not None else None,
-        target_has_code=target is not None and not _is_transformers_config(getattr(target, "config", None)),
+        has_target=target_class is not None,
+        target_class=target_class,
+        target_has_code=kind == "custom",
+        target_load_args=_target_load_args(target_class, kind),
         target_hub_id=target_hub_id(target) or target_hub_id(target_architecture),
         has_results_file=bool(results),
         **layout_context(pipe.layout),

@@ -244,7 +244,10 @@ def load_pipeline(
         )
     pipe = pipeline_class(**{**components, **overrides})
     saved_weights = (folder / "target").is_dir() and any((folder / "target").glob("*.safetensors"))
-    check_loaded_target(pipe, record, label, check=check_target_weights, unchecked=target is not None and not saved_weights)
+    check_loaded_target(
+        pipe, record, label, check=check_target_weights, unchecked=target is not None and not saved_weights,
+        folder=None if given_target and target is None else folder,
+    )  # fmt: skip
     pipe.register_to_config(_name_or_path=name)
     if target_module is not None:
         check_target(pipe.layout, target_module, label)

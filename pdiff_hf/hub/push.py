@@ -8,6 +8,8 @@
     denoiser/     config.json  diffusion_pytorch_model.safetensors  [pdiff_denoiser.py]
     scheduler/    scheduler_config.json
     [target/]     config.json  *.safetensors  [pdiff_target.py]  the target network, if the pipeline has one
+                  (a Hub mixin: config.json model.safetensors; a plain module: model.safetensors)
+    [target_fingerprint.json]             the target's class and the sha256 of each tensor outside the selection
     param_layout.json                     the tensors of the generated vector (D values)
     README.md                             the model card (hub_cards/model_card.md)
     [results.json]                        the evaluation and novelty statistics, when results are given
@@ -36,12 +38,23 @@ from .cards import (
     results_document,
 )
 from .repo import LAYOUT_FILE, check_repo_id, hub_api
-from .target import check_savable_target
+from .target import (
+    FINGERPRINT_FILE,
+    LIBRARY_KINDS,
+    TARGET,
+    check_savable_target,
+    copy_unbuilt_target,
+    save_target_files,
+    target_kind,
+    target_record,
+)
 
 logger = logging.getLogger(__name__)
 
 # Files of an earlier push that a new push replaces (deleted when the new upload does not bring them again).
-PIPELINE_DELETE_PATTERNS = ["*.py", "autoencoder/*", "denoiser/*", "scheduler/*", "target/*", "results.json"]
+PIPELINE_DELETE_PATTERNS = [
+    "*.py", "autoencoder/*", "denoiser/*", "scheduler/*", "target/*", "results.json", "target_fingerprint.json",
+]  # fmt: skip
 # What the card of a folder saved without a repo id loads from (its snippets need a name; the folder may be renamed
 # or moved after saving, as the training scripts do, so its own path would be wrong).
 LOCAL_FOLDER_NAME = "path/to/this/folder"
@@ -83,18 +96,42 @@ def save_for_hub(
         )
     target = getattr(pipe, "target", None)
     check_savable_target(target)
-    # The base-class method: PDiffPipeline.save_pretrained itself comes back here.
-    DiffusionPipeline.save_pretrained(
-        pipe, folder, safe_serialization=True, variant=variant, max_shard_size=max_shard_size
-    )
+    # A Hub-mixin or plain target is written by pdiff_hf, named [null, null] in model_index.json (stock diffusers
+    # cannot build it) and described by target_fingerprint.json; diffusers writes the others itself.
+    own_format = target is not None and target_kind(target) not in LIBRARY_KINDS
+    entry = pipe.config.get(TARGET)
+    if own_format:
+        pipe.register_to_config(**{TARGET: (None, None)})
+    try:
+        # The base-class method: PDiffPipeline.save_pretrained itself comes back here.
+        DiffusionPipeline.save_pretrained(
+            pipe, folder, safe_serialization=True, variant=variant, max_shard_size=max_shard_size
+        )
+    finally:
+        if own_format:
+            pipe.register_to_config(**{TARGET: entry})
+    if own_format:
+        save_target_files(target, folder / TARGET)
+    library_target = None if own_format else target
+    fingerprint = pipe.target_fingerprint
+    if fingerprint is not None:
+        if target is not None:
+            record = target_record(target, fingerprint)
+        else:  # a loaded target left unbuilt (its files are copied), or the record of a removed one
+            record = copy_unbuilt_target(pipe, folder) or {
+                "class_name": "unknown", "module": "unknown", "kind": "removed", "tensors": fingerprint,
+            }  # fmt: skip
+        (folder / FINGERPRINT_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    else:
+        (folder / FINGERPRINT_FILE).unlink(missing_ok=True)  # from an earlier save into this folder
     index_path = folder / "model_index.json"
     if remote_code:
         from ..remote_code import remote_code_files, remote_model_index
 
-        for rel, source in remote_code_files(target).items():
+        for rel, source in remote_code_files(library_target).items():
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             (folder / rel).write_text(source, encoding="utf-8")
-        index = remote_model_index(json.loads(index_path.read_text(encoding="utf-8")), target)
+        index = remote_model_index(json.loads(index_path.read_text(encoding="utf-8")), library_target)
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if pipe.layout is not None:
         document = {"param_layout": pipe.layout.to_list(), "dim": pipe.layout.dim}

@@ -27,6 +27,10 @@ from torch import nn
 
 from ..errors import ConditionError, DimensionMismatchError
 
+# What a denoiser can be trained for (recorded in its config as ``objective``): DDPM noise prediction along a beta
+# schedule, or flow matching (rectified flow) with diffusers' FlowMatchEulerDiscreteScheduler.
+TRAINING_OBJECTIVES = ("ddpm", "flow_matching")
+
 
 @dataclass
 class LatentUNet1DOutput(BaseOutput):
@@ -73,6 +77,11 @@ class LatentUNet1DModel(ModelMixin, ConfigMixin):
             unconditional denoiser. Id ``K`` is the null condition used for classifier-free guidance.
         condition_names (`List[str]`, *optional*): a name per condition id (``K`` names), so that a pipeline can be
             asked for ``condition="task_3"``.
+        objective (`str`): the training objective, ``"ddpm"`` (default: noise added along the beta schedule at integer
+            timesteps ``0 … num_train_timesteps - 1``) or ``"flow_matching"`` (rectified flow, diffusers'
+            ``FlowMatchEulerDiscreteScheduler``: ``x_t = (1 - sigma) x0 + sigma noise`` at timestep
+            ``sigma * num_train_timesteps``, the model predicts the velocity ``noise - x0``; its ``prediction_type`` is
+            ``"flow_prediction"``). Schedulers are checked against it.
     """
 
     @register_to_config
@@ -91,8 +100,16 @@ class LatentUNet1DModel(ModelMixin, ConfigMixin):
         sample_abs_max: float = 0.0,
         num_conditions: int = 0,
         condition_names: Optional[List[str]] = None,
+        objective: str = "ddpm",
     ):
         super().__init__()
+        if objective not in TRAINING_OBJECTIVES:
+            raise ValueError(f"expected objective in {TRAINING_OBJECTIVES}, found {objective!r}")
+        if (objective == "flow_matching") != (prediction_type == "flow_prediction"):
+            raise ValueError(
+                f"expected prediction_type 'flow_prediction' exactly with objective 'flow_matching', found "
+                f"objective={objective!r} with prediction_type={prediction_type!r}"
+            )
         if not isinstance(num_conditions, int) or isinstance(num_conditions, bool) or num_conditions < 0:
             raise ValueError(f"expected num_conditions to be an int >= 0, found {num_conditions!r}")
         if condition_names is not None and (
@@ -109,8 +126,11 @@ class LatentUNet1DModel(ModelMixin, ConfigMixin):
                 f"expected block_out_channels to be positive multiples of norm_num_groups={norm_num_groups}, "
                 f"found {list(block_out_channels)}"
             )
-        if prediction_type not in ("epsilon", "sample", "v_prediction"):
-            raise ValueError(f"expected prediction_type 'epsilon', 'sample' or 'v_prediction', found {prediction_type!r}")
+        if prediction_type not in ("epsilon", "sample", "v_prediction", "flow_prediction"):
+            raise ValueError(
+                f"expected prediction_type 'epsilon', 'sample', 'v_prediction' or 'flow_prediction', found "
+                f"{prediction_type!r}"
+            )
         temb_dim = block_out_channels[0] * 4
         self.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(block_out_channels[0], temb_dim)

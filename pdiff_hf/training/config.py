@@ -57,6 +57,11 @@ class PDiffConfig:
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"
     prediction_type: str = "sample"
+    # training objective: "ddpm" (noise along the beta schedule above, the denoiser predicts prediction_type) or
+    # "flow_matching" (rectified flow with diffusers' FlowMatchEulerDiscreteScheduler: the denoiser predicts the
+    # velocity noise - x0 at timestep sigma * num_train_timesteps; beta_schedule and prediction_type are unused).
+    # Recorded in the denoiser's config and the pipeline's scheduler, so a loaded pipeline samples the same way.
+    objective: str = "ddpm"
     # conditioning: num_conditions K > 0 makes the denoiser conditional on ids 0 … K-1 (fit_pdiff infers K from its
     # ``conditions`` when left at 0); in training each id is replaced by the null id with probability
     # condition_dropout, which classifier-free guidance needs
