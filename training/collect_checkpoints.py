@@ -56,6 +56,7 @@ from pdiff_hf.errors import ConditionError, PDiffError, TrainingScriptError
 from pdiff_hf.evaluation.batched import evaluate_parameters, summarize_accuracies
 from pdiff_hf.layout import ParamLayout
 from pdiff_hf.tasks import TASKS, get_task
+from pdiff_hf.training.training_utils import ScriptHelpFormatter
 from pdiff_hf.utils.io_utils import atomic_directory, write_json_atomic
 
 PROG = "collect_checkpoints.py"
@@ -75,7 +76,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def parse_args(input_args: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = ArgumentParser(prog=PROG, description="Collect a p-diff checkpoint dataset.")
+    parser = ArgumentParser(
+        prog=PROG, description="Collect a p-diff checkpoint dataset.", formatter_class=ScriptHelpFormatter
+    )
     parser.add_argument("--task", type=str, default="mnist1d", help=f"pdiff_hf.tasks name: {', '.join(sorted(TASKS))}.")
     parser.add_argument(
         "--output_dir", type=str, default="pdiff-checkpoints", help="Gets target/, checkpoints/ and collect_args.json."

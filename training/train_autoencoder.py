@@ -55,10 +55,15 @@ from pdiff_hf.training.resume import (
     save_pretrained_into,
 )
 from pdiff_hf.training.training_utils import (
+    ScriptHelpFormatter,
+    add_checkpoint_and_hub_args,
+    add_optimization_args,
     autoencoder_loss,
     build_autoencoder,
+    check_dataset_name,
     check_training_args,
     make_dataloader,
+    resolve_report_to,
     tracker_config,
 )
 
@@ -70,63 +75,48 @@ DEFAULTS = PDiffConfig()
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Train the p-diff parameter autoencoder (Accelerate).")
+    parser = argparse.ArgumentParser(
+        description="Train the p-diff parameter autoencoder (Accelerate).",
+        formatter_class=ScriptHelpFormatter,
+    )
     parser.add_argument("--dataset_name", type=str, required=True,
                         help="A checkpoint dataset: a save_to_disk folder or a Hub dataset repo id.")
     parser.add_argument("--dataset_config_name", type=str, default=None, help="Config of a Hub checkpoint dataset.")
-    parser.add_argument("--dataset_split", type=str, default=None, help="Split of a DatasetDict (default: train).")
+    parser.add_argument("--dataset_split", type=str, default=None, help="Split of a DatasetDict (None: train).")
     parser.add_argument("--cache_dir", type=str, default=None, help="Where Hub datasets are cached.")
-    parser.add_argument("--output_dir", type=str, default="pdiff-autoencoder")
-    parser.add_argument("--logging_dir", type=str, default="logs", help="Relative to --output_dir.")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output_dir", type=str, default="pdiff-autoencoder",
+                        help="Gets the trained autoencoder and the checkpoint-<step> folders.")
+    parser.add_argument("--logging_dir", type=str, default="logs", help="Tracker logs, relative to --output_dir.")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="Seeds the model, the batches and the noise.")
     # model
-    parser.add_argument("--block_out_channels", type=int, nargs="+", default=[16, 32, 32])
-    parser.add_argument("--patch_size", type=int, default=1,
-                        help="Entries per position of the first convolution; ~D/512 for long vectors.")
-    parser.add_argument("--latent_channels", type=int, default=4)
-    parser.add_argument("--input_noise", type=float, default=0.001, help="p-diff's input noise augmentation (std).")
-    parser.add_argument("--latent_noise", type=float, default=0.1, help="p-diff's latent noise augmentation (std).")
-    parser.add_argument("--norm_mode", type=str, default="per_dimension", choices=["per_dimension", "per_tensor"])
-    parser.add_argument("--autoencoder_type", type=str, default="auto", choices=["auto", "conv", "token"],
+    parser.add_argument("--block_out_channels", type=int, nargs="+", default=list(DEFAULTS.ae_block_out_channels),
+                        help="Conv autoencoder: channels of each encoder block.")
+    parser.add_argument("--patch_size", type=int, default=DEFAULTS.ae_patch_size,
+                        help="Conv autoencoder: entries per position of the first convolution; ~D/512 for long vectors.")
+    parser.add_argument("--latent_channels", type=int, default=DEFAULTS.latent_channels,
+                        help="Conv autoencoder: latent channels.")
+    parser.add_argument("--input_noise", type=float, default=DEFAULTS.input_noise,
+                        help="p-diff's input noise augmentation (std).")
+    parser.add_argument("--latent_noise", type=float, default=DEFAULTS.latent_noise,
+                        help="p-diff's latent noise augmentation (std).")
+    parser.add_argument("--norm_mode", type=str, default=DEFAULTS.norm_mode, choices=["per_dimension", "per_tensor"],
+                        help="Standardize each entry, or each tensor, by its statistics over the checkpoints.")
+    parser.add_argument("--autoencoder_type", type=str, default=DEFAULTS.autoencoder_type, choices=["auto", "conv", "token"],
                         help="'conv' (ParameterAutoencoder), 'token' (TokenParameterAutoencoder, linear in D for "
                         "10^5-10^6 parameters) or 'auto' (chosen by D, see pdiff_hf.training.training_utils.build_autoencoder).")
-    parser.add_argument("--token_size", type=int, default=None, help="Token autoencoder: entries per token.")
-    parser.add_argument("--token_hidden_dim", type=int, default=128, help="Token autoencoder: width of the token MLP.")
-    parser.add_argument("--token_latent_channels", type=int, default=8, help="Token autoencoder: latent channels.")
-    # optimization
-    parser.add_argument("--train_batch_size", type=int, default=64, help="Batch size per process.")
-    parser.add_argument("--num_train_epochs", type=int, default=None)
-    parser.add_argument("--max_train_steps", type=int, default=500, help="Overrides --num_train_epochs when set.")
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
-    parser.add_argument("--lr_scheduler", type=str, default="cosine",
-                        help='"linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"')
-    parser.add_argument("--lr_warmup_steps", type=int, default=50)
-    parser.add_argument("--adam_beta1", type=float, default=0.9)
-    parser.add_argument("--adam_beta2", type=float, default=0.999)
-    parser.add_argument("--adam_weight_decay", type=float, default=2e-6)
-    parser.add_argument("--adam_epsilon", type=float, default=1e-8)
-    parser.add_argument("--max_grad_norm", type=float, default=None, help="Clip gradients to this norm (off).")
-    parser.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=False,
-                        help="Keep an EMA of the weights and save it (off for the autoencoder by default).")
-    parser.add_argument("--ema_max_decay", type=float, default=0.995)
-    parser.add_argument("--ema_power", type=float, default=2 / 3)
-    parser.add_argument("--ema_inv_gamma", type=float, default=1.0)
-    parser.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"])
-    parser.add_argument("--dataloader_num_workers", type=int, default=0)
-    # checkpoints, logging, Hub
-    parser.add_argument("--checkpointing_steps", type=int, default=500)
-    parser.add_argument("--checkpoints_total_limit", type=int, default=None)
-    parser.add_argument("--resume_from_checkpoint", type=str, default=None,
-                        help='"latest" or a checkpoint-<step> folder.')
-    parser.add_argument("--report_to", type=str, default="tensorboard")
-    parser.add_argument("--tracker_project_name", type=str, default="pdiff-autoencoder")
-    parser.add_argument("--push_to_hub", action="store_true")
-    parser.add_argument("--hub_model_id", type=str, default=None)
-    parser.add_argument("--hub_token", type=str, default=None)
-    parser.add_argument("--hub_private_repo", action="store_true")
+    parser.add_argument("--token_size", type=int, default=DEFAULTS.ae_token_size,
+                        help="Token autoencoder: entries per token (None: chosen by D).")
+    parser.add_argument("--token_hidden_dim", type=int, default=DEFAULTS.ae_token_hidden_dim,
+                        help="Token autoencoder: width of the token MLP.")
+    parser.add_argument("--token_latent_channels", type=int, default=DEFAULTS.ae_token_latent_channels,
+                        help="Token autoencoder: latent channels.")
+    add_optimization_args(parser, DEFAULTS, batch_size=DEFAULTS.ae_train_batch_size, steps=DEFAULTS.ae_steps,
+                          learning_rate=DEFAULTS.ae_learning_rate, use_ema=DEFAULTS.ae_use_ema,
+                          use_ema_help="Keep an EMA of the weights and save it (off for the autoencoder by default).")  # fmt: skip
+    add_checkpoint_and_hub_args(parser, tracker_project_name="pdiff-autoencoder")
     args = parser.parse_args(argv)
     check_training_args(args)
+    check_dataset_name(args.dataset_name)
     return args
 
 
@@ -141,6 +131,7 @@ def main(args):
     # as fit_pdiff reads them: no copy of the whole matrix, raw or normalized (pdiff_hf.checkpoints.rows)
     params = checkpoint_rows(dataset)
 
+    args.report_to, report_note = resolve_report_to(args.report_to)  # "auto": tensorboard when installed
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -151,6 +142,8 @@ def main(args):
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
+    if report_note:
+        logger.info(report_note)
     logger.info(f"checkpoint dataset {args.dataset_name}: {params.shape[0]} checkpoints, {layout.describe()}")
 
     # Model, with normalization statistics from all checkpoints (identical on every process).

@@ -63,12 +63,18 @@ from pdiff_hf.training.resume import (
     save_pretrained_into,
 )
 from pdiff_hf.training.training_utils import (
+    ScriptHelpFormatter,
+    add_checkpoint_and_hub_args,
+    add_optimization_args,
     build_denoiser,
+    check_dataset_name,
+    check_local_path,
     check_training_args,
     denoiser_loss,
     load_autoencoder,
     make_dataloader,
     noise_scheduler_for,
+    resolve_report_to,
     sampling_scheduler_for,
     tracker_config,
 )
@@ -78,75 +84,58 @@ RUN_FLAGS = ("block_out_channels", "layers_per_block", "num_train_timesteps", "b
                  "train_batch_size", "gradient_accumulation_steps", "use_ema", "seed")  # fmt: skip
 # also part of the run of a conditional denoiser (--condition_column); its condition ids join the data hash
 CONDITION_FLAGS = ("condition_column", "num_conditions", "condition_dropout")
+DEFAULTS = PDiffConfig()
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Train the p-diff latent denoiser and save a PDiffPipeline.")
+    parser = argparse.ArgumentParser(
+        description="Train the p-diff latent denoiser and save a PDiffPipeline.",
+        formatter_class=ScriptHelpFormatter,
+    )
     parser.add_argument("--dataset_name", type=str, required=True,
                         help="A checkpoint dataset: a save_to_disk folder or a Hub dataset repo id.")
     parser.add_argument("--dataset_config_name", type=str, default=None, help="Config of a Hub checkpoint dataset.")
-    parser.add_argument("--dataset_split", type=str, default=None, help="Split of a DatasetDict (default: train).")
+    parser.add_argument("--dataset_split", type=str, default=None, help="Split of a DatasetDict (None: train).")
     parser.add_argument("--cache_dir", type=str, default=None, help="Where Hub datasets and models are cached.")
     parser.add_argument("--pretrained_autoencoder_name_or_path", type=str, required=True,
-                        help="A trained autoencoder (any class of pdiff_hf.models: conv, token, linear): the --output_dir of "
-                        "train_autoencoder.py or a Hub id.")
-    parser.add_argument("--output_dir", type=str, default="pdiff-ldm")
-    parser.add_argument("--logging_dir", type=str, default="logs", help="Relative to --output_dir.")
-    parser.add_argument("--seed", type=int, default=0)
+                        help="A trained autoencoder (any class of pdiff_hf.models: conv, token, linear): the "
+                        "--output_dir of train_autoencoder.py or a Hub id.")
+    parser.add_argument("--output_dir", type=str, default="pdiff-ldm",
+                        help="Gets the PDiffPipeline and the checkpoint-<step> folders.")
+    parser.add_argument("--logging_dir", type=str, default="logs", help="Tracker logs, relative to --output_dir.")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="Seeds the model, the batches and the noise.")
     # model and diffusion objective
-    parser.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64])
-    parser.add_argument("--layers_per_block", type=int, default=1)
-    parser.add_argument("--num_train_timesteps", type=int, default=1000)
-    parser.add_argument("--beta_schedule", type=str, default="linear",
-                        choices=["linear", "scaled_linear", "squaredcos_cap_v2"])
-    parser.add_argument("--prediction_type", type=str, default="sample", choices=["epsilon", "sample", "v_prediction"],
+    parser.add_argument("--block_out_channels", type=int, nargs="+", default=list(DEFAULTS.denoiser_block_out_channels),
+                        help="Channels of each UNet block.")
+    parser.add_argument("--layers_per_block", type=int, default=DEFAULTS.layers_per_block, help="ResNet layers per block.")
+    parser.add_argument("--num_train_timesteps", type=int, default=DEFAULTS.num_train_timesteps,
+                        help="Diffusion steps of the training noise process.")
+    parser.add_argument("--beta_schedule", type=str, default=DEFAULTS.beta_schedule,
+                        choices=["linear", "scaled_linear", "squaredcos_cap_v2"], help="DDPM beta schedule.")
+    parser.add_argument("--prediction_type", type=str, default=DEFAULTS.prediction_type,
+                        choices=["epsilon", "sample", "v_prediction"],
                         help="What the denoiser predicts; 'sample' (x0) kept every demo sample on the checkpoint "
                         "manifold after short training, 'epsilon' left about 8%% off it.")
     # conditioning
     parser.add_argument("--condition_column", type=str, default=None,
                         help="Integer column of task ids (e.g. 'condition'): train a denoiser conditional on it.")
-    parser.add_argument("--num_conditions", type=int, default=0,
+    parser.add_argument("--num_conditions", type=int, default=DEFAULTS.num_conditions,
                         help="Number of condition ids K (0: the dataset's condition_names, else max id + 1).")
-    parser.add_argument("--condition_dropout", type=float, default=0.1,
+    parser.add_argument("--condition_dropout", type=float, default=DEFAULTS.condition_dropout,
                         help="Probability that a training condition is replaced by the null id (classifier-free "
                         "guidance needs it > 0).")
-    # optimization
-    parser.add_argument("--train_batch_size", type=int, default=64, help="Batch size per process.")
-    parser.add_argument("--num_train_epochs", type=int, default=None)
-    parser.add_argument("--max_train_steps", type=int, default=600, help="Overrides --num_train_epochs when set.")
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    parser.add_argument("--learning_rate", type=float, default=3e-3)
-    parser.add_argument("--lr_scheduler", type=str, default="cosine",
-                        help='"linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"')
-    parser.add_argument("--lr_warmup_steps", type=int, default=50)
-    parser.add_argument("--adam_beta1", type=float, default=0.9)
-    parser.add_argument("--adam_beta2", type=float, default=0.999)
-    parser.add_argument("--adam_weight_decay", type=float, default=2e-6)
-    parser.add_argument("--adam_epsilon", type=float, default=1e-8)
-    parser.add_argument("--max_grad_norm", type=float, default=None, help="Clip gradients to this norm (off).")
-    parser.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
-                        help="Keep an EMA of the weights and save it (--no-use_ema to turn off).")
-    parser.add_argument("--ema_max_decay", type=float, default=0.995)
-    parser.add_argument("--ema_power", type=float, default=2 / 3)
-    parser.add_argument("--ema_inv_gamma", type=float, default=1.0)
-    parser.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"])
-    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    add_optimization_args(parser, DEFAULTS, batch_size=DEFAULTS.denoiser_train_batch_size,
+                          steps=DEFAULTS.denoiser_steps, learning_rate=DEFAULTS.denoiser_learning_rate,
+                          use_ema=DEFAULTS.use_ema,
+                          use_ema_help="Keep an EMA of the weights and save it (--no-use_ema to turn off).")  # fmt: skip
     # sanity check of the finished pipeline
     parser.add_argument("--num_validation_models", type=int, default=4, help="Models sampled at the end (0: none).")
-    parser.add_argument("--num_inference_steps", type=int, default=25)
-    # checkpoints, logging, Hub
-    parser.add_argument("--checkpointing_steps", type=int, default=500)
-    parser.add_argument("--checkpoints_total_limit", type=int, default=None)
-    parser.add_argument("--resume_from_checkpoint", type=str, default=None,
-                        help='"latest" or a checkpoint-<step> folder.')
-    parser.add_argument("--report_to", type=str, default="tensorboard")
-    parser.add_argument("--tracker_project_name", type=str, default="pdiff-ldm")
-    parser.add_argument("--push_to_hub", action="store_true")
-    parser.add_argument("--hub_model_id", type=str, default=None)
-    parser.add_argument("--hub_token", type=str, default=None)
-    parser.add_argument("--hub_private_repo", action="store_true")
+    parser.add_argument("--num_inference_steps", type=int, default=25, help="Sampling steps of the validation models.")
+    add_checkpoint_and_hub_args(parser, tracker_project_name="pdiff-ldm")
     args = parser.parse_args(argv)
     check_training_args(args)
+    check_dataset_name(args.dataset_name)
+    check_local_path(args.pretrained_autoencoder_name_or_path, "--pretrained_autoencoder_name_or_path")
     if args.num_train_timesteps < 2:
         raise TrainingScriptError(f"--num_train_timesteps: expected a value >= 2, found {args.num_train_timesteps}")
     if not 1 <= args.num_inference_steps <= args.num_train_timesteps:
@@ -201,6 +190,7 @@ def main(args):
     params = checkpoint_rows(dataset)  # (N, D), read a block at a time (memory-mapped after load_from_disk)
     conditions, num_conditions, condition_names = load_conditions(dataset, args)  # (N,) task ids, or None
 
+    args.report_to, report_note = resolve_report_to(args.report_to)  # "auto": tensorboard when installed
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -211,6 +201,8 @@ def main(args):
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
+    if report_note:
+        logger.info(report_note)
 
     set_seed(args.seed)
     config = PDiffConfig(

@@ -12,29 +12,7 @@ import torch
 
 from pdiff_hf.checkpoints.dataset import checkpoint_conditions, get_condition_names
 
-from .conftest import ROOT, SCRIPTS, TINY_AE, TINY_LDM, subprocess_env
-
-# Runs a script (or the pdiff-hf CLI) with mnist1d.load_mnist1d swapped for 600 MNIST-1D-shaped examples: ten noisy
-# templates, which a linear head on pooled CNN features tells apart.
-RUNNER = """
-import runpy, sys, torch
-from pdiff_hf import ClassificationSplits
-from pdiff_hf.tasks import mnist1d
-
-def stand_in(seed=42, num_val=100):
-    g = torch.Generator().manual_seed(seed)
-    templates = torch.randn(10, 1, 40, generator=g)
-    y = torch.arange(600) % 10
-    x = templates[y] + 0.3 * torch.randn(600, 1, 40, generator=g)
-    return ClassificationSplits(x[:400], y[:400], x[400:500], y[400:500], x[500:], y[500:])
-
-mnist1d.load_mnist1d = stand_in
-target, sys.argv = sys.argv[1], sys.argv[1:]
-if target == "pdiff-hf":
-    from pdiff_hf.cli import main
-    sys.exit(main(sys.argv[1:]))
-runpy.run_path(target, run_name="__main__")
-"""
+from .conftest import ROOT, RUNNER, SCRIPTS, TINY_AE, TINY_LDM, subprocess_env
 
 
 def _run(tmp_path, target, *argv):

@@ -28,10 +28,14 @@ def _as_config_value(value):
     return tuple(value) if isinstance(value, list) else value
 
 
+# Hub ids (never looked up: parse_args only checks that a local-looking path exists)
+REQUIRED = {"train_autoencoder": ["--dataset_name", "user/ckpts"],
+            "train_ldm": ["--dataset_name", "user/ckpts", "--pretrained_autoencoder_name_or_path", "user/ae"]}  # fmt: skip
+
+
 @pytest.mark.parametrize("script, flags", [("train_autoencoder", AUTOENCODER_FLAGS), ("train_ldm", LDM_FLAGS)])
 def test_script_defaults_are_pdiff_config_defaults(scripts, script, flags):
-    args = scripts[script].parse_args(["--dataset_name", "x", "--pretrained_autoencoder_name_or_path", "y"]
-                                      if script == "train_ldm" else ["--dataset_name", "x"])  # fmt: skip
+    args = scripts[script].parse_args(REQUIRED[script])
     config = PDiffConfig()
     mapping = {**flags, **{name: name for name in SHARED_FLAGS}}
     found = {flag: _as_config_value(getattr(args, flag)) for flag in mapping}
@@ -39,29 +43,53 @@ def test_script_defaults_are_pdiff_config_defaults(scripts, script, flags):
     assert found == expected
 
 
-def _defaults(obj):
-    function = obj.__init__ if isinstance(obj, type) else obj
-    return {k: p.default for k, p in inspect.signature(function).parameters.items() if p.default is not p.empty}
+def _changed(value):
+    """Another value of the same type, that the scripts' flag checks still accept."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value / 2
+    if isinstance(value, tuple):
+        return tuple(2 * v for v in value)
+    if isinstance(value, str):
+        return value + "_changed"
+    assert value is None, value
+    return 512
 
 
-def test_model_class_defaults_are_pdiff_config_defaults():
-    config = PDiffConfig()
-    ae = _defaults(ParameterAutoencoder)
-    assert ae["block_out_channels"] == config.ae_block_out_channels and ae["patch_size"] == config.ae_patch_size
-    for name in ("latent_channels", "input_noise", "latent_noise", "norm_mode"):
-        assert ae[name] == getattr(config, name), name
-    denoiser = _defaults(LatentUNet1DModel)
-    assert denoiser["block_out_channels"] == config.denoiser_block_out_channels
-    assert denoiser["in_channels"] == config.latent_channels
-    for name in ("layers_per_block", "num_train_timesteps", "beta_schedule", "prediction_type"):
-        assert denoiser[name] == getattr(config, name), name
+@pytest.mark.parametrize("script, flags", [("train_autoencoder", AUTOENCODER_FLAGS), ("train_ldm", LDM_FLAGS)])
+def test_script_defaults_are_read_from_pdiff_config_not_copied(scripts, script, flags, monkeypatch):
+    """Every mapped flag follows its PDiffConfig field when the config's defaults change: the scripts name the
+    fields instead of restating their values."""
+    mapping = {**flags, **{name: name for name in SHARED_FLAGS}}
+    changed = PDiffConfig(**{field: _changed(getattr(PDiffConfig(), field)) for field in set(mapping.values())})
+    module = scripts[script]
+    monkeypatch.setattr(module, "DEFAULTS", changed)
+    args = module.parse_args(REQUIRED[script])
+    found = {flag: _as_config_value(getattr(args, flag)) for flag in mapping}
+    assert found == {flag: getattr(changed, field) for flag, field in mapping.items()}
 
 
-def test_the_demo_runs_the_library_defaults():
-    from pdiff_hf import collect_checkpoints, train_classifier
-    from pdiff_hf.demos.demo import COLLECT_LR, DemoConfig
+@pytest.mark.parametrize("script", ["train_autoencoder", "train_ldm", "collect_checkpoints"])
+def test_help_shows_every_optional_flags_default(scripts, script, capsys):
+    import re
 
-    demo = DemoConfig()
-    assert demo.pdiff_config(128) == PDiffConfig()  # the default selection (D = 128) trains with PDiffConfig()
-    assert demo.target_epochs == _defaults(train_classifier)["epochs"]
-    assert COLLECT_LR[demo.selection] == _defaults(collect_checkpoints)["learning_rate"]
+    from .conftest import load_script
+
+    module = scripts.get(script) or load_script(script)
+    with pytest.raises(SystemExit):
+        module.parse_args(["--help"])
+    options = capsys.readouterr().out.split("options:", 1)[1]
+    entries = re.split(r"\n(?=  -)", options.strip("\n"))  # one entry per flag: "  --flag VALUE\n  help..."
+    required = {"--dataset_name", "--pretrained_autoencoder_name_or_path"}
+    checked = 0
+    for entry in entries:
+        flag = entry.split()[0].rstrip(",")
+        if flag in ("-h", *required):
+            assert "(default:" not in entry, entry
+            continue
+        assert "(default: " in " ".join(entry.split()), entry
+        checked += 1
+    assert checked >= 15
