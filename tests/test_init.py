@@ -53,7 +53,7 @@ def test_public_names_dir_and_type_checking_imports_agree():
     assert len(names) == sum(len(ns) for ns in structure.values()), "a name is exported by two submodules"
     expected = {  # the public API (new: load_checkpoint_dataset)
         "PDiffPipeline", "PDiffPipelineOutput", "ParamLayout", "ParamSpec", "ParameterAutoencoder", "LatentUNet1DModel",
-        "TokenParameterAutoencoder",
+        "TokenParameterAutoencoder", "LinearParameterAutoencoder",
         "PDiffConfig", "build_models", "fit_pdiff", "train_autoencoder", "train_denoiser", "collect_checkpoints",
         "collect_from_runs", "train_classifier", "ClassificationSplits", "evaluate_parameters", "select_best",
         "predict_with_parameters", "summarize_accuracies", "NoveltyReport", "analyze_novelty", "novelty_verdict",
