@@ -84,6 +84,14 @@ class PDiffConfig:
     adam_epsilon: float = 1e-8
     seed: int = 0
 
+    @classmethod
+    def paper(cls, **overrides) -> "PDiffConfig":
+        """p-diff's recipe (Wang et al. 2024) as this library first shipped it, kept by name so its behaviour can be
+        reproduced and compared: the 1D-convolution autoencoder trained with p-diff's noise augmentation (input noise
+        0.001, latent noise 0.1) and the DDPM objective. ``overrides``: other fields."""
+        recipe = dict(autoencoder_type="auto", input_noise=0.001, latent_noise=0.1, objective="ddpm")
+        return cls(**{**recipe, **overrides})
+
     def validate(self, dim: Optional[int] = None) -> "PDiffConfig":
         """Raise :class:`~pdiff_hf.errors.PDiffConfigError` naming the field, its expected range and its value for
         any field out of type or range, a broken rule between fields, or (with ``dim``, the vector length ``D``) a
