@@ -27,7 +27,7 @@ from pdiff_hf.errors import (
     PDiffConfigError,
     PDiffError,
 )
-from pdiff_hf.utils.io_utils import LOCK_NAME, locked_dir
+from pdiff_hf.utils.io_utils import HOLDER_NAME, LOCK_NAME, locked_dir
 
 LAYOUT = ParamLayout.from_list([{"name": "w", "shape": [2, 3]}, {"name": "b", "shape": [2]}])  # D = 8
 
@@ -150,7 +150,7 @@ def test_second_run_on_a_locked_output_folder_fails_at_once(no_work, tmp_path, c
         holder.wait()
     assert (out / LOCK_NAME).exists()  # left by the killed holder, unlocked by the kernel with the process
     with locked_dir(out) as folder:
-        assert folder == out and (out / LOCK_NAME).read_text() == f"pid {os.getpid()}\n"
-    assert not (out / LOCK_NAME).exists()  # removed at the block's end
+        assert folder == out and (out / HOLDER_NAME).read_text() == f"pid {os.getpid()}\n"
+    assert (out / LOCK_NAME).exists() and not (out / HOLDER_NAME).exists()  # the holder's pid goes at the block's end
     with locked_dir(out):
         pass

@@ -1,8 +1,6 @@
 """Atomic writes: an output either appears complete or not at all. Output folders: checked writable before any
 work, and locked against a second concurrent run."""
 
-import errno
-import fcntl
 import json
 import os
 import shutil
@@ -13,7 +11,8 @@ from typing import IO, Any, Iterator, Union
 
 from ..errors import OutputFolderError, OutputFolderInUseError
 
-LOCK_NAME = ".lock"
+LOCK_NAME = ".lock"  # locked with filelock while a run writes into the folder
+HOLDER_NAME = ".lock.holder"  # "pid N" of the run holding the lock
 
 
 def _umask() -> int:
@@ -97,39 +96,34 @@ def check_writable_dir(path: Union[str, Path], what: str = "output folder") -> P
 
 @contextmanager
 def locked_dir(path: Union[str, Path], what: str = "output folder") -> Iterator[Path]:
-    """Hold an exclusive lock on ``path/.lock`` (``fcntl.flock``) while the block runs; a second run on the same
-    folder gets :class:`OutputFolderInUseError` at once instead of writing into it too. The lock goes with the
-    process (exit, SIGKILL), so a crashed run never leaves the folder locked (only an unlocked ``.lock`` file, reused
-    by the next run); a run that ends normally removes the file."""
+    """Hold an exclusive lock on ``path/.lock`` (:class:`filelock.FileLock`, ``flock`` on POSIX) while the block
+    runs; a second run on the same folder gets :class:`OutputFolderInUseError` at once instead of writing into it too.
+    The lock goes with the process (exit, SIGKILL), so a crashed run never leaves the folder locked. ``.lock`` stays
+    in place (filelock keeps it, so every run locks the same file); the holder's ``pid N`` is in ``path/.lock.holder``
+    (filelock truncates the lock file itself) for the message a second run prints, and is removed when the block
+    ends."""
+    from filelock import FileLock, Timeout
+
     path = check_writable_dir(path, what)
-    lock_path = path / LOCK_NAME
-    while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "another process"
-            os.close(fd)
-            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            raise OutputFolderInUseError(
-                f"{what}: expected no other run writing into {path}, found it locked by {holder} ({lock_path}); "
-                "wait for that run to end or choose another folder"
-            ) from None
-        try:  # the file may have been removed by the run that held it, after this process opened it: retry
-            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
+    lock = FileLock(str(path / LOCK_NAME), timeout=0)  # timeout 0: fail at once, never wait
+    holder_path = path / HOLDER_NAME
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = holder_path.read_text(encoding="ascii", errors="replace").strip()
+        except OSError:
+            holder = ""
+        raise OutputFolderInUseError(
+            f"{what}: expected no other run writing into {path}, found it locked by {holder or 'another process'} "
+            f"({path / LOCK_NAME}); wait for that run to end or choose another folder"
+        ) from None
+    try:
+        holder_path.write_text(f"pid {os.getpid()}\n", encoding="ascii")
         yield path
     finally:
         try:
-            os.unlink(lock_path)  # still holding the lock: a run waiting on this file retries on a new one
+            holder_path.unlink()
         except FileNotFoundError:
             pass
-        os.close(fd)  # releases the lock
+        lock.release()
