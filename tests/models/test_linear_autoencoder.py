@@ -301,7 +301,7 @@ def test_fit_pdiff_refuses_a_latent_larger_than_the_span_before_building(monkeyp
     with pytest.raises(PDiffConfigError, match=r"latent_channels x config.ae_linear_latent_length <= N - 1 = 7 .*"
                                                r"found 2 x 4 = 8"):  # fmt: skip
         fit_pdiff(_checkpoints(8, 5), LAYOUT, _linear_config(), progress=False)
-    with pytest.raises(PDiffConfigError, match="ae_linear_latent_length to be a positive integer, found 0"):
+    with pytest.raises(PDiffConfigError, match=r"expected config.ae_linear_latent_length to be .*found 0"):
         fit_pdiff(_checkpoints(8, 5), LAYOUT, _linear_config(ae_linear_latent_length=0), progress=False)
 
 
