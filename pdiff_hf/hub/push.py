@@ -325,9 +325,13 @@ def save_pipeline(
     if not push_to_hub:
         if save_directory is None:
             raise HubError("expected a save_directory to write the pipeline to, found None")
-        save_for_hub(
-            pipe, save_directory, repo_id=repo_id, variant=variant, max_shard_size=max_shard_size, token=token, **kwargs
-        )
+        from ..utils.atomic_dir import atomic_folder
+        from .save_folder import pipeline_owns
+
+        # all or nothing: written into a hidden sibling that replaces save_directory in one rename (a kill leaves
+        # the old pipeline or the new one, never a mix); files in it that are not the pipeline's are kept
+        with atomic_folder(save_directory, owns=pipeline_owns(variant)) as tmp:
+            save_for_hub(pipe, tmp, repo_id=repo_id, variant=variant, max_shard_size=max_shard_size, token=token, **kwargs)
         return None
     if repo_id is None:
         raise HubError("expected repo_id='owner/name' with push_to_hub=True, found none")
