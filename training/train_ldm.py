@@ -81,7 +81,7 @@ from pdiff_hf.training.training_utils import (
 
 logger = get_logger(__name__)
 RUN_FLAGS = ("block_out_channels", "layers_per_block", "num_train_timesteps", "beta_schedule", "prediction_type",
-                 "train_batch_size", "gradient_accumulation_steps", "use_ema", "seed")  # fmt: skip
+             "objective", "train_batch_size", "gradient_accumulation_steps", "use_ema", "seed")  # fmt: skip
 # also part of the run of a conditional denoiser (--condition_column); its condition ids join the data hash
 CONDITION_FLAGS = ("condition_column", "num_conditions", "condition_dropout")
 DEFAULTS = PDiffConfig()
@@ -116,6 +116,9 @@ def parse_args(argv=None):
                         choices=["epsilon", "sample", "v_prediction"],
                         help="What the denoiser predicts; 'sample' (x0) kept every demo sample on the checkpoint "
                         "manifold after short training, 'epsilon' left about 8%% off it.")
+    parser.add_argument("--objective", type=str, default=DEFAULTS.objective, choices=["ddpm", "flow_matching"],
+                        help="Training objective: 'ddpm' (the beta schedule and --prediction_type above) or "
+                        "'flow_matching' (rectified flow, sampled with FlowMatchEulerDiscreteScheduler).")
     # conditioning
     parser.add_argument("--condition_column", type=str, default=None,
                         help="Integer column of task ids (e.g. 'condition'): train a denoiser conditional on it.")
@@ -209,6 +212,7 @@ def main(args):
         denoiser_block_out_channels=tuple(args.block_out_channels), layers_per_block=args.layers_per_block,
         num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule,
         prediction_type=args.prediction_type, num_conditions=num_conditions, condition_dropout=args.condition_dropout,
+        objective=args.objective,
     )
     try:
         denoiser = build_denoiser(autoencoder, config, condition_names=condition_names)

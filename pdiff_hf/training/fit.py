@@ -28,6 +28,7 @@ from .training_utils import (
     autoencoder_loss,
     build_autoencoder,
     build_denoiser,
+    check_objective,
     denoiser_loss,
     make_dataloader,
     noise_scheduler_for,
@@ -243,6 +244,7 @@ def check_fit_inputs(params, layout, config: PDiffConfig) -> None:
             f"expected config.num_train_timesteps to be an integer >= 2, found {config.num_train_timesteps!r}"
         )
     config.validate(dim=layout.dim)  # every field's type and range, rules between fields, token size <= D
+    check_objective(config.objective)  # "ddpm" or "flow_matching", before the autoencoder trains
     check_linear_latent_size(config, layout.dim, params.shape[0])
 
 
