@@ -3,22 +3,17 @@ denoiser was trained with (and can step its prediction type), that a target netw
 parameter layout with its shape, that a base model holds the modules a PEFT adapter layout attaches to, and that the
 sampling arguments (output type, generators, initial latents, step callback) fit the pipeline."""
 
-import copy
-import inspect
 from typing import Optional, Sequence, Tuple
 
 import torch
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import nn
 
 from pdiff_hf.errors import (
     LayoutMismatchError,
     PeftLayoutError,
     PipelineInputError,
-    SchedulerError,
 )
 from pdiff_hf.layout import ParamLayout
-from pdiff_hf.models.denoiser import LatentUNet1DModel
 from pdiff_hf.peft_adapters import (
     PEFT_CONFIG_KEY,
     check_adapter_base,
@@ -28,68 +23,7 @@ from pdiff_hf.peft_adapters import (
     require_peft,
 )
 
-# Config keys that define the forward (noising) process; a sampling scheduler must agree with training on them.
-OBJECTIVE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")
-
-def check_scheduler(scheduler, denoiser: LatentUNet1DModel) -> None:
-    """Raise :class:`SchedulerError` unless ``scheduler`` is a diffusers noise scheduler whose forward process
-    matches the one ``denoiser`` was trained with, whose sample clipping cannot cut off real latents, and whose
-    ``step`` implements the denoiser's prediction type."""
-    if not isinstance(scheduler, SchedulerMixin) or not hasattr(scheduler, "step"):
-        raise SchedulerError(f"expected a diffusers noise scheduler, found {type(scheduler).__name__}")
-    config = scheduler.config
-    if "beta_schedule" not in config or "num_train_timesteps" not in config:
-        raise SchedulerError(
-            f"{type(scheduler).__name__} is not a DDPM-family (beta schedule) scheduler; the denoiser was trained "
-            f"with a {denoiser.config.beta_schedule} beta schedule and {denoiser.config.prediction_type} prediction"
-        )
-    wrong = {
-        key: (denoiser.config[key], config.get(key))
-        for key in OBJECTIVE_KEYS
-        if key in config and config.get(key) != denoiser.config[key]
-    }
-    if wrong:
-        details = ", ".join(f"{k}: trained {a!r}, scheduler {b!r}" for k, (a, b) in wrong.items())
-        raise SchedulerError(
-            f"{type(scheduler).__name__} does not match the denoiser's training objective ({details}); load it with "
-            f"{type(scheduler).__name__}.from_config(pipe.scheduler.config)"
-        )
-    if config.get("clip_sample", False):
-        clip = float(config.get("clip_sample_range", 1.0))
-        if clip < denoiser.config.sample_abs_max:
-            raise SchedulerError(
-                f"{type(scheduler).__name__} clips samples to ±{clip}, but training latents reach "
-                f"±{denoiser.config.sample_abs_max:.3f}; set clip_sample=False or "
-                f"clip_sample_range>={denoiser.config.sample_abs_max:.3f}"
-            )
-    if config.get("trained_betas") is not None or config.get("rescale_betas_zero_snr", False):
-        raise SchedulerError(
-            f"{type(scheduler).__name__} overrides the beta schedule (trained_betas / rescale_betas_zero_snr), so its "
-            f"forward process differs from the denoiser's {denoiser.config.beta_schedule} training schedule"
-        )
-    if config.get("thresholding", False):
-        raise SchedulerError(f"{type(scheduler).__name__} uses dynamic thresholding, which is meant for images")
-    _check_scheduler_steps(scheduler, denoiser)
-
-
-def _check_scheduler_steps(scheduler, denoiser: LatentUNet1DModel) -> None:
-    """Take one step on a copy of ``scheduler``: some schedulers accept every ``prediction_type`` in their config but
-    implement only some in ``step`` (Euler ancestral, PNDM, KDPM2 … have no x0 / ``"sample"`` prediction), which
-    would otherwise fail only in the middle of sampling."""
-    sample = torch.zeros(1, 1, 1)
-    try:
-        probe = copy.deepcopy(scheduler)
-        probe.set_timesteps(4)  # PNDM needs more than 2
-        t = probe.timesteps[0]
-        # a generator of its own, so that the probe never draws from the global random stream
-        takes_generator = "generator" in inspect.signature(probe.step).parameters
-        kwargs = {"generator": torch.Generator().manual_seed(0)} if takes_generator else {}
-        probe.step(sample, t, probe.scale_model_input(sample, t), **kwargs)
-    except Exception as err:  # whatever the scheduler raises, it cannot sample here
-        raise SchedulerError(
-            f"expected a scheduler that can step with the denoiser's prediction_type "
-            f"{denoiser.config.prediction_type!r}, found {type(scheduler).__name__}, which fails: {err}"
-        ) from err
+from .pipeline_schedulers import OBJECTIVE_KEYS, check_scheduler  # noqa: F401  (the scheduler checks live there)
 
 
 def check_target(target: Optional[nn.Module], layout: Optional[ParamLayout]) -> None:

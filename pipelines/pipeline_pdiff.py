@@ -9,6 +9,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import logging as diffusers_logging
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
@@ -25,6 +26,7 @@ from .pipeline_checks import (
     check_scheduler,
     check_target,
 )
+from .pipeline_call_state import PipelineCallState, current_call_state, pipeline_call
 from .pipeline_conditions import _is_int, check_conditioning, condition_ids
 from .pipeline_target import check_fingerprint, target_fingerprint
 from .pipeline_output import (
@@ -33,6 +35,21 @@ from .pipeline_output import (
     PDiffPipelineOutput,
     postprocess,
 )
+
+
+pipeline_logger = diffusers_logging.get_logger(__name__)
+
+
+def safetensors_instead_of_pickle(safe_serialization: bool) -> bool:
+    """``True``, with a logged warning when ``safe_serialization=False`` asked for pickled ``.bin`` weights:
+    pdiff_hf writes and loads safetensors only (a pickle can run code when loaded), so the folder is the same as
+    with ``safe_serialization=True`` and loads everywhere."""
+    if not safe_serialization:
+        pipeline_logger.warning(
+            "safe_serialization=False: pdiff_hf writes safetensors weights only (pickled .bin weights can run code "
+            "when loaded), so the weights are saved as safetensors"
+        )
+    return True
 
 
 class PDiffPipeline(DiffusionPipeline):
@@ -135,6 +152,36 @@ class PDiffPipeline(DiffusionPipeline):
         """A name per condition id, if the denoiser's config records them."""
         return self.denoiser.config.condition_names
 
+    # Per-call state that step callbacks read (and may change), as on diffusers' pipelines; kept per call and per
+    # thread (pipeline_call_state), so concurrent calls from several threads never see each other's values.
+    @property
+    def guidance_scale(self) -> float:
+        """The classifier-free guidance weight of the running call (inside ``callback_on_step_end``; the loop
+        reads it at every step), else of this thread's last call."""
+        return current_call_state(self).guidance_scale
+
+    @property
+    def _guidance_scale(self) -> float:
+        return current_call_state(self).guidance_scale
+
+    @_guidance_scale.setter
+    def _guidance_scale(self, value: float) -> None:
+        """``pipe._guidance_scale = s`` in a step callback sets the guidance of the remaining steps (diffusers'
+        convention)."""
+        current_call_state(self).guidance_scale = value
+
+    @property
+    def num_timesteps(self) -> int:
+        """The number of denoising steps of the running call, else of this thread's last call (0 before any)."""
+        return current_call_state(self).num_timesteps
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Whether the running call's next step evaluates the denoiser with and without the condition: a conditional
+        call with ``guidance_scale != 1`` (``s = 0`` ignores the condition, ``s > 1`` strengthens it)."""
+        state = current_call_state(self)
+        return state.conditional and state.guidance_scale != 1
+
     def get_condition_ids(self, condition: Union[int, str, Sequence[Union[int, str]]]) -> List[int]:
         """Condition ids for ids or names (as ``DiTPipeline.get_label_ids`` maps labels), checked against
         ``num_conditions``; :class:`ConditionError` names the valid ones otherwise."""
@@ -182,13 +229,14 @@ class PDiffPipeline(DiffusionPipeline):
         latents: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Initial latents ``(num_models, C, L)``: ``latents`` if given, else Gaussian noise drawn from
-        ``generator`` (one generator per model if a list), scaled by ``scheduler``'s initial noise sigma."""
+        ``generator`` (one generator per model if a list), scaled by ``scheduler``'s initial noise sigma (1 for
+        flow-matching schedulers, which have none)."""
         shape = (num_models, *self.autoencoder.latent_shape)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         else:
             latents = latents.to(device=device, dtype=dtype)
-        return latents * scheduler.init_noise_sigma
+        return latents * getattr(scheduler, "init_noise_sigma", 1.0)
 
     def prepare_conditions(self, condition, num_models: int, device: torch.device) -> Optional[torch.Tensor]:
         """Condition ids ``(num_models,)`` for a checked ``condition`` (one id for all models, or one per model);
@@ -236,7 +284,10 @@ class PDiffPipeline(DiffusionPipeline):
                 after each denoising step as ``callback_on_step_end(pipe, i, t, callback_kwargs)`` with
                 ``callback_kwargs`` holding the tensors named in ``callback_on_step_end_tensor_inputs``; it returns a
                 dict, and a ``"latents"`` entry in it replaces the latents. Each call steps its own copy of the
-                scheduler, so ``pipe.scheduler`` in the callback is not the one advancing.
+                scheduler, so ``pipe.scheduler`` in the callback is not the one advancing. As in diffusers, the
+                callback reads ``pipe.num_timesteps``, ``pipe.guidance_scale`` and ``pipe.do_classifier_free_guidance``
+                of its own call, and ``pipe._guidance_scale = s`` changes the guidance of the remaining steps (state
+                of this call and thread only: concurrent calls never see it).
             callback_on_step_end_tensor_inputs (`List[str]`): names from ``pipe._callback_tensor_inputs``
                 (``["latents"]``).
             condition (`int`, `str`, a list of them, or `torch.Tensor`, *optional*): for a conditional pipeline
@@ -305,38 +356,42 @@ class PDiffPipeline(DiffusionPipeline):
 
         # 3. Prepare conditions (num_models,); with guidance the batch is doubled, the null condition second
         conditions = self.prepare_conditions(condition, num_models, device)
-        do_guidance = guidance_scale != 1
-        model_conditions = conditions
-        if do_guidance:
-            null = torch.full_like(conditions, self.denoiser.null_condition)
-            model_conditions = torch.cat([conditions, null])
+        guided_conditions = None
+        if conditions is not None:
+            guided_conditions = torch.cat([conditions, torch.full_like(conditions, self.denoiser.null_condition)])
 
-        # 4. Denoising loop
+        # 4. Denoising loop. Guidance is read from this call's state at every step: a step callback may change it
+        # (pipe._guidance_scale), as in diffusers' pipelines. Flow-matching schedulers scale no model input.
         # Only stochastic schedulers take a generator (PNDM, LMS, Heun, UniPC, DEIS, KDPM2 … reject the keyword).
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-        for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
-            model_input = scheduler.scale_model_input(latents, t)
-            if do_guidance:
-                model_input = torch.cat([model_input, model_input])
-            if model_conditions is None:
-                model_output = self.denoiser(model_input, t).sample
-            else:
-                model_output = self.denoiser(model_input, t, condition=model_conditions).sample
-            if do_guidance:
-                cond_output, uncond_output = model_output.chunk(2)
-                model_output = uncond_output + guidance_scale * (cond_output - uncond_output)
-            latents = scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
+        scales_input = hasattr(scheduler, "scale_model_input")
+        state = PipelineCallState(guidance_scale, len(scheduler.timesteps), conditions is not None)
+        with pipeline_call(self, state):
+            for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
+                model_input = scheduler.scale_model_input(latents, t) if scales_input else latents
+                do_guidance = self.do_classifier_free_guidance
+                if do_guidance:
+                    model_input = torch.cat([model_input, model_input])
+                model_conditions = guided_conditions if do_guidance else conditions
+                if model_conditions is None:
+                    model_output = self.denoiser(model_input, t).sample
+                else:
+                    model_output = self.denoiser(model_input, t, condition=model_conditions).sample
+                if do_guidance:
+                    cond_output, uncond_output = model_output.chunk(2)
+                    model_output = uncond_output + state.guidance_scale * (cond_output - uncond_output)
+                latents = scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
 
-            if callback_on_step_end is not None:
-                step_tensors = {"latents": latents}
-                callback_kwargs = {name: step_tensors[name] for name in callback_on_step_end_tensor_inputs or []}
-                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                if not isinstance(callback_outputs, dict):
-                    raise PipelineInputError(
-                        f"expected callback_on_step_end to return a dict of tensors, found "
-                        f"{type(callback_outputs).__name__}"
-                    )
-                latents = callback_outputs.get("latents", latents)
+                if callback_on_step_end is not None:
+                    step_tensors = {"latents": latents}
+                    callback_kwargs = {name: step_tensors[name] for name in callback_on_step_end_tensor_inputs or []}
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    if not isinstance(callback_outputs, dict):
+                        raise PipelineInputError(
+                            f"expected callback_on_step_end to return a dict of tensors, found "
+                            f"{type(callback_outputs).__name__}"
+                        )
+                    latents = callback_outputs.get("latents", latents)
 
         # 5. Decode to parameters (N, D), unless the latents themselves are asked for
         if output_type == "latent":
@@ -386,13 +441,18 @@ class PDiffPipeline(DiffusionPipeline):
         the folder exactly as :meth:`push_to_hub` does and return the ``CommitInfo``. Card options (``results``,
         ``training_args``, ``target_architecture`` …) as for :meth:`push_to_hub`. See
         :func:`pdiff_hf.hub.save_pipeline`.
+
+        ``safe_serialization=False`` (diffusers' option for pickled ``.bin`` weights) is accepted and writes
+        safetensors all the same, with a logged warning: pdiff_hf never writes or loads pickles. ``variant="fp16"``
+        names the weight files ``diffusion_pytorch_model.fp16.safetensors``; load them with
+        ``from_pretrained(dir, variant="fp16")``.
         """
         from pdiff_hf.hub import save_pipeline
 
         return save_pipeline(
             self,
             save_directory,
-            safe_serialization=safe_serialization,
+            safe_serialization=safetensors_instead_of_pickle(safe_serialization),
             variant=variant,
             max_shard_size=max_shard_size,
             push_to_hub=push_to_hub,
@@ -427,7 +487,7 @@ class PDiffPipeline(DiffusionPipeline):
             private=private,
             token=token,
             create_pr=create_pr,
-            safe_serialization=safe_serialization,
+            safe_serialization=safetensors_instead_of_pickle(safe_serialization),
             variant=variant,
             **kwargs,
         )

@@ -95,6 +95,8 @@ def load_components(
     from diffusers import SchedulerMixin
 
     from ..models import AUTOENCODER_MODULES, LatentUNet1DModel, autoencoder_class
+    from .load_options import dtype_for, log_loaded, weight_variants
+
     index_path = folder / "model_index.json"
     if not index_path.is_file():
         raise HubError(f"{label} lacks model_index.json: it is not a saved diffusers pipeline")
@@ -114,6 +116,7 @@ def load_components(
         _check_component_files(folder, name, label)
     # sizes within the weights' budget, tensors named as in the weights, layout and statistics: before any allocation
     check_pipeline_folder(folder, label, index, wanted, variant=variant)
+    variants = weight_variants(folder, [n for n in wanted if n != "scheduler"], variant)  # diffusers' missing-variant error
     components: dict[str, Any] = {}
     for name in sorted(wanted, key=lambda n: n != "scheduler"):  # the scheduler is cheap: its values first
         expected, entry = COMPONENTS[name], index[name]
@@ -126,6 +129,7 @@ def load_components(
                 )
             try:
                 components[name] = scheduler_cls.from_pretrained(str(folder), subfolder=name)
+                log_loaded(name, class_name, label)
             except (OSError, ValueError, TypeError, NotImplementedError) as err:  # values the class rejects
                 first = first_line(err)
                 raise HubError(
@@ -135,12 +139,13 @@ def load_components(
             continue
         if class_name != expected and not (name == "autoencoder" and class_name in AUTOENCODER_MODULES):
             raise HubError(f"{label}: expected component {name} to be a {expected}, found {class_name}")
-        kwargs = {"use_safetensors": True, "variant": variant}
-        if torch_dtype is not None:
-            kwargs["torch_dtype"] = torch_dtype
+        kwargs = {"use_safetensors": True, "variant": variants[name]}
+        if dtype_for(torch_dtype, name) is not None:
+            kwargs["torch_dtype"] = dtype_for(torch_dtype, name)
         try:
             model_cls = LatentUNet1DModel if name == "denoiser" else autoencoder_class(class_name)
             components[name] = model_cls.from_pretrained(str(folder), subfolder=name, **kwargs)
+            log_loaded(name, class_name, label)
         except PDiffError as err:
             raise type(err)(f"{label}, component {name}: {err}") from None
         except (OSError, ValueError) as err:  # a truncated or foreign safetensors file, a config that does not fit
@@ -175,7 +180,9 @@ def load_pipeline(
     target_module: nn.Module | None = None,
     target_class: type | None = None,
     check_target_weights: bool = True,
+    dtype=None,
     torch_dtype=None,
+    device_map: str | None = None,
     variant: str | None = None,
     use_safetensors: bool | None = None,
     **overrides,
@@ -190,7 +197,16 @@ def load_pipeline(
     Args:
         target_module: the network the parameters are for; raises :class:`LayoutMismatchError` naming the repo if
             the pipeline's parameter layout does not fit it.
-        torch_dtype / variant: passed to the model components' ``from_pretrained``.
+        dtype / torch_dtype: the dtype of the loaded model components (``torch_dtype`` is diffusers' older name), or
+            a dict per component with a ``"default"``, e.g. ``{"default": torch.float16, "denoiser": torch.bfloat16}``
+            (components a dict without a default leaves out load in float32, as in diffusers). Components passed as
+            keyword arguments are used as given.
+        device_map: a device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``): every loaded component goes there;
+            diffusers' multi-device strategies (``"balanced"``) are ``NotImplementedError``.
+        variant: load ``diffusion_pytorch_model.<variant>.safetensors`` (``save_pretrained(dir, variant=...)``) where
+            a component has it; ``ValueError`` with diffusers' message when none has.
+        Each loaded component is reported as diffusers does ("Loaded denoiser as LatentUNet1DModel from `denoiser`
+        subfolder of …", INFO on the ``diffusers.pipelines.pipeline_utils`` logger).
         target_class: the class of a saved target that only the caller can build (a ``PyTorchModelHubMixin`` or
             plain ``nn.Module``: no code is imported from the repo), e.g. ``target_class=MyNet``.
         check_target_weights: with ``target=net``, fill ``net`` in place from the saved ``target/`` weights (every
@@ -207,6 +223,10 @@ def load_pipeline(
     unknown = sorted(set(overrides) - set(COMPONENTS) - {"target"})
     if unknown:
         raise TypeError(f"unexpected keyword arguments for loading a {pipeline_class.__name__}: {unknown}")
+    from .load_options import place_components, resolve_device_map, resolve_dtype
+
+    dtypes = resolve_dtype(dtype, torch_dtype, [*COMPONENTS, "target"])
+    device = resolve_device_map(device_map)
     name = os.fspath(pretrained_model_name_or_path)
     if os.path.isdir(name):
         folder, label = Path(name), f"pipeline folder {name}"
@@ -233,15 +253,18 @@ def load_pipeline(
 
     given_target = "target" in overrides
     target = overrides.pop("target", None)
-    components = load_components(
-        folder, label, skip=set(overrides) | {"target"}, torch_dtype=torch_dtype, variant=variant
-    )
+    components = load_components(folder, label, skip=set(overrides) | {"target"}, torch_dtype=dtypes, variant=variant)
     record = read_target_record(folder, label)
     if not (given_target and target is None):  # target=None: load without the target network
         entry = _read_json_object(folder / "model_index.json", folder, label).get("target")
         components["target"] = resolve_target(
             folder, entry, record, label, target=target, target_class=target_class, fill=check_target_weights
         )
+    if components.get("target") is not None and not given_target:
+        from .load_options import log_loaded
+
+        log_loaded("target", type(components["target"]).__name__, label)
+    place_components({k: v for k, v in components.items() if not (k == "target" and given_target)}, dtypes, device)
     pipe = pipeline_class(**{**components, **overrides})
     saved_weights = (folder / "target").is_dir() and any((folder / "target").glob("*.safetensors"))
     check_loaded_target(
