@@ -57,7 +57,9 @@ from pdiff_hf.evaluation.batched import evaluate_parameters, summarize_accuracie
 from pdiff_hf.layout import ParamLayout
 from pdiff_hf.tasks import TASKS, get_task
 from pdiff_hf.training.training_utils import ScriptHelpFormatter
-from pdiff_hf.utils.io_utils import atomic_directory, write_json_atomic
+from pdiff_hf.training.resume import output_dir_lock
+from pdiff_hf.utils.atomic_dir import atomic_folder, owns_entries
+from pdiff_hf.utils.io_utils import write_json_atomic
 
 PROG = "collect_checkpoints.py"
 logger = get_logger(__name__)
@@ -290,13 +292,13 @@ def main(args: argparse.Namespace) -> int:
             stats = summarize_accuracies(torch.tensor(ds[f"{split}_accuracy"]))
             logger.info("checkpoint %s accuracy: %s", split, stats)
 
-        # 4. save (each folder appears complete or not at all), then push
-        with atomic_directory(out / "target") as tmp:
-            model.save_pretrained(str(tmp))
-        with atomic_directory(out / "checkpoints") as tmp:
-            ds.save_to_disk(str(tmp))
+        # 4. save target/, checkpoints/ and collect_args.json as one set (the output folder is swapped in one rename:
+        # a kill leaves the earlier set or this one, never a mix; other files in it are kept), then push
         settings = {k: v for k, v in vars(args).items() if k != "hub_token"}
-        write_json_atomic(out / "collect_args.json", settings)
+        with atomic_folder(out, owns=owns_entries("target", "checkpoints", "collect_args.json")) as tmp:
+            model.save_pretrained(str(tmp / "target"))
+            ds.save_to_disk(str(tmp / "checkpoints"))
+            write_json_atomic(tmp / "collect_args.json", settings)
         logger.info(
             "saved %d checkpoints (D=%d) to %s and the target model to %s",
             len(ds),
@@ -323,7 +325,9 @@ def cli(input_args: Optional[List[str]] = None) -> int:
     """Run the script: bad input ends with ``collect_checkpoints.py: error: <one line>`` on stderr and exit code 2,
     Ctrl-C with exit code 130. Usable in-process (``input_args``) and as ``__main__``."""
     try:
-        return int(main(parse_args(input_args)) or 0)
+        args = parse_args(input_args)
+        with output_dir_lock(args.output_dir):  # a second run into the same folder stops at once
+            return int(main(args) or 0)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
         return 130

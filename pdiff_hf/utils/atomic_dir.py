@@ -155,3 +155,16 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def owns_entries(*names: str) -> Callable[[str], bool]:
+    """``owns`` for :func:`atomic_folder`: the top-level entries ``names`` and what interrupted writes of them left
+    (``.<name>.tmp-*`` folders of :func:`~pdiff_hf.utils.io_utils.atomic_directory`, ``.<name>.*.tmp`` files of
+    :func:`~pdiff_hf.utils.io_utils.atomic_file`); everything else is kept."""
+    stale = re.compile(r"^\.(%s)\.(tmp-.*|.*\.tmp)$" % "|".join(re.escape(n) for n in names))
+
+    def owns(rel: str) -> bool:
+        top = rel.split("/", 1)[0]
+        return top in names or bool(stale.match(top))
+
+    return owns
