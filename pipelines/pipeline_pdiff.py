@@ -28,6 +28,7 @@ from .pipeline_checks import (
 )
 from .pipeline_call_state import PipelineCallState, current_call_state, pipeline_call
 from .pipeline_conditions import _is_int, check_conditioning, condition_ids
+from .pipeline_memory import check_sampling_memory
 from .pipeline_target import check_fingerprint, target_fingerprint
 from .pipeline_output import (
     OUTPUT_TYPES,
@@ -214,6 +215,11 @@ class PDiffPipeline(DiffusionPipeline):
                 f"num_train_timesteps), found {num_inference_steps!r}"
             )
         check_noise(generator, latents, num_models, tuple(self.autoencoder.latent_shape))
+        check_sampling_memory(  # num_models=10**9 is refused with the figure, before any allocation
+            num_models, tuple(self.autoencoder.latent_shape), self.autoencoder.config.in_dim, self.denoiser.config,
+            self._execution_device, guidance=condition is not None and guidance_scale != 1,
+            solver_order=getattr(self.scheduler.config, "solver_order", 1),
+        )
         if not isinstance(output_type, str) or output_type not in OUTPUT_TYPES:
             raise PipelineInputError(f"expected output_type in {OUTPUT_TYPES}, found {output_type!r}")
         check_output_request(output_type, self.layout, getattr(self, "target", None), recalibrate_batchnorm)
