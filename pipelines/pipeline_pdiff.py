@@ -60,8 +60,11 @@ class PDiffPipeline(DiffusionPipeline):
         autoencoder ([`ParameterAutoencoder`]): maps parameter vectors to latents and back; carries the layout and
             normalization statistics.
         denoiser ([`LatentUNet1DModel`]): predicts the noise (or ``x0`` / ``v``) of noisy latents.
-        scheduler ([`SchedulerMixin`]): any DDPM-family diffusers scheduler matching the training objective
-            (DDPM, DDIM, DPMSolverMultistep, EulerDiscrete, …).
+        scheduler ([`SchedulerMixin`]): a diffusers scheduler of the denoiser's training objective
+            (``denoiser.config.objective``): for ``"ddpm"`` any DDPM-family scheduler (DDPM, DDIM,
+            DPMSolverMultistep, EulerDiscrete, …), for ``"flow_matching"`` ``FlowMatchEulerDiscreteScheduler`` (or
+            Heun, or a multistep solver with ``use_flow_sigmas=True``); checked by
+            :func:`~pdiff_hf.pipelines.pipeline_schedulers.check_scheduler`.
         target (`nn.Module`, *optional*): the network the parameters are for, saved in ``target/`` with the
             pipeline: a transformers ``PreTrainedModel`` (``ViTForImageClassification`` …), a diffusers
             ``ModelMixin`` (``pdiff_hf.tasks.MNIST1DCNN``), a ``huggingface_hub.PyTorchModelHubMixin`` module or any

@@ -159,6 +159,15 @@ def test_device_map_as_a_device_string(saved, tiny_pipeline):
     assert torch.equal(_sample(loaded).params, _sample(tiny_pipeline).params)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_map_cuda(saved, tiny_pipeline):
+    loaded = PDiffPipeline.from_pretrained(saved, device_map="cuda")
+    loaded.set_progress_bar_config(disable=True)
+    assert {c.device.type for c in loaded.components.values() if isinstance(c, nn.Module)} == {"cuda"}
+    out = _sample(loaded).params  # noise from the CPU generator, as in diffusers' device_map test
+    torch.testing.assert_close(out, _sample(tiny_pipeline).params, atol=1e-4, rtol=1e-4)
+
+
 def test_device_map_strategies_and_bad_values(saved, monkeypatch):
     from pdiff_hf.hub import load
 
