@@ -1,0 +1,320 @@
+#!/usr/bin/env python
+"""Generating whole networks from independent runs aligned by permutation, against recalibrated baselines.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_aligned_generation.py --runs 16 --heldout_runs 4 --channels 64 \
+        --epochs 15 --checkpoints_per_run 5 --variants linear --json aligned_generation.json
+
+1. **Runs**: ``--runs + --heldout_runs`` independent runs of ``MNIST1DCNN(channels=C)`` on MNIST-1D (seeds ``--seed``,
+   ``--seed + 1``, …; every module re-initialized per run), each trained ``--epochs`` epochs and then collected for
+   ``--checkpoints_per_run`` SGD steps on the whole network (lr ``--collect_lr``, the demo's 0.005 for ``whole``), all
+   with :func:`~pdiff_hf.checkpoints.collect.collect_from_runs` ``(align=True)``: every run aligned to run 0 by
+   weight matching. Whole networks with their BatchNorm statistics (``include_buffers=True``).
+2. **Held-out runs**: the last ``--heldout_runs`` runs are never fitted on (whole runs, not checkpoints of a training
+   run: "new" means new functions). They are what an ideal generator would produce: new runs of the same recipe.
+3. **Fit** p-diff on the training runs' checkpoints per ``--variants``: ``linear`` (the whitened PCA code,
+   ``autoencoder_type="linear"``, DDPM), ``linear-flow`` (the same with ``objective="flow_matching"``), ``paper``
+   (``PDiffConfig.paper()``: p-diff's conv autoencoder and noise augmentation); 100 models each (DPM-Solver, 25
+   steps; the flow variant its Euler scheduler).
+4. **Baselines**, built from the same training checkpoints: ``aligned_average`` (the weight average of the K training
+   runs' final checkpoints: one model), ``interpolation`` (``(1 - a) x_i + a x_j`` of two distinct training runs'
+   final checkpoints, ``a ~ U(0, 1)``), ``average_k16`` (means of 16 random training checkpoints), ``gaussian``
+   (per-dimension) and ``pca_gaussian`` (full covariance in the checkpoints' PCA subspace) in the training
+   checkpoints' normalized units (:func:`pdiff_hf.novelty.make_baselines`).
+5. **Recalibration**: every generated and baseline model gets its BatchNorm statistics re-estimated on the same
+   ``--recalibration_batches`` batches of 128 training inputs
+   (:func:`pdiff_hf.evaluation.recalibration.recalibrate_parameters`). The runs' checkpoints are scored as trained
+   (their recalibrated accuracy is printed beside).
+6. **Figures** per group, with 95% bootstrap intervals over models (2,000 resamples): median test accuracy, share
+   above the originals' minimum (the training checkpoints' lowest test accuracy), median max-IoU of test errors with
+   the training checkpoints (:mod:`pdiff_hf.novelty.metrics`' definition: IoU of error sets, 1 for two error-free
+   models), and the good-and-novel share: good = test accuracy >= the training checkpoints' 10th percentile; novel =
+   max-IoU below the training runs' median pairwise IoU (pairs of checkpoints of two different training runs).
+   Because a model's max-IoU is a maximum over K runs while the threshold is a median over pairs, a new independent
+   run is rarely "novel" by that threshold; the held-out runs' share shows what it gives a perfect generator, and a
+   second threshold (``novel_loo``: below the median over training runs of each run's max-IoU with the *other*
+   training runs — as new as a training run is to the rest) is printed too.
+7. **Held-out generalization test** (:func:`pdiff_hf.novelty.generalization.evaluate_generalization`, ``--no-generalization``
+   skips it): recalibrated training checkpoints vs recalibrated held-out runs vs recalibrated generated models and
+   baselines.
+
+Prints the total minutes and the seconds per alignment (weight matching of one run's final state to run 0's plus
+permuting its checkpoints). Figures are printed, never asserted.
+"""
+
+import argparse
+import dataclasses
+import json
+import time
+
+import torch
+
+VARIANTS = {
+    "linear": {"autoencoder_type": "linear"},
+    "linear-flow": {"autoencoder_type": "linear", "objective": "flow_matching"},
+    "paper": {},
+}
+CONFIDENCE = 0.95
+RESAMPLES = 2000
+
+
+def pdiff_config(name: str, num_train: int, seed: int, args):
+    """``PDiffConfig.paper()`` with the variant's overrides; the linear code keeps the most components that fit
+    ``latent_channels * length <= N - 1`` (an even length, for the denoiser's one downsampling)."""
+    from pdiff_hf import PDiffConfig
+
+    overrides = dict(VARIANTS[name], seed=seed)
+    if args.ae_steps is not None:
+        overrides["ae_steps"] = args.ae_steps
+    if args.denoiser_steps is not None:
+        overrides["denoiser_steps"] = args.denoiser_steps
+    config = PDiffConfig.paper(**overrides)
+    if config.autoencoder_type == "linear":
+        length = min(args.linear_latent_length, (num_train - 1) // config.latent_channels)
+        length -= length % 2
+        if length < 2:
+            raise SystemExit(f"expected at least {2 * config.latent_channels + 1} training checkpoints for the linear code, "
+                             f"found {num_train}")  # fmt: skip
+        config = dataclasses.replace(config, ae_linear_latent_length=length)
+    return config
+
+
+def iou_matrix(errors_a: torch.Tensor, errors_b: torch.Tensor) -> torch.Tensor:
+    """``(A, B)`` IoU of error sets (rows of 0/1 floats); two empty error sets have IoU 1."""
+    inter = errors_a @ errors_b.T
+    union = errors_a.sum(1)[:, None] + errors_b.sum(1)[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter))
+
+
+def bootstrap(values: torch.Tensor, statistic, generator: torch.Generator):
+    """``(point, low, high)``: ``statistic`` of ``values`` and its percentile interval over resampled models."""
+    v = values.double()
+    point = float(statistic(v[None]))
+    if v.numel() < 2:
+        return point, point, point
+    idx = torch.randint(0, v.numel(), (RESAMPLES, v.numel()), generator=generator)
+    stats = statistic(v[idx])
+    alpha = (1 - CONFIDENCE) / 2
+    return point, float(stats.quantile(alpha)), float(stats.quantile(1 - alpha))
+
+
+def median(x: torch.Tensor) -> torch.Tensor:
+    return x.quantile(0.5, dim=-1)
+
+
+def share(x: torch.Tensor) -> torch.Tensor:
+    return 100.0 * x.mean(dim=-1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=16, help="K training runs")
+    parser.add_argument("--heldout_runs", type=int, default=4)
+    parser.add_argument("--channels", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--checkpoints_per_run", type=int, default=5)
+    parser.add_argument("--collect_lr", type=float, default=0.005)
+    parser.add_argument("--variants", nargs="+", default=["linear"], choices=sorted(VARIANTS))
+    parser.add_argument("--linear_latent_length", type=int, default=16)
+    parser.add_argument("--ae_steps", type=int, default=None)
+    parser.add_argument("--denoiser_steps", type=int, default=None)
+    parser.add_argument("--num_models", type=int, default=100)
+    parser.add_argument("--num_inference_steps", type=int, default=25)
+    parser.add_argument("--recalibration_batches", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-generalization", dest="generalization", action="store_false")
+    parser.add_argument("--num_threads", type=int, default=1)
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    if args.runs < 2 or args.heldout_runs < 0 or args.checkpoints_per_run < 1:
+        raise SystemExit("expected --runs >= 2, --heldout_runs >= 0 and --checkpoints_per_run >= 1")
+    torch.set_num_threads(args.num_threads)
+    total_start = time.perf_counter()
+
+    import pdiff_hf.checkpoints.collect as collect_module
+    from pdiff_hf import fit_pdiff
+    from pdiff_hf.checkpoints.collect import collect_from_runs, get_alignment
+    from pdiff_hf.checkpoints.dataset import checkpoint_params
+    from pdiff_hf.evaluation.batched import accuracy_from_predictions, predict_with_parameters
+    from pdiff_hf.evaluation.recalibration import recalibrate_parameters
+    from pdiff_hf.layout import ParamLayout
+    from pdiff_hf.novelty import StatsNormalizer, make_baselines
+    from pdiff_hf.tasks.mnist1d import MNIST1DCNN, load_mnist1d
+
+    data = load_mnist1d(seed=42)
+    K, H, k = args.runs, args.heldout_runs, args.checkpoints_per_run
+
+    # 1. runs, aligned to run 0 (the alignment step is timed by wrapping collect's own function)
+    align_seconds = []
+    align_run = collect_module._align_run
+
+    def timed_align_run(*a, **kw):
+        start = time.perf_counter()
+        out = align_run(*a, **kw)
+        align_seconds.append(time.perf_counter() - start)
+        return out
+
+    collect_module._align_run = timed_align_run
+    torch.manual_seed(args.seed)
+    model = MNIST1DCNN(channels=args.channels)
+    layout = ParamLayout.from_module(model, include_buffers=True)
+    start = time.perf_counter()
+    ds = collect_from_runs(
+        model, data, layout, seeds=[args.seed + r for r in range(K + H)], align=True, num_checkpoints=k,
+        train_epochs=args.epochs, learning_rate=args.collect_lr, evaluate=False, progress=False,
+    )  # fmt: skip
+    collect_module._align_run = align_run
+    collect_s = time.perf_counter() - start
+    params = checkpoint_params(ds)
+    run_ids = torch.tensor(ds["run_id"])
+    steps = torch.tensor(ds["step"])
+    train, held = params[run_ids < K], params[run_ids >= K]
+    train_runs = run_ids[run_ids < K]
+    final = torch.stack([params[(run_ids == r) & (steps == steps[run_ids == r].max())][0] for r in range(K)])
+    alignment = get_alignment(ds)
+    print(f"# {K} training + {H} held-out runs of MNIST1DCNN(channels={args.channels}), D={layout.dim}, {args.epochs} "
+          f"epochs + {k} checkpoints each: {collect_s / 60:.1f} min ({collect_s / (K + H):.0f} s per run); "
+          f"{sum(align_seconds) / len(align_seconds):.2f} s per alignment (weight matching + permuting {k} checkpoints), "
+          f"groups {alignment['groups']}", flush=True)  # fmt: skip
+
+    # 2. the originals: thresholds from the training runs
+    def predict(p: torch.Tensor) -> torch.Tensor:
+        return predict_with_parameters(model, layout, p, data.test_x, batch_size=250, models_per_chunk=10)
+
+    def recalibrate(p: torch.Tensor) -> torch.Tensor:
+        return recalibrate_parameters(model, layout, p, data.train_x, num_batches=args.recalibration_batches)
+
+    labels = data.test_y
+    train_preds = predict(train)
+    train_err = (train_preds != labels).float()
+    train_acc = accuracy_from_predictions(train_preds, labels).double()
+    pair_iou = iou_matrix(train_err, train_err)
+    other_run = train_runs[:, None] != train_runs[None, :]
+    novel_iou = float(pair_iou[other_run].double().median())
+    loo = torch.where(other_run, pair_iou, torch.full_like(pair_iou, -1.0)).max(1).values
+    novel_loo_iou = float(loo.double().median())
+    good_acc = float(train_acc.quantile(0.1))
+    min_acc = float(train_acc.min())
+    print(f"# thresholds: originals' minimum {min_acc:.2f}%, good >= {good_acc:.2f}% (10th percentile), novel: max-IoU "
+          f"< {novel_iou:.4f} (training runs' median pairwise IoU), novel_loo: < {novel_loo_iou:.4f} (median over "
+          f"training checkpoints of the max-IoU with the other training runs)", flush=True)  # fmt: skip
+
+    # 3. generated models
+    groups, raw, fit_seconds = {}, {}, {}
+    for name in args.variants:
+        config = pdiff_config(name, len(train), args.seed, args)
+        start = time.perf_counter()
+        pipe = fit_pdiff(train, layout, config, progress=False)
+        pipe.set_progress_bar_config(disable=True)
+        generator = torch.Generator().manual_seed(args.seed)
+        out = pipe(num_models=args.num_models, num_inference_steps=args.num_inference_steps, generator=generator)
+        fit_seconds[name] = time.perf_counter() - start
+        raw[f"p-diff {name}"] = out.params.float()
+        print(f"# fitted {name} ({config.autoencoder_type} autoencoder"
+              + (f", {config.latent_channels}x{config.ae_linear_latent_length} components" if config.autoencoder_type == "linear" else "")
+              + f", {config.objective}) and generated {args.num_models} in {fit_seconds[name]:.0f} s", flush=True)  # fmt: skip
+
+    # 4. baselines
+    gen = torch.Generator().manual_seed(args.seed)
+    norm = StatsNormalizer.from_checkpoints(train, layout)
+    made = make_baselines(norm.normalize(train), args.num_models, noise_levels=(), average_k=16, gaussian=True,
+                          generator=gen, pca_gaussian=True)  # fmt: skip
+    pairs = torch.stack([torch.randperm(K, generator=gen)[:2] for _ in range(args.num_models)])
+    alpha = torch.rand(args.num_models, 1, generator=gen)
+    raw["aligned_average"] = final.double().mean(0, keepdim=True).float()
+    raw["interpolation"] = (1 - alpha) * final[pairs[:, 0]] + alpha * final[pairs[:, 1]]
+    for name, (z, _) in made.items():
+        raw[name] = norm.denormalize(z)
+
+    # 5. recalibrate, score, novelty
+    start = time.perf_counter()
+    recalibrated = {name: recalibrate(p) for name, p in raw.items()}
+    recal_train, recal_held = recalibrate(train), recalibrate(held) if H else None
+    recal_s = time.perf_counter() - start
+    g = torch.Generator().manual_seed(args.seed)
+    rows, predictions = {}, {}
+
+    def measure(name: str, preds: torch.Tensor, extra=None) -> None:
+        err = (preds != labels).float()
+        acc = accuracy_from_predictions(preds, labels).double()
+        max_iou = iou_matrix(err, train_err).max(1).values.double()
+        good = acc >= good_acc - 1e-9
+        row = {
+            "count": int(acc.numel()),
+            "median_accuracy": bootstrap(acc, median, g),
+            "share_above_min": bootstrap((acc > min_acc - 1e-9).double(), share, g),
+            "median_max_iou": bootstrap(max_iou, median, g),
+            "good_and_novel": bootstrap((good & (max_iou < novel_iou)).double(), share, g),
+            "good_and_novel_loo": bootstrap((good & (max_iou < novel_loo_iou)).double(), share, g),
+        }
+        rows[name] = {**row, **(extra or {})}
+
+    held_preds = predict(held) if H else None
+    if H:
+        measure("held-out runs", held_preds, {"recalibrated_median_accuracy": float(
+            accuracy_from_predictions(predict(recal_held), labels).double().median())})  # fmt: skip
+    recal_train_preds = predict(recal_train)
+    for name in raw:
+        predictions[name] = predict(recalibrated[name])
+        before = float(accuracy_from_predictions(predict(raw[name]), labels).double().median())
+        measure(name, predictions[name], {"median_accuracy_before_recalibration": before})
+    train_row = {"median_accuracy": float(train_acc.median()), "recalibrated_median_accuracy": float(
+        accuracy_from_predictions(recal_train_preds, labels).double().median())}  # fmt: skip
+
+    def fmt(t, digits=2):
+        return f"{t[0]:.{digits}f} [{t[1]:.{digits}f}, {t[2]:.{digits}f}]"
+
+    print(f"\ntraining checkpoints ({len(train)}): median test accuracy {train_row['median_accuracy']:.2f}% "
+          f"(recalibrated {train_row['recalibrated_median_accuracy']:.2f}%), min {min_acc:.2f}%")  # fmt: skip
+    print("group (after recalibration) | n | median acc % | share > originals' min % | median max-IoU | "
+          "good & novel % | good & novel (loo threshold) % | median acc before recalibration")
+    for name, row in rows.items():
+        print(f"{name} | {row['count']} | {fmt(row['median_accuracy'])} | {fmt(row['share_above_min'], 0)} | "
+              f"{fmt(row['median_max_iou'], 3)} | {fmt(row['good_and_novel'], 0)} | {fmt(row['good_and_novel_loo'], 0)} | "
+              f"{row.get('median_accuracy_before_recalibration', row.get('recalibrated_median_accuracy', float('nan'))):.2f}"
+              + (" (held-out runs: recalibrated)" if name == "held-out runs" else ""))  # fmt: skip
+
+    verdicts = {}
+    baselines = [n for n in raw if not n.startswith("p-diff")]
+    for name in (n for n in raw if n.startswith("p-diff")):
+        for key in ("good_and_novel", "good_and_novel_loo"):
+            ours = rows[name][key]
+            beaten = [b for b in baselines if ours[1] > rows[b][key][2]]
+            verdicts[f"{name} {key}"] = {"beats_with_disjoint_intervals": beaten,
+                                         "not_beaten": [b for b in baselines if b not in beaten]}  # fmt: skip
+            print(f"{name}, {key}: above every recalibrated baseline with disjoint 95% intervals: "
+                  f"{'YES' if len(beaten) == len(baselines) else 'NO'} (not beaten: {verdicts[f'{name} {key}']['not_beaten']})")
+
+    generalization = None
+    if args.generalization and H:
+        from pdiff_hf.novelty.generalization import GENERATED, HELDOUT, TRAINING, evaluate_generalization, summary_lines
+
+        start = time.perf_counter()
+        generalization = {}
+        for name in (n for n in raw if n.startswith("p-diff")):
+            others = {b: recalibrated[b] for b in baselines if recalibrated[b].shape[0] >= 2}
+            known = {TRAINING: recal_train_preds, HELDOUT: predict(recal_held), GENERATED: predictions[name],
+                     **{b: predictions[b] for b in others}}  # fmt: skip
+            result = evaluate_generalization(model, layout, recal_train, recal_held, recalibrated[name], data,
+                                             baselines=others, predictions=known, seed=args.seed).to_dict()  # fmt: skip
+            generalization[name] = {"verdict": result["verdict"], "summary": result["summary"]}
+            print(f"\nheld-out generalization test, {name} (recalibrated training, held-out runs, generated, baselines):")
+            for line in summary_lines(result):
+                print("   " + line)
+        print(f"# generalization test: {time.perf_counter() - start:.0f} s")
+
+    total_min = (time.perf_counter() - total_start) / 60
+    print(f"\n# total {total_min:.1f} min (runs + alignment {collect_s / 60:.1f} min, recalibration {recal_s:.0f} s, fit + "
+          f"generate {', '.join(f'{n} {s:.0f} s' for n, s in fit_seconds.items())}); "
+          f"{sum(align_seconds) / len(align_seconds):.2f} s per alignment", flush=True)  # fmt: skip
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"args": vars(args), "D": layout.dim, "alignment": alignment,
+                       "seconds_per_alignment": align_seconds, "collect_s": collect_s, "fit_s": fit_seconds,
+                       "total_min": total_min, "thresholds": {"min_accuracy": min_acc, "good_accuracy": good_acc,
+                       "novel_max_iou": novel_iou, "novel_loo_max_iou": novel_loo_iou},
+                       "training": train_row, "groups": rows, "verdicts": verdicts,
+                       "generalization": generalization}, f, indent=1, default=str)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
