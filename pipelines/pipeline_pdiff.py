@@ -429,7 +429,14 @@ class PDiffPipeline(DiffusionPipeline):
         are built with pdiff_hf's own classes from JSON configs and safetensors weights: no ``.py`` file (not even one
         named in ``model_index.json``) is imported and no pickle (``.bin``, ``.pt``) is loaded. ``target_module=``
         checks the parameter layout against the network the parameters are for; ``autoencoder=`` / ``denoiser=`` /
-        ``scheduler=`` replace a component. See :func:`pdiff_hf.hub.load_pipeline`.
+        ``scheduler=`` replace a component. As in diffusers: ``dtype=`` (or ``torch_dtype=``) a dtype or a dict per
+        component with a ``"default"``, ``device_map="cpu"`` / ``"cuda"`` (a device string; ``"balanced"`` is
+        ``NotImplementedError``), ``variant="fp16"`` for weights saved with that variant, and one INFO line per loaded
+        component on the ``diffusers.pipelines.pipeline_utils`` logger. See :func:`pdiff_hf.hub.load_pipeline`.
+
+        ```py
+        >>> pipe = PDiffPipeline.from_pretrained("my-pdiff", dtype={"default": torch.bfloat16}, device_map="cuda")
+        ```
         """
         from pdiff_hf.hub import load_pipeline
 
