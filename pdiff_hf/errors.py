@@ -74,6 +74,12 @@ class AlignmentError(PDiffError):
     in size, a state dict or permutation that does not fit the spec, or runs of different architectures."""
 
 
+class CollectionError(PDiffError):
+    """Checkpoint collection settings or data that cannot train: a learning rate, momentum or batch size out of
+    range, an empty split, labels that are not integer class ids, inputs the network does not take (all checked
+    before training), or training that diverged (stopped at the first non-finite step, naming it)."""
+
+
 # ------------------------------------------------------------------------------------------- models, pipeline
 class SchedulerError(PDiffError):
     """A scheduler is unknown or incompatible with the objective the denoiser was trained with."""

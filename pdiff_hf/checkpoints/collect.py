@@ -30,6 +30,7 @@ from ..evaluation.batched import evaluate_parameters
 from ..evaluation.data import Batch, iter_batches, num_examples, split_sources, training_batches
 from ..evaluation.scoring import ScoreFn, classification_loss, get_logits
 from ..layout import ParamLayout
+from .collect_checks import check_collection_args, check_finite_step
 from .dataset import PARAMS_COLUMN, checkpoint_params, get_layout, make_checkpoint_dataset, set_layout
 from .run_mixing import MixedRunsWarning
 
@@ -165,6 +166,11 @@ def collect_checkpoints(
         raise DimensionMismatchError(
             f"expected num_checkpoints >= 1 and save_every >= 1, found {num_checkpoints}, {save_every}"
         )
+    # learning rates, momentum, batch size, non-empty splits, integer labels, one forward pass: before any training
+    check_collection_args(
+        model, data, learning_rate, momentum, batch_size, train_learning_rate if train_epochs > 0 else None,
+        check_classes=loss_fn is None,
+    )
     sources = split_sources(data)
     torch.manual_seed(seed)
     if train_epochs > 0:
@@ -188,6 +194,7 @@ def collect_checkpoints(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            check_finite_step(loss, trainable, step + 1)  # divergence stops the collection at its first step
         else:  # nothing trainable is selected (only running statistics): the forward pass updates them
             model(*batch.args, **batch.kwargs)
         step += 1
