@@ -89,10 +89,12 @@ def parse_args(argv=None):
     parser.add_argument("--logging_dir", type=str, default="logs", help="Tracker logs, relative to --output_dir.")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="Seeds the model, the batches and the noise.")
     # model
-    parser.add_argument("--block_out_channels", type=int, nargs="+", default=list(DEFAULTS.ae_block_out_channels),
-                        help="Conv autoencoder: channels of each encoder block.")
+    parser.add_argument("--block_out_channels", type=int, nargs="+", default=DEFAULTS.ae_block_out_channels,
+                        help="Conv autoencoder: channels of each encoder block (None: 16 32 32 without patches, "
+                        "32 64 64 64 with them).")
     parser.add_argument("--patch_size", type=int, default=DEFAULTS.ae_patch_size,
-                        help="Conv autoencoder: entries per position of the first convolution; ~D/512 for long vectors.")
+                        help="Conv autoencoder: entries per position of the first convolution (None: chosen by D, "
+                        "1 up to D = 1024, then about D/512).")
     parser.add_argument("--latent_channels", type=int, default=DEFAULTS.latent_channels,
                         help="Conv autoencoder: latent channels.")
     parser.add_argument("--input_noise", type=float, default=DEFAULTS.input_noise,
@@ -149,7 +151,8 @@ def main(args):
     # Model, with normalization statistics from all checkpoints (identical on every process).
     set_seed(args.seed)
     config = PDiffConfig(
-        ae_block_out_channels=tuple(args.block_out_channels), ae_patch_size=args.patch_size,
+        ae_block_out_channels=None if args.block_out_channels is None else tuple(args.block_out_channels),
+        ae_patch_size=args.patch_size,
         latent_channels=args.latent_channels, input_noise=args.input_noise, latent_noise=args.latent_noise,
         norm_mode=args.norm_mode, autoencoder_type=args.autoencoder_type, ae_token_size=args.token_size,
         ae_token_hidden_dim=args.token_hidden_dim, ae_token_latent_channels=args.token_latent_channels,

@@ -197,8 +197,8 @@ _steps, _batch = integer(1, MAX_STEPS), integer(1, MAX_BATCH_SIZE)
 _learning_rate = number(0, 1e3, low_open=True)
 RULES: Dict[str, Rule] = {
     # autoencoder
-    "ae_block_out_channels": channel_list(1, MAX_CHANNELS, MAX_BLOCKS),
-    "ae_patch_size": integer(1, MAX_PATCH_OR_TOKEN_SIZE),
+    "ae_block_out_channels": optional(channel_list(1, MAX_CHANNELS, MAX_BLOCKS)),  # None: chosen by D
+    "ae_patch_size": optional(integer(1, MAX_PATCH_OR_TOKEN_SIZE)),  # None: chosen by D
     "latent_channels": integer(1, MAX_CHANNELS),
     "input_noise": number(0, 10),
     "latent_noise": number(0, 10),
@@ -318,7 +318,7 @@ def check_config_for_dim(config, dim: int) -> None:
         raise PDiffConfigError(
             f"expected config.ae_token_size to be at most D = {dim} (entries per token), found {config.ae_token_size}"
         )
-    if kind == "conv" and config.ae_patch_size > dim:
+    if kind == "conv" and config.ae_patch_size is not None and config.ae_patch_size > dim:
         raise PDiffConfigError(
             f"expected config.ae_patch_size to be at most D = {dim} (entries per patch), found {config.ae_patch_size}"
         )

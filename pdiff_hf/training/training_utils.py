@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from ..errors import DimensionMismatchError
 from ..layout import ParamLayout
-from .config import PDiffConfig, choose_autoencoder_type
+from .config import PDiffConfig, choose_autoencoder_type, conv_autoencoder_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,9 @@ def build_autoencoder(layout: ParamLayout, config: PDiffConfig):
     ``"auto"`` takes conv below ``D = 5 x 10^4`` and token from there on. On the demo's linear layer (D = 12,810,
     ``pdiff-hf demo --selection classifier``, seed 0, 100 models, test accuracy best/mean/median/min in %, originals
     96.70/96.35/96.40/95.80) conv with ``patch_size`` 32 gave 97.00/96.47/96.40/96.20 and token (defaults)
-    96.80/96.35/96.40/95.60, so conv stays the choice up to the sizes where its patches still fit; with
-    ``patch_size`` 1 set a patch of about ``D / 512`` for D above ~10^3 (the demo does). Measured with
+    96.80/96.35/96.40/95.60, so conv stays the choice up to the sizes where its patches still fit; the
+    default (``ae_patch_size=None``) takes a patch of about ``D / 512`` above D = 1024, as the demo does
+    (:func:`~pdiff_hf.training.config.conv_autoencoder_sizes`). Measured with
     ``OMP_NUM_THREADS=1 python benchmarks/bench_scale.py --compare --dims 1000`` and ``... --dims 10000
     --compare_steps 20`` (synthetic rank-8 checkpoints, 200 train + 20 held out, batch 64, held-out MSE in normalized
     space where predicting the mean scores 1.0; conv with the default patch_size 1, token with the defaults; shared
@@ -84,10 +85,12 @@ def build_autoencoder(layout: ParamLayout, config: PDiffConfig):
         )
     from ..models.autoencoder import ParameterAutoencoder
 
+    block_out_channels, patch_size = conv_autoencoder_sizes(config, layout.dim)  # None fields: chosen by D
+    logger.info("conv autoencoder: patch_size %d, block_out_channels %s", patch_size, block_out_channels)
     return ParameterAutoencoder(
         in_dim=layout.dim,
-        block_out_channels=tuple(config.ae_block_out_channels),
-        patch_size=config.ae_patch_size,
+        block_out_channels=block_out_channels,
+        patch_size=patch_size,
         latent_channels=config.latent_channels,
         input_noise=config.input_noise,
         latent_noise=config.latent_noise,
@@ -444,7 +447,7 @@ def check_training_args(args) -> None:
     at_least("checkpoints_total_limit", 1, allow_none=True)
     at_least("lr_warmup_steps", 0)
     at_least("dataloader_num_workers", 0)
-    at_least("block_out_channels", 1)
+    at_least("block_out_channels", 1, allow_none=True)  # None: the autoencoder's channels chosen by D
     if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
         raise TrainingScriptError(f"--learning_rate: expected a finite value > 0, found {args.learning_rate}")
     if not 0.0 < args.ema_max_decay < 1.0:
