@@ -98,8 +98,15 @@ def run(args: argparse.Namespace) -> int:
         _read_json(folder / "training_args.json", "training settings") if (folder / "training_args.json").is_file() else None
     )
 
-    architecture = args.architecture or _target_architecture(folder / "target")
     pipe = PDiffPipeline.from_pretrained(str(pipeline_dir))
+    if args.architecture:
+        architecture = args.architecture
+    elif pipe.target is not None:  # the pipeline's own target, as its saved card describes it
+        from ..hub.cards import describe_architecture
+
+        architecture = describe_architecture(pipe.target)
+    else:
+        architecture = _target_architecture(folder / "target")
     dataset_id = config_name = None
     if not args.no_dataset:
         try:

@@ -297,3 +297,33 @@ def test_fit_pdiff_takes_a_plain_linear_target(tmp_path):
     assert torch.equal(fresh.weight, net.weight)
     models = loaded(num_models=2, num_inference_steps=STEPS, output_type="model").models
     assert isinstance(models[0], nn.Linear) and torch.equal(models[1].weight, net.weight)
+
+
+STOCK = """
+import importlib.abc, json, sys, torch
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "pdiff_hf" or name.startswith("pdiff_hf."):
+            raise ImportError("blocked " + name)
+sys.meta_path.insert(0, Block())
+torch.set_num_threads(1)
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
+pipe.set_progress_bar_config(disable=True)
+params = pipe(num_models=3, num_inference_steps=%d, generator=torch.Generator().manual_seed(0)).params
+print(json.dumps({"target": getattr(pipe, "target", None) is None, "params": params.tolist(),
+                  "pdiff_modules": [m for m in sys.modules if m.startswith("pdiff_hf")]}))
+""" % STEPS
+
+
+def test_stock_diffusers_loads_the_pipeline_without_the_users_target(saved, plain_pipe):
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", STOCK, str(saved / "plain")], capture_output=True, text=True,
+                          env=env, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["target"] and got["pdiff_modules"] == []  # no target code exists in the folder to run
+    ref = plain_pipe(num_models=3, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0)).params
+    assert torch.equal(torch.tensor(got["params"]), ref)

@@ -3,11 +3,13 @@ nothing but the repo id, its ``out.models[i]`` score exactly what the in-memory 
 
 Two processes run against one server (see ``hub_client.py``):
 
-* ``client``: builds pipelines with a tiny transformers target (ViT head) and a tiny diffusers target (the MNIST-1D CNN,
-  pushed with its bundled source), scores the generated models in memory, pushes, then drops the pipelines and their
+* ``client``: builds pipelines with a tiny transformers target (ViT head), a tiny diffusers target (the MNIST-1D CNN,
+  pushed with its bundled source), a ``PyTorchModelHubMixin`` MLP and a plain ``nn.Sequential`` (their weights only:
+  no code is pushed or imported), scores the generated models in memory, pushes, then drops the pipelines and their
   targets;
-* ``puller``: a fresh process that waits for the pushes, pulls with ``PDiffPipeline.from_pretrained(repo_id)`` and
-  scores ``out.models[i]`` with the same seed and data.
+* ``puller``: a fresh process that waits for the pushes, pulls with ``PDiffPipeline.from_pretrained(repo_id)`` (with
+  ``target_class=MixMLP`` for the Hub mixin, ``target=`` an untrained ``nn.Sequential`` for the plain module, which is
+  filled from the repo) and scores ``out.models[i]`` with the same seed and data.
 """
 
 import json
@@ -21,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hub_client import TIMEOUT, USER, Recorder, hub_session, shared_conftest, step  # noqa: E402
 
-REPOS = {"vit": f"{USER}/pdiff-vit-head", "cnn": f"{USER}/pdiff-cnn-norms"}
+REPOS = {"vit": f"{USER}/pdiff-vit-head", "cnn": f"{USER}/pdiff-cnn-norms", "mix": f"{USER}/pdiff-mix-mlp",
+         "plain": f"{USER}/pdiff-plain-mlp"}
 NUM_MODELS, STEPS, SEED = 4, 5, 0
 
 
@@ -39,8 +42,22 @@ def test_pulled_models_score_exactly_what_the_in_memory_models_scored(run, kind)
     assert after["accuracy"] == before["accuracy"] == before["batched_accuracy"]  # exact: equal percentages
     assert after["logits"] == before["logits"]  # bit-identical outputs of every generated network
     assert after["params"] == before["params"]
-    assert "target/config.json" in before["repo_files"] and any(f.startswith("target/") and f.endswith(".safetensors") for f in before["repo_files"])
+    assert "target/config.json" in before["repo_files"] or kind == "plain"  # a plain module has no config
+    assert any(f.startswith("target/") and f.endswith(".safetensors") for f in before["repo_files"])
     assert before["target_dropped"]
+
+
+def test_hub_mixin_and_plain_targets_travel_as_weights_only(run):
+    for kind, card_load in (("mix", "target_class=MixMLP"), ("plain", "target=Sequential(...)")):
+        before = step(run, "client", kind)
+        files = before["repo_files"]
+        assert "target/model.safetensors" in files and "target_fingerprint.json" in files
+        assert not [f for f in files if f.startswith("target/") and f.endswith(".py")]  # no code for the target
+        assert card_load in before["card"]
+    assert "target/config.json" in step(run, "client", "mix")["repo_files"]  # the mixin's init arguments
+    plain = step(run, "puller", "plain")
+    assert plain["filled_given_instance"] and plain["target_module"] == "torch.nn.modules.container"
+    assert step(run, "puller", "mix")["target_module"] == "__main__"  # the caller's class, never the repo's
 
 
 def test_pulled_target_is_a_fresh_module_with_its_own_weights(run):
@@ -54,6 +71,30 @@ def test_pulled_target_is_a_fresh_module_with_its_own_weights(run):
 
 
 # ==================================================================================================== both sides
+def _mix_class():
+    """A ``PyTorchModelHubMixin`` MLP class, defined in the process that runs this file (``__main__``)."""
+    from huggingface_hub import PyTorchModelHubMixin
+    from torch import nn
+
+    class MixMLP(nn.Module, PyTorchModelHubMixin):
+        def __init__(self, in_features: int = 12, hidden: int = 16, num_classes: int = 3):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.LayerNorm(hidden), nn.ReLU())
+            self.head = nn.Linear(hidden, num_classes)
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    MixMLP.__module__ = "__main__"
+    return MixMLP
+
+
+def _plain_mlp():
+    from torch import nn
+
+    return nn.Sequential(nn.Linear(12, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+
+
 def _target_and_data(kind: str):
     """``(target, layout, inputs, labels)``: a tiny target network and fixed data, equal in every process."""
     import torch
@@ -61,7 +102,12 @@ def _target_and_data(kind: str):
     from pdiff_hf import ParamLayout
 
     gen = torch.Generator().manual_seed(1)
-    if kind == "vit":
+    if kind in ("mix", "plain"):
+        torch.manual_seed(0)
+        target = (_mix_class()(hidden=16) if kind == "mix" else _plain_mlp()).eval()
+        layout = ParamLayout.from_module(target, include="head.*" if kind == "mix" else "3.*")
+        inputs = torch.randn(32, 12, generator=gen)
+    elif kind == "vit":
         from transformers import ViTConfig, ViTForImageClassification
 
         torch.manual_seed(0)
@@ -162,8 +208,16 @@ def puller_main(work: Path) -> None:
                 return
             time.sleep(0.2)
         with rec.step(kind) as r:
-            pipe = PDiffPipeline.from_pretrained(repo)
             _, _, inputs, labels = _target_and_data(kind)  # the data only; the target comes from the repo
+            if kind == "mix":
+                pipe = PDiffPipeline.from_pretrained(repo, target_class=MIX_CLASS)
+            elif kind == "plain":
+                torch.manual_seed(123)
+                given = _plain_mlp()  # untrained: filled from the repo's target/model.safetensors
+                pipe = PDiffPipeline.from_pretrained(repo, target=given)
+                r["filled_given_instance"] = pipe.target is given
+            else:
+                pipe = PDiffPipeline.from_pretrained(repo)
             out = _generate(pipe)
             r.update(
                 target_class=type(pipe.target).__name__,
@@ -176,5 +230,6 @@ def puller_main(work: Path) -> None:
 
 
 if __name__ == "__main__":
+    MIX_CLASS = _mix_class()
     role, work = sys.argv[1], Path(sys.argv[2])
     {"client": client_main, "puller": puller_main}[role](work)
