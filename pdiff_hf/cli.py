@@ -46,6 +46,9 @@ def dashed_flags(argv: List[str]) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .hub.secrets import install_log_redaction
+
+    install_log_redaction()  # no token (hf_…, --hub_token VALUE) in any log line of a command
     parser = build_parser()
     args = parser.parse_args(dashed_flags(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "func", None):

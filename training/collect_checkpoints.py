@@ -57,6 +57,7 @@ from pdiff_hf.evaluation.batched import evaluate_parameters, summarize_accuracie
 from pdiff_hf.layout import ParamLayout
 from pdiff_hf.tasks import TASKS, get_task
 from pdiff_hf.training.training_utils import ScriptHelpFormatter
+from pdiff_hf.hub.secrets import install_log_redaction
 from pdiff_hf.training.resume import output_dir_lock
 from pdiff_hf.utils.atomic_dir import atomic_folder, owns_entries
 from pdiff_hf.utils.io_utils import write_json_atomic
@@ -222,6 +223,7 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO
     )
+    install_log_redaction()  # no token (--hub_token, hf_…) in any log line
     out = Path(args.output_dir).resolve()
     state = PartialState()
     logger.info("accelerate: num_processes=%d distributed_type=%s", state.num_processes, state.distributed_type)

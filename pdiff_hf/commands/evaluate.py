@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from ..errors import CheckpointDatasetError, EvaluateError, LayoutMismatchError
+from ..hub.validate import check_model_folder, load_model_folder
 from ..tasks import TASKS, Task, get_task  # noqa: F401  (the task registry; tests register tiny tasks in TASKS)
 
 
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     pipeline_dir = _require_dir(args.pipeline, "--pipeline")
     checkpoints_dir = _require_dir(args.checkpoints, "--checkpoints")
     target_dir = _require_dir(args.target, "--target")
+    check_model_folder(target_dir, "--target")  # safetensors weights (never a pickle), config within limits
     out = Path(args.output_dir) if args.output_dir else None
     if out is not None and out.exists() and not out.is_dir():
         raise EvaluateError(f"--output-dir: expected a folder, found a file: {out}")
@@ -153,7 +155,7 @@ def _evaluate(args: argparse.Namespace, pipeline_dir: Path, checkpoints_dir: Pat
     train_params = checkpoint_params(dataset)
 
     task = get_task(args.task)
-    target = task.model_class.from_pretrained(str(target_dir))
+    target = load_model_folder(task.model_class, target_dir, "--target")  # safetensors only, never a pickle
     layout.check_module(target)
     if names is not None:
         paths = (pipeline_dir, checkpoints_dir, target_dir)

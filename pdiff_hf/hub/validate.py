@@ -461,3 +461,35 @@ def check_dataset_folder(path: Path, label: str) -> None:
                     f"{name!r}"
                 )
             resolve_inside(path, prefix + name, label, roots)
+
+
+# ------------------------------------------------------------------------------------------------ plain model folders
+def check_model_folder(folder: Path, what: str) -> None:
+    """A ``save_pretrained`` folder of one model (``config.json`` + safetensors weights), as the CLI's ``--target``:
+    no link out of it, a config within JSON limits and the weights' value budget, and safetensors weights — a folder
+    with only pickled weights (``.bin``, ``.pt``) is a :class:`HubError`, since pickles are never read."""
+    folder = Path(folder)
+    check_folder_paths(folder, what)
+    weights = sorted(p.name for p in folder.glob("*.safetensors"))
+    if not weights:
+        found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        raise HubError(f"{what}: expected safetensors weights in {folder}, found {found} (pickled weights such as "
+                       ".bin are never loaded)")  # fmt: skip
+    config = read_json_limited(resolve_inside(folder, "config.json", what), what, "config.json")
+    if not isinstance(config, dict):
+        raise HubError(f"{what}: expected config.json to hold a JSON object, found a {type(config).__name__}")
+    shapes = safetensors_header([resolve_inside(folder, name, what) for name in weights], what)
+    skip = [k for k in config if k.endswith(("_token_id", "_token_ids"))]
+    check_config_budget(config, value_count(shapes), "config.json", what, skip=skip)
+
+
+def load_model_folder(model_cls: type, folder: Path, what: str):
+    """``model_cls.from_pretrained(folder, use_safetensors=True)`` after :func:`check_model_folder`; never a
+    pickle. :class:`HubError` naming ``what`` when the folder does not hold a ``model_cls``."""
+    check_model_folder(folder, what)
+    try:
+        return model_cls.from_pretrained(str(folder), use_safetensors=True)
+    except (OSError, ValueError, TypeError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HubError(f"{what}: expected a saved {model_cls.__name__} in {folder}, found one it cannot load "
+                       f"({first})") from None  # fmt: skip

@@ -45,8 +45,11 @@ def write_text_atomic(path: Union[str, Path], text: str) -> None:
 
 
 def write_json_atomic(path: Union[str, Path], obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+    """Write ``obj`` as indented JSON to ``path`` atomically, credentials redacted (token-shaped strings, values of
+    keys and flags named like tokens: :func:`pdiff_hf.hub.secrets.redact_value`)."""
+    from ..hub.secrets import redact_value
+
+    write_text_atomic(path, json.dumps(redact_value(obj), indent=2) + "\n")
 
 
 @contextmanager
