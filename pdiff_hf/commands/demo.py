@@ -34,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="collect from this many branches of an early target (collect_branches; default 0: one run)")
     p.add_argument("--trunk-epochs", type=int, default=None, help="epochs of the shared target with --branches (5)")
     p.add_argument("--branch-epochs", type=int, default=None, help="epochs of each branch with --branches (10)")
+    p.add_argument("--recipe", choices=["pdiff", "aligned-runs"], default=None,
+                   help="pdiff: checkpoints of one target (default); aligned-runs (--selection whole): --runs independent "
+                        "runs aligned by weight matching, their last checkpoints, the linear autoencoder")
+    p.add_argument("--runs", type=int, default=None, help="independent runs with --recipe aligned-runs (8)")
     p.add_argument("--recalibration-batches", type=int, default=None,
                    help="also measure the generated models after BatchNorm recalibration on this many training "
                    "batches (--selection whole)")
@@ -73,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         trunk_epochs=args.trunk_epochs,
         branch_epochs=args.branch_epochs,
         recalibration_batches=args.recalibration_batches,
+        recipe=args.recipe,
+        runs=args.runs,
     )
     given = {name: value for name, value in options.items() if value is not None}
     config = DemoConfig(output_dir=args.output_dir, novelty=args.novelty, **given)
@@ -94,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 # options of the unconditional demo that have no meaning with --conditional
-_UNCONDITIONAL_ONLY = ("selection", "save_every")
+_UNCONDITIONAL_ONLY = ("selection", "save_every", "recipe", "runs")
 
 
 def run_conditional(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ import torch
 from ..checkpoints.collect import (
     collect_branches,
     collect_checkpoints,
+    collect_from_runs,
     train_classifier,
 )
 from ..checkpoints.dataset import checkpoint_params, get_layout, set_layout
@@ -60,6 +61,7 @@ from ..utils.io_utils import atomic_directory, locked_dir
 #   0.02: 91.87 / 8.7 / 49.2 / 200 (drifting off);  0.05: 85.94 / 19.8 / 82.1 / 200 (diverging).
 COLLECT_LR = {"norm": 0.2, "classifier": 0.05, "whole": 0.005}
 SELECTIONS = ("norm", "classifier", "whole")
+RECIPES = ("pdiff", "aligned-runs")
 
 
 @dataclass
@@ -91,10 +93,27 @@ class DemoConfig:
     # BatchNorm recalibration of the generated models on this many training batches (0: off); measured and reported
     # beside the generated models, which are left as generated (needs a selection with the running statistics)
     recalibration_batches: int = 0
+    # "pdiff": the checkpoints of one target (or its branches); "aligned-runs": `runs` independent runs of the whole
+    # network, each trained target_epochs, aligned to the first by weight matching (collect_from_runs(align=True)),
+    # the last checkpoints of each run collected, generated with the linear (whitened PCA) autoencoder
+    recipe: str = "pdiff"
+    runs: int = 8
 
     def validate(self) -> None:
         if self.selection not in SELECTIONS:
             raise DemoConfigError(f"expected --selection in {SELECTIONS}, found {self.selection!r}")
+        if self.recipe not in RECIPES:
+            raise DemoConfigError(f"expected --recipe in {RECIPES}, found {self.recipe!r}")
+        if self.recipe == "aligned-runs" and (self.selection != "whole" or self.branches or self.runs < 2):
+            raise DemoConfigError(
+                f"expected --selection whole, no --branches and --runs >= 2 with --recipe aligned-runs, found "
+                f"selection {self.selection!r}, branches {self.branches}, runs {self.runs}"
+            )
+        if self.recipe == "aligned-runs" and self.num_checkpoints < 2 * PDiffConfig.latent_channels + 1:
+            raise DemoConfigError(
+                f"expected --num-checkpoints >= {2 * PDiffConfig.latent_channels + 1} with --recipe aligned-runs (the "
+                f"linear autoencoder keeps at most N - 1 components), found {self.num_checkpoints}"
+            )
         positive = {
             "--target-epochs": self.target_epochs,
             "--num-checkpoints": self.num_checkpoints,
@@ -143,6 +162,14 @@ class DemoConfig:
         per position, about 512 positions) so the convolutions stay wide and short: D = 12,810 → patches of 32 →
         latent (4, 26)."""
         patch = 2 ** math.ceil(math.log2(dim / 512)) if dim > 1024 else 1
+        if self.recipe == "aligned-runs":  # whitened PCA code of K = latent_channels * length <= N - 1 components
+            length = min(PDiffConfig.ae_linear_latent_length, (self.num_checkpoints - 1) // PDiffConfig.latent_channels)
+            return PDiffConfig(
+                autoencoder_type="linear",
+                ae_linear_latent_length=length - length % 2,  # even: the denoiser halves it once
+                denoiser_steps=self.denoiser_steps,
+                seed=self.seed,
+            )
         return PDiffConfig(
             ae_block_out_channels=(32, 64, 64, 64) if patch > 1 else PDiffConfig.ae_block_out_channels,
             ae_patch_size=patch,
@@ -203,12 +230,13 @@ def _run_demo(config: DemoConfig, out: Path, log: Callable[[str], None]) -> Dict
     torch.manual_seed(config.seed)
     model = MNIST1DCNN()
     epochs = config.trunk_epochs if config.branches else config.target_epochs
-    train_classifier(model, data, epochs=epochs, seed=config.seed, progress=True)
+    if config.recipe == "pdiff":  # aligned-runs: every run is trained in the collect stage
+        train_classifier(model, data, epochs=epochs, seed=config.seed, progress=True)
     done("target")
 
     stage("collect")
     layout = select_layout(model, config.selection)
-    runs = max(config.branches, 1)
+    runs = config.runs if config.recipe == "aligned-runs" else max(config.branches, 1)
     held_per_run = math.ceil(config.heldout_checkpoints / runs)
     per_run = math.ceil(config.num_checkpoints / runs)
     common = dict(
@@ -216,7 +244,12 @@ def _run_demo(config: DemoConfig, out: Path, log: Callable[[str], None]) -> Dict
         learning_rate=config.collect_lr,
         evaluate=not config.novelty,  # the novelty analysis evaluates every checkpoint anyway
     )
-    if config.branches:
+    if config.recipe == "aligned-runs":
+        collected = collect_from_runs(
+            model, data, layout, seeds=[config.seed + r for r in range(runs)], align=True,
+            num_checkpoints=per_run + held_per_run, train_epochs=config.target_epochs, progress=True, **common,
+        )  # fmt: skip
+    elif config.branches:
         collected = collect_branches(
             model, data, layout, num_branches=config.branches, checkpoints_per_branch=per_run + held_per_run,
             trunk_epochs=0, branch_epochs=config.branch_epochs, seed=config.seed, progress=True, **common,
@@ -319,6 +352,10 @@ def report_intro(results: Dict) -> List[str]:
         + (
             f"; {cfg['branches']} branches of a {cfg['trunk_epochs']}-epoch target, each trained {cfg['branch_epochs']} "
             "more epochs with its own data order" if cfg.get("branches") else ""
+        )
+        + (
+            f"; the last checkpoints of {cfg['runs']} independent {cfg['target_epochs']}-epoch runs aligned to the "
+            "first by weight matching, the linear autoencoder" if cfg.get("recipe") == "aligned-runs" else ""
         )
         + f"); {cfg['num_models']} generated models "
         f"({cfg['num_inference_steps']} DPM-Solver steps). Test accuracy in percent; any selection is on the "
