@@ -2,7 +2,7 @@
 
 ``RULES`` maps a field name to a check: a function ``value -> None`` that raises ``_Bad(expected)`` when the value
 is out of its type or range. Adding a field to :class:`~pdiff_hf.PDiffConfig` means adding one line here, e.g.
-``"objective": one_of(("diffusion", "flow_matching"))``; a field without a line still gets a type check against
+``"new_field": one_of(("a", "b"))``; a field without a line still gets a type check against
 its default (:func:`default_type_rule`), so nothing goes unchecked. Rules between fields are in ``CROSS_RULES``;
 rules that need the vector length ``D`` are in :func:`check_config_for_dim`, called by the builders.
 
@@ -185,6 +185,12 @@ def _norm_modes() -> Tuple[str, ...]:
     return tuple(NORM_MODES)
 
 
+def _training_objectives() -> Tuple[str, ...]:
+    from ..models.denoiser import TRAINING_OBJECTIVES
+
+    return tuple(TRAINING_OBJECTIVES)
+
+
 def _lazy_one_of(choices: Callable[[], Iterable[str]]) -> Rule:
     def check(value):
         one_of(choices())(value)
@@ -207,6 +213,8 @@ RULES: Dict[str, Rule] = {
     "ae_token_size": optional(integer(1, MAX_PATCH_OR_TOKEN_SIZE)),
     "ae_token_hidden_dim": integer(1, 65_536),
     "ae_token_latent_channels": integer(1, MAX_CHANNELS),
+    "ae_linear_latent_length": integer(1, MAX_PATCH_OR_TOKEN_SIZE),
+    "ae_linear_whiten": boolean(),
     "ae_linear_latent_length": integer(1, MAX_PATCH_OR_TOKEN_SIZE),  # <= (N - 1) / latent_channels: fit_pdiff checks
     "ae_linear_whiten": boolean(),
     "ae_steps": _steps,
@@ -219,6 +227,7 @@ RULES: Dict[str, Rule] = {
     "num_train_timesteps": integer(2, MAX_TRAIN_TIMESTEPS),
     "beta_schedule": known_beta_schedule(),
     "prediction_type": one_of(PREDICTION_TYPES),
+    "objective": _lazy_one_of(_training_objectives),
     "num_conditions": integer(0, MAX_CONDITIONS),
     "condition_dropout": number(0, 1, high_open=True),
     "denoiser_steps": _steps,

@@ -43,6 +43,8 @@ NONSENSE = [
     ("seed", -1, "integer >= 0"),
     ("ae_token_size", 0, "None or a positive integer"),
     ("ae_patch_size", 2.5, "positive integer"),
+    ("objective", "score_matching", "'ddpm', 'flow_matching'"),
+    ("ae_linear_latent_length", 0, "positive integer"),
 ]
 
 
@@ -107,12 +109,12 @@ def test_every_field_is_checked():
 def test_new_field_without_rule_is_type_checked():
     @dataclasses.dataclass
     class Extended(PDiffConfig):
-        objective: str = "diffusion"
+        sampler_name: str = "dpm"
         guidance_warmup: float = 0.5
 
     Extended().validate()
-    with pytest.raises(PDiffConfigError, match="expected config.objective to be a string, found 3"):
-        Extended(objective=3).validate()
+    with pytest.raises(PDiffConfigError, match="expected config.sampler_name to be a string, found 3"):
+        Extended(sampler_name=3).validate()
     with pytest.raises(PDiffConfigError, match="guidance_warmup to be a finite number.*found inf"):
         Extended(guidance_warmup=math.inf).validate()
 
