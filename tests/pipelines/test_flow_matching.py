@@ -168,3 +168,17 @@ def test_sampling_scheduler_kinds_follow_the_objective(flow_fit, tiny_pipeline):
     assert type(sampling_scheduler_for(tiny_pipeline.denoiser, "ddpm")) is DDPMScheduler
     with pytest.raises(ValueError, match=r"\('euler',\) for a 'flow_matching' denoiser, found 'dpm'"):
         sampling_scheduler_for(pipe.denoiser, "dpm")
+
+
+def test_conditional_flow_matching_with_guidance(bn_layout):
+    """Conditions and classifier-free guidance work the same way under flow matching."""
+    first, second = _checkpoints(bn_layout, n=16, seed=0), _checkpoints(bn_layout, n=16, seed=1) + 0.3
+    conditions = torch.tensor([0] * 16 + [1] * 16)
+    config = PDiffConfig(objective="flow_matching", **TINY)
+    pipe = fit_pdiff(torch.cat([first, second]), bn_layout, config, progress=False, conditions=conditions)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.num_conditions == 2 and type(pipe.scheduler) is FlowMatchEulerDiscreteScheduler
+    guided = pipe(num_models=3, num_inference_steps=6, condition=1, guidance_scale=2.0,
+                  generator=torch.Generator().manual_seed(0)).params  # fmt: skip
+    plain = pipe(num_models=3, num_inference_steps=6, condition=1, generator=torch.Generator().manual_seed(0)).params
+    assert torch.isfinite(guided).all() and not torch.equal(guided, plain)
