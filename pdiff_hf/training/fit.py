@@ -51,6 +51,7 @@ def _optimizer_and_schedule(model, learning_rate: float, max_train_steps: int, c
         betas=(config.adam_beta1, config.adam_beta2),
         weight_decay=config.adam_weight_decay,
         eps=config.adam_epsilon,
+        foreach=True,  # one call per update step for all tensors; the same weights bit for bit as the default loop
     )
     lr_scheduler = get_scheduler(
         config.lr_scheduler,
@@ -62,9 +63,30 @@ def _optimizer_and_schedule(model, learning_rate: float, max_train_steps: int, c
 
 
 def _ema(model, config: PDiffConfig):
+    """diffusers' ``EMAModel`` of ``model``'s weights whose ``step`` updates every shadow tensor with the same three
+    elementwise ops as ``EMAModel.step`` (``s -= (1 - decay) * (s - p)``), as ``torch._foreach_*`` calls instead of a
+    Python loop over the parameters (that loop also asks for DeepSpeed ZeRO-3 once per parameter): the same shadow
+    weights bit for bit, a fraction of the time per step for a small model."""
     from diffusers.training_utils import EMAModel
 
-    return EMAModel(
+    class _ForeachStepEMA(EMAModel):
+        @torch.no_grad()
+        def step(self, parameters):
+            parameters = list(parameters)
+            self.optimization_step += 1
+            decay = self.get_decay(self.optimization_step)
+            self.cur_decay_value = decay
+            pairs = [(s, p) for s, p in zip(self.shadow_params, parameters) if p.requires_grad]
+            for s, p in zip(self.shadow_params, parameters):
+                if not p.requires_grad:
+                    s.copy_(p)
+            if pairs:
+                shadow, params = [s for s, _ in pairs], [p for _, p in pairs]
+                delta = torch._foreach_sub(shadow, params)  # s - p
+                torch._foreach_mul_(delta, 1 - decay)  # (1 - decay) * (s - p)
+                torch._foreach_sub_(shadow, delta)
+
+    return _ForeachStepEMA(
         model.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, inv_gamma=config.ema_inv_gamma,
         power=config.ema_power,
     )
