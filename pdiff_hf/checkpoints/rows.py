@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointDatasetError, DimensionMismatchError
-from ..layout import check_finite
 
 # rows / columns read at once: about 2^24 float32 values (64 MB) per block
 BLOCK_ENTRIES = 2**24
@@ -175,42 +174,11 @@ def _memory_mapped(table) -> bool:
     return isinstance(table, MemoryMappedTable)
 
 
-@torch.no_grad()
-def fit_normalization(autoencoder, rows, check: bool = True, max_entries: int = BLOCK_ENTRIES) -> None:
-    """Standardization statistics of the training checkpoints into ``autoencoder.norm_mean`` / ``norm_std`` ``(D,)``,
-    the one implementation (``fit_pdiff``, the training scripts and the autoencoders' ``fit_normalization``).
-
-    ``rows``: a float tensor ``(N, D)`` or :class:`CheckpointRows`. Read a block of columns at a time: the whole
-    matrix when ``N * D <= max_entries``, else blocks of about ``max_entries`` values (one tensor of the layout per
-    block in ``per_tensor`` mode), so the float64 working copy is one block, not the whole matrix (1.6 GB for
-    200 x 10^6). With ``check`` each block is checked for NaN/Inf
-    (:class:`~pdiff_hf.errors.NonFiniteParametersError` naming its columns); ``fit_pdiff`` passes ``check=False``
-    for a tensor it has already checked where it entered."""
-    from ..models.normalization import compute_stats
-
-    if isinstance(rows, torch.Tensor):
-        rows = CheckpointRows(rows)
-    n, dim = rows.shape
-    if dim != autoencoder.config.in_dim:
-        raise DimensionMismatchError(
-            f"expected training checkpoints of shape (N, {autoencoder.config.in_dim}), found {rows.shape}"
-        )
-    layout = autoencoder.param_layout
-    offsets = layout.offsets() if layout else [(0, dim)]
-    mode = autoencoder.config.norm_mode
-    if n * dim <= max_entries:
-        blocks = [(0, dim)]
-    else:
-        blocks = rows.column_blocks(offsets if mode == "per_tensor" else None, max_entries)
-    log_mask = autoencoder.log_mask.cpu()
-    for a, b in blocks:
-        block = rows.columns(a, b)
-        if check:
-            check_finite(block, f"training checkpoints (columns {a}:{b})")
-        inside = [(max(s, a) - a, min(e, b) - a) for s, e in offsets if s < b and e > a]  # the tensors in the block
-        mean, std = compute_stats(block, log_mask[a:b], mode=mode, offsets=inside)
-        autoencoder.norm_mean[a:b] = mean.to(autoencoder.norm_mean.device)
-        autoencoder.norm_std[a:b] = std.to(autoencoder.norm_std.device)
+def fit_normalization(autoencoder, rows, check: bool = True) -> None:
+    """The autoencoder's standardization statistics of the training checkpoints ``rows`` (a float tensor ``(N, D)``
+    or :class:`CheckpointRows`), read a block of columns at a time and checked for NaN/Inf per block with ``check``:
+    ``autoencoder.fit_normalization``, the one implementation of the block statistics."""
+    autoencoder.fit_normalization(rows, check=check)
 
 
 class NormalizedRows(torch.utils.data.Dataset):

@@ -73,29 +73,42 @@ class ParameterAutoencoderMixin:
             )
 
     @torch.no_grad()
-    def fit_normalization(self, params: torch.Tensor) -> None:
-        """Compute and store standardization statistics from training checkpoints ``(N, D)``."""
-        self._check_dim(params, "training checkpoints")
-        check_finite(params, "training checkpoints")
+    def fit_normalization(self, params, check: bool = True) -> None:
+        """Compute and store standardization statistics from training checkpoints ``(N, D)``: a tensor, or
+        :class:`pdiff_hf.checkpoints.rows.CheckpointRows` (a checkpoint dataset, read through its ``columns(a, b)``).
+
+        The one implementation of the block statistics (:func:`pdiff_hf.checkpoints.rows.fit_normalization` calls
+        it): the whole matrix at once when ``N * D <= decode_chunk_entries``, else blocks of columns (one tensor of
+        the layout per block in ``per_tensor`` mode), so the float64 working copy is one block, not the whole matrix
+        (1.6 GB for 200 x 10^6). With ``check`` every block is checked for NaN/Inf
+        (:class:`~pdiff_hf.errors.NonFiniteParametersError`, naming the columns of a block) before anything is
+        stored; ``check=False`` is for checkpoints already checked where they entered (``fit_pdiff``)."""
+        if len(params.shape) != 2 or params.shape[1] != self.config.in_dim:
+            raise DimensionMismatchError(
+                f"expected training checkpoints of shape (batch, {self.config.in_dim}), found {tuple(params.shape)}"
+            )
+        n, dim = params.shape
+        columns = params.columns if hasattr(params, "columns") else lambda a, b: params[:, a:b]
         layout = self.param_layout
-        offsets = layout.offsets() if layout else [(0, self.config.in_dim)]
-        params, log_mask = params.cpu(), self.log_mask.cpu()
-        if params.numel() <= self.decode_chunk_entries:
-            mean, std = compute_stats(params, log_mask, mode=self.config.norm_mode, offsets=offsets)
-            self.norm_mean.copy_(mean)
-            self.norm_std.copy_(std)
-            return
-        # Large inputs: statistics of column blocks (whole tensors in per_tensor mode), so the float64 working copy
-        # is one block, not the whole (N, D) matrix (1.6 GB for 200 x 10^6).
-        width = max(1, self.decode_chunk_entries // params.shape[0])
-        if self.config.norm_mode == "per_dimension":
-            blocks = [(a, min(a + width, self.config.in_dim)) for a in range(0, self.config.in_dim, width)]
-        else:
+        offsets = layout.offsets() if layout else [(0, dim)]
+        mode = self.config.norm_mode
+        if n * dim <= self.decode_chunk_entries:
+            blocks = [(0, dim)]
+        elif mode == "per_tensor":
             blocks = offsets
+        else:
+            width = max(1, self.decode_chunk_entries // n)
+            blocks = [(a, min(a + width, dim)) for a in range(0, dim, width)]
+        log_mask = self.log_mask.cpu()
+        mean, std = torch.empty(dim), torch.empty(dim)
         for a, b in blocks:
-            mean, std = compute_stats(params[:, a:b], log_mask[a:b], mode=self.config.norm_mode, offsets=[(0, b - a)])
-            self.norm_mean[a:b] = mean
-            self.norm_std[a:b] = std
+            block = columns(a, b).cpu()
+            if check:
+                check_finite(block, f"training checkpoints (columns {a}:{b})")
+            inside = [(max(s, a) - a, min(e, b) - a) for s, e in offsets if s < b and e > a]  # tensors in the block
+            mean[a:b], std[a:b] = compute_stats(block, log_mask[a:b], mode=mode, offsets=inside)
+        self.norm_mean.copy_(mean)
+        self.norm_std.copy_(std)
 
     def normalize(self, params: torch.Tensor) -> torch.Tensor:
         """Raw parameters ``(batch, D)`` to the standardized space the autoencoder works in."""
@@ -156,9 +169,11 @@ class ParameterAutoencoderMixin:
         return out
 
     @torch.no_grad()
-    def set_latent_scaling(self, params: torch.Tensor) -> float:
+    def set_latent_scaling(self, params: torch.Tensor) -> torch.Tensor:
         """Set ``scaling_factor`` so that diffusion latents of the training checkpoints have unit std. ``params``:
-        raw checkpoints ``(N, D)`` or :class:`pdiff_hf.checkpoints.rows.CheckpointRows` (encoded a chunk at a time)."""
+        raw checkpoints ``(N, D)`` or :class:`pdiff_hf.checkpoints.rows.CheckpointRows` (encoded a chunk at a time).
+        Returns the scaled latents ``(N, C, L)`` it computed, equal to ``params_to_latents(params)``, so that
+        ``fit_pdiff`` encodes every checkpoint once."""
         was_training = self.training
         self.eval()
         device = self.norm_mean.device
@@ -166,7 +181,7 @@ class ParameterAutoencoderMixin:
         self.train(was_training)
         factor = float(1.0 / latents.float().std().clamp_min(1e-6))
         self.register_to_config(scaling_factor=factor)
-        return factor
+        return latents * factor
 
     # subclasses define these
     @property

@@ -203,21 +203,18 @@ class LinearParameterAutoencoder(ParameterAutoencoderMixin, ModelMixin, ConfigMi
         return rank
 
     @torch.no_grad()
-    def set_latent_scaling(self, params) -> float:
+    def set_latent_scaling(self, params) -> torch.Tensor:
         """Set ``scaling_factor`` so that the diffusion latents of the training checkpoints have unit std over the
         slots in use (the zero slots beyond the rank are left out, so they do not inflate the factor; with
         ``whiten=True`` and rank ``K`` it is ``sqrt(K (N - 1) / (N K - 1))``, within 1% of 1 for N >= 50).
-        ``params``: raw checkpoints ``(N, D)`` or :class:`~pdiff_hf.checkpoints.rows.CheckpointRows`."""
+        ``params``: raw checkpoints ``(N, D)`` or :class:`~pdiff_hf.checkpoints.rows.CheckpointRows`. Returns the
+        scaled latents ``(N, C, L)`` it computed, equal to ``params_to_latents(params)``."""
         device = self.norm_mean.device
         used = (self.component_scale > 0).view(-1)
-        if not bool(used.any()):
-            factor = 1.0
-        else:
-            coeffs = torch.cat([self.encode(self.normalize(chunk.to(device))).flatten(1)[:, used]
-                                for chunk in self._row_chunks(params)])  # fmt: skip
-            factor = float(1.0 / coeffs.float().std().clamp_min(1e-6))
+        latents = torch.cat([self.encode(self.normalize(chunk.to(device))) for chunk in self._row_chunks(params)])
+        factor = float(1.0 / latents.flatten(1)[:, used].float().std().clamp_min(1e-6)) if bool(used.any()) else 1.0
         self.register_to_config(scaling_factor=factor)
-        return factor
+        return latents * factor
 
     # ----------------------------------------------------------------------------------------------- encode/decode
     def _whitening(self) -> torch.Tensor:

@@ -140,9 +140,14 @@ def train_autoencoder(
     A :class:`~pdiff_hf.models.LinearParameterAutoencoder` is fitted instead of trained: normalization statistics,
     then its principal directions (``fit_basis``, exact, a block of columns at a time), then the latent scaling; no
     ``ae_*`` training setting applies and the returned list of losses is empty."""
+    return _fit_autoencoder(autoencoder, params, config or PDiffConfig(), progress, check)[0]
+
+
+def _fit_autoencoder(autoencoder, params, config: PDiffConfig, progress: bool, check: bool):
+    """:func:`train_autoencoder`, returning ``(losses, latents)``: the scaled diffusion latents ``(N, C, L)`` of the
+    training checkpoints that ``set_latent_scaling`` computed (each checkpoint is encoded once)."""
     from ..models.linear_autoencoder import LinearParameterAutoencoder
 
-    config = config or PDiffConfig()
     if len(params.shape) != 2 or params.shape[1] != autoencoder.config.in_dim:
         raise DimensionMismatchError(
             f"expected checkpoints of shape (N, {autoencoder.config.in_dim}), found {tuple(params.shape)}"
@@ -154,8 +159,7 @@ def train_autoencoder(
     fit_normalization(autoencoder, rows, check=check)  # block by block of columns, NaN/Inf checked per block
     if linear:
         autoencoder.fit_basis(params)
-        autoencoder.set_latent_scaling(params)
-        return []
+        return [], autoencoder.set_latent_scaling(params)
     # batches are normalized when read (pdiff_hf.checkpoints.rows): no normalized copy of the whole (N, D) matrix
     data = NormalizedRows(rows, autoencoder)
     ema = _ema(autoencoder, config) if config.ae_use_ema else None
@@ -164,8 +168,7 @@ def train_autoencoder(
         autoencoder, data, autoencoder_loss, config.ae_learning_rate, config.ae_steps, config.ae_train_batch_size,
         config, ema=ema, desc="train autoencoder", progress=progress,
     )
-    autoencoder.set_latent_scaling(params)
-    return losses
+    return losses, autoencoder.set_latent_scaling(params)
 
 
 def train_denoiser(
@@ -329,9 +332,8 @@ def fit_pdiff(
     torch.manual_seed(config.seed)
     autoencoder = build_autoencoder(layout, config)
     # a tensor was checked for NaN/Inf by check_fit_inputs; a dataset is checked a block at a time here
-    train_autoencoder(autoencoder, params, config, progress=progress, check=isinstance(params, CheckpointRows))
-    with torch.no_grad():
-        latents = autoencoder.params_to_latents(params).float()  # chunks of rows for large N * D
+    _, latents = _fit_autoencoder(autoencoder, params, config, progress, check=isinstance(params, CheckpointRows))
+    latents = latents.float()  # encoded once, by set_latent_scaling (a chunk of rows at a time for large N * D)
     torch.manual_seed(config.seed)
     denoiser = build_denoiser(autoencoder, config, condition_names=condition_names)
     train_denoiser(denoiser, latents, config, progress=progress, conditions=conditions)
