@@ -85,7 +85,6 @@ def run(args: argparse.Namespace) -> int:
     pipeline_dir = _require_dir(args.pipeline, "--pipeline")
     checkpoints_dir = _require_dir(args.checkpoints, "--checkpoints")
     target_dir = _require_dir(args.target, "--target")
-    check_model_folder(target_dir, "--target")  # safetensors weights (never a pickle), config within limits
     out = Path(args.output_dir) if args.output_dir else None
     if out is not None and out.exists() and not out.is_dir():
         raise EvaluateError(f"--output-dir: expected a folder, found a file: {out}")
@@ -117,6 +116,7 @@ def _evaluate(args: argparse.Namespace, pipeline_dir: Path, checkpoints_dir: Pat
         pipeline_num_conditions,
     )
 
+    check_model_folder(target_dir, "--target")  # safetensors weights (never a pickle), config within limits: first
     torch.set_num_threads(args.num_threads)
     tune_cpu_allocator()  # process-wide, so the command sets it, never the library (pdiff_hf.novelty.allocator)
     start = time.perf_counter()
