@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-threads", type=int, default=None,
                    help="torch threads (1 is usually fastest for these small models)")
     p.add_argument("--heldout-checkpoints", type=int, default=None,
-                   help="checkpoints collected after the training ones for the reconstruction gate (default 20; 0: none)")
+                   help="checkpoints held out, spread evenly through each run, for the reconstruction gate and the "
+                        "held-out generalization test (default 20; 0: none)")
     p.add_argument("--branches", type=int, default=None,
                    help="collect from this many branches of an early target (collect_branches; default 0: one run)")
     p.add_argument("--trunk-epochs", type=int, default=None, help="epochs of the shared target with --branches (5)")
@@ -87,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     results = run_demo(config)
     spread = results["original_spread"]
     print()
+    summary = results.get("generalization", {}).get("summary", [])  # the held-out generalization test first
+    if summary:
+        print("\n".join(summary) + "\n")
     print(format_accuracy_table(results))
     print(
         f"\noriginals' spread: best - min accuracy {spread['best_minus_min_accuracy']:.2f} pp, mean nearest-neighbour "

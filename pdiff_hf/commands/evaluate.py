@@ -4,7 +4,9 @@ Loads the pipeline (``PDiffPipeline.from_pretrained``), the checkpoint dataset i
 (``datasets.load_from_disk``) and the target network (``<task model>.from_pretrained``), generates ``--num-models``
 parameter vectors, runs :func:`pdiff_hf.novelty.analyze_novelty`, prints a table and the verdict, and with
 ``--output-dir`` writes ``plots/``, ``report.md`` and ``results.json`` (last) with :func:`pdiff_hf.novelty.write_report`,
-the report writer the demo uses too.
+the report writer the demo uses too. With ``--heldout`` (checkpoints of the same collection the pipeline was not
+trained on, e.g. a demo's ``heldout/``), the held-out generalization test
+(:func:`pdiff_hf.novelty.generalization_from_report`) runs too, and its three-line summary opens the output.
 
 A conditional pipeline (denoiser ``num_conditions > 0``) with a conditional checkpoint dataset is scored per task
 instead (:mod:`pdiff_hf.commands.evaluate_conditional`): ``--num-models`` models per condition at
@@ -47,6 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--noise-levels", type=float, nargs="+", default=None,
         help="noise stds in normalized space (default: 0.01 0.05 0.1 0.15)",
     )
+    p.add_argument(
+        "--heldout", default=None,
+        help="held-out checkpoint dataset folder (same collection, never trained on; e.g. a demo's heldout/): runs "
+        "the held-out generalization test",
+    )
     p.add_argument("--output-dir", default=None, help="write results.json, plots and report.md here")
     p.add_argument("--num-threads", type=int, default=1, help="torch threads (1 is usually fastest here)")
     p.set_defaults(func=run)
@@ -71,6 +78,33 @@ def _saved_without_rows(folder: Path) -> bool:
     return isinstance(state, dict) and state.get("_data_files") == []
 
 
+def _load_heldout(args: argparse.Namespace, num_training: int, names):
+    """The ``--heldout`` checkpoint dataset, checked before any weights are loaded: one unconditional dataset with at
+    least 5 rows next to at least 10 training checkpoints."""
+    import datasets
+
+    from ..errors import GeneralizationTestError
+    from ..novelty.generalization import MIN_HELDOUT, MIN_TRAINING
+
+    if names is not None:
+        raise EvaluateError("--heldout: expected an unconditional pipeline, found a conditional one")
+    try:
+        heldout = datasets.load_from_disk(str(args.heldout))
+    except (FileNotFoundError, ValueError, IndexError) as err:
+        raise CheckpointDatasetError(
+            f"--heldout: expected a dataset saved with save_to_disk at {args.heldout}, found none "
+            f"({type(err).__name__}: {err})"
+        ) from None
+    if isinstance(heldout, datasets.DatasetDict):
+        raise CheckpointDatasetError(f"--heldout: expected one checkpoint dataset, found a DatasetDict {list(heldout)}")
+    if len(heldout) < MIN_HELDOUT or num_training < MIN_TRAINING:
+        raise GeneralizationTestError(
+            f"expected at least {MIN_TRAINING} training and {MIN_HELDOUT} held-out checkpoints for the held-out "
+            f"generalization test, found {num_training} and {len(heldout)}"
+        )
+    return heldout
+
+
 def run(args: argparse.Namespace) -> int:
     from ..utils.io_utils import locked_dir
 
@@ -85,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     pipeline_dir = _require_dir(args.pipeline, "--pipeline")
     checkpoints_dir = _require_dir(args.checkpoints, "--checkpoints")
     target_dir = _require_dir(args.target, "--target")
+    if getattr(args, "heldout", None):
+        _require_dir(args.heldout, "--heldout")
     out = Path(args.output_dir) if args.output_dir else None
     if out is not None and out.exists() and not out.is_dir():
         raise EvaluateError(f"--output-dir: expected a folder, found a file: {out}")
@@ -145,6 +181,7 @@ def _evaluate(args: argparse.Namespace, pipeline_dir: Path, checkpoints_dir: Pat
     get_layout(dataset)
     # a conditional pipeline needs a conditional dataset and the reverse: checked before loading any weights
     names = check_conditional_match(pipeline_num_conditions(pipeline_dir), dataset, args.guidance_scale)
+    heldout = _load_heldout(args, len(dataset), names) if getattr(args, "heldout", None) else None
 
     pipe = PDiffPipeline.from_pretrained(str(pipeline_dir))
     pipe.set_progress_bar_config(disable=True)
@@ -152,6 +189,8 @@ def _evaluate(args: argparse.Namespace, pipeline_dir: Path, checkpoints_dir: Pat
     if layout is None:
         raise LayoutMismatchError(f"--pipeline: the autoencoder at {pipeline_dir} has no parameter layout in its config")
     check_dataset_layout(dataset, layout, what=f"the pipeline at {pipeline_dir}")
+    if heldout is not None:
+        check_dataset_layout(heldout, layout, what=f"the pipeline at {pipeline_dir}")
     train_params = checkpoint_params(dataset)
 
     task = get_task(args.task)
@@ -180,8 +219,20 @@ def _evaluate(args: argparse.Namespace, pipeline_dir: Path, checkpoints_dir: Pat
         average_k=args.average_k,
         seed=args.seed,
         train_val_accuracy=torch.tensor(train_val) if train_val is not None else None,
+        pca_gaussian=True,
+        resampled=True,
     )
     analyze_s = time.perf_counter() - t0
+    generalization, timings = None, {}
+    if heldout is not None:
+        from ..novelty import generalization_from_report
+
+        t0 = time.perf_counter()
+        generalization = generalization_from_report(
+            target, layout, report, checkpoint_params(heldout), data, normalizer=pipe, seed=args.seed
+        )
+        timings["generalization"] = round(time.perf_counter() - t0, 3)
+        print("\n".join(generalization.summary) + "\n")
 
     print(f"{len(dataset)} training checkpoints of {layout.describe()}; {args.num_models} generated models")
     print()
@@ -202,7 +253,7 @@ def _evaluate(args: argparse.Namespace, pipeline_dir: Path, checkpoints_dir: Pat
             "seed": args.seed,
             "selection": {"D": layout.dim, "layout": layout.to_list()},
             **report.to_dict(),
-            "timings_s": {"generate": round(generate_s, 3), "analyze": round(analyze_s, 3)},
+            "timings_s": {"generate": round(generate_s, 3), "analyze": round(analyze_s, 3), **timings},
         }
         intro = [
             f"- pipeline: `{pipeline_dir}`",
@@ -210,7 +261,21 @@ def _evaluate(args: argparse.Namespace, pipeline_dir: Path, checkpoints_dir: Pat
             f"- target: `{target_dir}` (task {args.task})",
             f"- generated: {args.num_models} models, {args.num_inference_steps} inference steps, seed {args.seed}",
         ]
-        write_report(out, results, title="p-diff evaluation", intro=intro, novelty=report, started=start)
+        sections = {}
+        if generalization is not None:
+            from ..novelty.generalization import summary_markdown
+            from ..novelty.report import PLOTS_DIR
+
+            plots = {k: p.relative_to(out).as_posix() for k, p in generalization.save_plots(out / PLOTS_DIR).items()}
+            results["generalization"] = {**generalization.to_dict(), "plots": plots}
+            results["heldout"] = str(args.heldout)
+            intro = summary_markdown(generalization.summary) + ["", f"- held-out: `{args.heldout}`"] + intro
+            sections["Held-out generalization test"] = generalization.markdown(
+                plots, heading=False, summary=False
+            ).splitlines()
+        write_report(
+            out, results, title="p-diff evaluation", intro=intro, sections=sections, novelty=report, started=start
+        )
         print(f"\nresults: {out / 'results.json'}  report: {out / 'report.md'}")
     else:
         print("\n(pass --output-dir to save results.json, plots and report.md)")

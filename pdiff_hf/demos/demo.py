@@ -10,9 +10,11 @@
 4. autoencoder, 5. denoiser — trained on the checkpoints;
 6. generate — ``num_models`` parameter vectors with a few-step DPM-Solver;
 7. evaluate — test accuracy of originals and generated models, plus novelty against simple baselines; the
-   reconstruction gate (:mod:`pdiff_hf.novelty.reconstruction`) on ``heldout_checkpoints`` checkpoints collected after
-   the training ones and never trained on; with ``recalibration_batches``, the generated models' accuracy after
-   BatchNorm recalibration beside it.
+   reconstruction gate (:mod:`pdiff_hf.novelty.reconstruction`) on ``heldout_checkpoints`` checkpoints spread evenly
+   through each run (every 11th of 220 by default) and never trained on; with ``recalibration_batches``, the
+   generated models' accuracy after BatchNorm recalibration beside it;
+8. generalization — the held-out generalization test (:mod:`pdiff_hf.novelty.generalization`): generated models vs
+   the held-out checkpoints vs the training checkpoints vs every baseline; its three-line summary opens ``report.md``.
 
 ``branches > 0`` collects with :func:`~pdiff_hf.checkpoints.collect.collect_branches` instead (a ``trunk_epochs`` target, then
 ``branches`` branches of ``branch_epochs`` with their own data orders). Measured on the whole network (seeds 0 and 1):
@@ -20,13 +22,16 @@ the generated models become functionally novel (18-46% good and novel vs 1-6% fo
 below the originals (median 0.6-1.3 pp lower, min 91.9-93.9) until recalibrated, and recalibrated they are no longer
 novel; the default stays p-diff's one-run recipe.
 
-The folder gets ``target/``, ``checkpoints/``, ``pipeline/``, then ``plots/``, ``report.md`` and ``results.json`` (last)
+The folder gets ``target/``, ``checkpoints/``, ``heldout/`` (the held-out checkpoints, for ``pdiff-hf evaluate
+--heldout``), ``pipeline/``, then ``plots/``, ``report.md`` and ``results.json`` (last)
 from :func:`pdiff_hf.novelty.write_report`, the report writer ``pdiff-hf evaluate`` uses too.
 """
 
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -39,7 +44,7 @@ from ..checkpoints.collect import (
     train_classifier,
 )
 from ..checkpoints.dataset import checkpoint_params, get_layout, set_layout
-from ..errors import DemoConfigError
+from ..errors import DemoConfigError, GeneralizationTestError
 from ..evaluation.batched import (
     evaluate_parameters,
     predict_with_parameters,
@@ -47,6 +52,14 @@ from ..evaluation.batched import (
 )
 from ..layout import ParamLayout
 from ..novelty import analyze_novelty, write_report
+from ..novelty.generalization import (
+    MIN_HELDOUT,
+    MIN_TRAINING,
+    generalization_from_report,
+    heldout_split,
+    summary_markdown,
+)
+from ..novelty.report import PLOTS_DIR
 from ..novelty.reconstruction import reconstruction_lines, reconstruction_report
 from ..tasks.mnist1d import MNIST1DCNN, load_mnist1d
 from ..training.config import PDiffConfig
@@ -82,8 +95,8 @@ class DemoConfig:
     num_inference_steps: int = 25
     num_threads: int = 1
     novelty: bool = True
-    # held-out checkpoints for the autoencoder's reconstruction gate: collected after the training ones (the last
-    # steps of each run), never trained on; 0 skips the gate
+    # held-out checkpoints for the reconstruction gate and the generalization test: collected with the training ones
+    # and spread evenly through each run (exchangeable with them), never trained on; 0 skips both
     heldout_checkpoints: int = 20
     # collection recipe: 0 = p-diff's (one run from the trained target); B > 0 = B branches of a target trained for
     # trunk_epochs, each trained branch_epochs more with its own data order (pdiff_hf.checkpoints.collect.collect_branches)
@@ -149,6 +162,14 @@ class DemoConfig:
             )
         if self.num_checkpoints < 2:
             raise DemoConfigError(f"expected --num-checkpoints >= 2 to learn a distribution, found {self.num_checkpoints}")
+        if self.novelty and self.heldout_checkpoints and (
+            self.heldout_checkpoints < MIN_HELDOUT or self.num_checkpoints < MIN_TRAINING
+        ):
+            raise GeneralizationTestError(
+                f"expected --num-checkpoints >= {MIN_TRAINING} and --heldout-checkpoints >= {MIN_HELDOUT} for the "
+                f"held-out generalization test (or --heldout-checkpoints 0, or --no-novelty), found "
+                f"{self.num_checkpoints} and {self.heldout_checkpoints}"
+            )
         out = Path(self.output_dir)
         if out.exists() and not out.is_dir():
             raise DemoConfigError(f"expected --output-dir to be a folder, found a file: {out}")
@@ -297,7 +318,10 @@ def _run_demo(config: DemoConfig, out: Path, log: Callable[[str], None]) -> Dict
         sections["BatchNorm recalibration"] = recalibration_lines(results["recalibration"])
     report, test_accuracies = None, None
     if config.novelty:
-        report = analyze_novelty(model, layout, train_params, generated, data, normalizer=pipe, seed=config.seed)
+        report = analyze_novelty(
+            model, layout, train_params, generated, data, normalizer=pipe, seed=config.seed, pca_gaussian=True,
+            resampled=True,
+        )
         results.update(report.to_dict())
         orig_val, orig_test = report.original.val_accuracy, report.original.test_accuracy
         agreement = float(report.original.nn_agreement.median())
@@ -321,16 +345,32 @@ def _run_demo(config: DemoConfig, out: Path, log: Callable[[str], None]) -> Dict
         set_layout(dataset, layout)
     with atomic_directory(out / "checkpoints") as tmp:
         dataset.save_to_disk(str(tmp))
+    if heldout is not None:
+        with atomic_directory(out / "heldout") as tmp:
+            heldout.save_to_disk(str(tmp))
     done("evaluate")
     with atomic_directory(out / "pipeline") as tmp:  # again: now its card has the checkpoints and the results
         pipe.save_pretrained(tmp, results=results, checkpoint_dataset_path="../checkpoints")
+
+    summary = []
+    if report is not None and heldout is not None:
+        stage("generalization")
+        result = generalization_from_report(model, layout, report, checkpoint_params(heldout), data, pipe, config.seed)
+        results["generalization"] = result.to_dict()
+        plots = {k: p.relative_to(out).as_posix() for k, p in result.save_plots(out / PLOTS_DIR).items()}
+        results["generalization"]["plots"] = plots
+        sections["Held-out generalization test"] = result.markdown(plots, heading=False, summary=False).splitlines()
+        summary = summary_markdown(result.summary) + [""]
+        done("generalization")
+        for line in result.summary:
+            log(line)
 
     results["timings_s"] = timings
     write_report(
         out,
         results,
         title="p-diff on MNIST-1D",
-        intro=report_intro(results),
+        intro=summary + report_intro(results),
         sections={"Spread of the original checkpoints": spread_lines(results["original_spread"]), **sections},
         novelty=report,
         test_accuracies=test_accuracies,
@@ -375,14 +415,19 @@ def spread_lines(spread: Dict) -> List[str]:
 
 
 def split_heldout(collected, per_run: int, total: int):
-    """``(training, held-out)`` checkpoint datasets: the first ``per_run`` checkpoints of each run (by ``step``; at most
-    ``total`` in all) train, the later ones are held out for the reconstruction gate (``None`` when there are none)."""
+    """``(training, held-out)`` checkpoint datasets. Within each run (by ``step``), the checkpoints beyond ``per_run``
+    are held out spread evenly through the run (every k-th, ``k = run length / held-out count``, possibly fractional:
+    :func:`~pdiff_hf.novelty.heldout_split`), so that training and held-out checkpoints are exchangeable; the others
+    train, at most ``total`` in all (the extra ones join the held-out). ``None`` when nothing is held out."""
     run_ids, steps = collected["run_id"], collected["step"]
     order = sorted(range(len(collected)), key=lambda i: (run_ids[i], steps[i]))
-    rank, train_idx, held_idx = {}, [], []
-    for i in order:
-        r = rank[run_ids[i]] = rank.get(run_ids[i], -1) + 1
-        (train_idx if r < per_run else held_idx).append(i)
+    run_length = max(Counter(run_ids).values()) if order else 0
+    held = set()
+    if run_length > per_run:
+        every = Fraction(run_length, run_length - per_run)
+        held = set(heldout_split(len(collected), every, run_ids, steps, min_training=0, min_heldout=0)[1].tolist())
+    train_idx = [i for i in order if i not in held]
+    held_idx = [i for i in order if i in held]
     train_idx, held_idx = train_idx[:total], held_idx + train_idx[total:]
     layout = get_layout(collected)
     train = set_layout(collected.select(train_idx), layout)

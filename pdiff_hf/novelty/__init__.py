@@ -29,6 +29,7 @@ from .baselines import (
 from .generalization import (
     GeneralizationResult,
     evaluate_generalization,
+    generalization_from_report,
     generalization_test,
     generalization_verdict,
     heldout_split,
@@ -92,6 +93,7 @@ __all__ = [
     "format_intervals_table",
     "format_novelty_table",
     "format_report",
+    "generalization_from_report",
     "generalization_test",
     "generalization_verdict",
     "heldout_split",

@@ -12,7 +12,9 @@ saw: not closer to the training checkpoints than those are, not less diverse or 
 3. The verdict (:func:`generalization_verdict`, a function of the JSON summary alone):
 
    * **MEMORIZING**: closer to the training checkpoints than held-out checkpoints are (``nn_distance`` ratio, or the
-     error-overlap gap ``1 - max_iou``, decidedly below the band);
+     error-overlap gap ``1 - max_iou``, decidedly below the band). These two are one-sided (band ``[1/1.5, inf)``):
+     when the collection is one SGD trajectory, a held-out checkpoint sits one step from a training one, so a
+     generator that does not copy is farther than that, which says nothing against it;
    * **AVERAGING**: less diverse, closer to the mean checkpoint, agreeing more with the mean-checkpoint model, or with
      a narrower accuracy spread than held-out checkpoints (one of those ratios decidedly below the band);
    * **OFF-DISTRIBUTION**: the energy distance to the held-out checkpoints above the null's 95th percentile (or a
@@ -46,7 +48,8 @@ import copy
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from fractions import Fraction
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -77,12 +80,12 @@ NUM_BOOTSTRAP = 1000
 NUM_PERMUTATIONS = 1000
 
 # comparison key -> (statistic in words, kind: "ratio" / "difference" / "energy", verdict when decidedly below,
-# verdict when decidedly above), in the order the verdict reads them
+# verdict when decidedly above: None makes a ratio's band one-sided, [1/1.5, inf)), in the order the verdict reads them
 COMPARISONS: Dict[str, Tuple[str, str, Optional[str], Optional[str]]] = {
-    "nn_distance": ("mean nn_distance, group / held-out", "ratio", MEMORIZING, OFF_DISTRIBUTION),
+    "nn_distance": ("mean nn_distance, group / held-out", "ratio", MEMORIZING, None),
     "error_overlap_gap": (
         "1 - mean max_iou (error overlap with the nearest-failing training checkpoint), group / held-out",
-        "ratio", MEMORIZING, OFF_DISTRIBUTION,
+        "ratio", MEMORIZING, None,
     ),
     "diversity": ("diversity (mean pairwise rms_distance), group / held-out", "ratio", AVERAGING, OFF_DISTRIBUTION),
     "distance_to_mean": ("mean distance_to_mean, group / held-out", "ratio", AVERAGING, OFF_DISTRIBUTION),
@@ -99,7 +102,7 @@ COMPARISONS: Dict[str, Tuple[str, str, Optional[str], Optional[str]]] = {
     ),
 }
 VERDICT_RULES = (
-    "MEMORIZING when nn_distance or error_overlap_gap is below its band; AVERAGING when diversity, "
+    "MEMORIZING when nn_distance or error_overlap_gap is below its (one-sided) band; AVERAGING when diversity, "
     "distance_to_mean, mean_model_disagreement or accuracy_std is below its band; OFF-DISTRIBUTION when the energy "
     "distance is above the null's 95th percentile, or an interval above its band, or the accuracy median outside "
     "its band; GENERALIZING when the energy distance is within the null and every other interval inside its band "
@@ -131,8 +134,9 @@ DEFINITIONS = {
     "mean_model_agreement": "fraction of test predictions equal to the mean-checkpoint model's",
     "intervals": "95% bootstrap percentile intervals: the group's models and the held-out checkpoints resampled "
     "with replacement, independently (seeded); a ratio with a zero denominator is infinite (null in JSON)",
-    "bands": f"a ratio is 'as held-out' inside [1/{RATIO_BAND:g}, {RATIO_BAND:g}], the accuracy median within "
-    f"±{ACCURACY_BAND_PP:g} pp; decided when the whole interval lies inside, below or above the band",
+    "bands": f"a ratio is 'as held-out' inside [1/{RATIO_BAND:g}, {RATIO_BAND:g}] (nn_distance and error_overlap_gap: "
+    f"[1/{RATIO_BAND:g}, inf), held-out checkpoints of a trajectory sit one step from a training one), the accuracy "
+    f"median within ±{ACCURACY_BAND_PP:g} pp; decided when the whole interval lies inside, below or above the band",
     "training": "a random subsample of the training checkpoints, as many as generated models (at most all)",
 }
 
@@ -209,9 +213,9 @@ class GeneralizationResult:
         """Markdown table of every group against the held-out checkpoints (:func:`format_generalization_table`)."""
         return format_generalization_table(self.to_dict())
 
-    def markdown(self, plot_paths: Optional[Mapping[str, str]] = None) -> str:
+    def markdown(self, plot_paths: Optional[Mapping[str, str]] = None, heading: bool = True, summary: bool = True) -> str:
         """The report section: the three summary lines, the table, the deciding rules and (optionally) plots."""
-        return generalization_markdown(self.to_dict(), plot_paths)
+        return generalization_markdown(self.to_dict(), plot_paths, heading=heading, summary=summary)
 
     def save_plots(self, output_dir, prefix: str = "") -> Dict[str, "object"]:
         """Write ``generalization_energy.png`` (the deciding comparison: energy distances with the null and its
@@ -254,7 +258,7 @@ class GeneralizationResult:
 # --------------------------------------------------------------------------------------------------------- split
 def heldout_split(
     num_checkpoints: int,
-    every: int = HELDOUT_EVERY,
+    every: Union[int, float, Fraction] = HELDOUT_EVERY,
     run_ids: Optional[Sequence] = None,
     steps: Optional[Sequence[int]] = None,
     min_training: int = MIN_TRAINING,
@@ -265,40 +269,44 @@ def heldout_split(
 
     Args:
         num_checkpoints: ``N``, rows of the collection.
-        every: hold out one checkpoint in ``every`` (>= 2).
+        every: hold out one checkpoint in ``every`` (> 1). A fraction spreads a count evenly: ``Fraction(220, 20)``
+            holds out every 11th, ``Fraction(8, 5)`` 5 of every 8 consecutive checkpoints (position ``p`` is held out
+            when ``floor((p + 1) / every) > floor(p / every)``; a float is read as the nearest fraction with a
+            denominator up to 10^6).
         run_ids: ``N`` run ids (e.g. a checkpoint dataset's ``run_id`` column); ``None``: one run.
         steps: ``N`` training steps that order the checkpoints within a run; ``None``: the row order.
         min_training / min_heldout: the fewest checkpoints the test accepts (10 and 5).
 
     Returns:
-        ``(train_index, heldout_index)``: ascending int64 row indices, together ``0 .. N-1``.
+        ``(train_index, heldout_index)``: ascending int64 row indices, together ``0 .. N-1``; each run holds out
+        ``floor(run length / every)`` checkpoints.
 
     Raises:
-        GeneralizationTestError: ``every < 2``, ``run_ids`` / ``steps`` of another length than ``N``, or fewer than
+        GeneralizationTestError: ``every <= 1``, ``run_ids`` / ``steps`` of another length than ``N``, or fewer than
             ``min_training`` training or ``min_heldout`` held-out checkpoints (before any work).
     """
     n = int(num_checkpoints)
-    if n < 0 or int(every) != every or every < 2:
+    k = Fraction(every).limit_denominator(10**6) if isinstance(every, (int, float, Fraction)) else None
+    if n < 0 or k is None or not k > 1:
         raise GeneralizationTestError(
-            f"expected num_checkpoints >= 0 and an integer every >= 2, found num_checkpoints={num_checkpoints}, "
-            f"every={every}"
+            f"expected num_checkpoints >= 0 and every > 1, found num_checkpoints={num_checkpoints}, every={every}"
         )
     for name, values in (("run_ids", run_ids), ("steps", steps)):
         if values is not None and len(values) != n:
             raise GeneralizationTestError(f"expected {n} {name} (one per checkpoint), found {len(values)}")
     runs = list(run_ids) if run_ids is not None else [0] * n
     order = list(steps) if steps is not None else list(range(n))
-    held_count = sum(c // every for c in Counter(runs).values())
+    held_count = sum(math.floor(c / k) for c in Counter(runs).values())
     if n - held_count < min_training or held_count < min_heldout:
         raise GeneralizationTestError(
-            f"expected at least {min_training} training and {min_heldout} held-out checkpoints (every {every}th of "
+            f"expected at least {min_training} training and {min_heldout} held-out checkpoints (one in every {k} of "
             f"each run held out), found {n - held_count} training and {held_count} held-out in {n} checkpoints"
         )
     position: Dict = {}
     held = torch.zeros(n, dtype=torch.bool)
     for i in sorted(range(n), key=lambda i: (str(runs[i]), order[i], i)):
         p = position[runs[i]] = position.get(runs[i], -1) + 1
-        held[i] = (p + 1) % every == 0
+        held[i] = math.floor((p + 1) / k) > math.floor(p / k)
     return (~held).nonzero().flatten(), held.nonzero().flatten()
 
 
@@ -514,12 +522,12 @@ def generalization_test(
             continue
         grp_all, grp_res = stats(name, None), stats(name, resample[name])
         entries = {}
-        for key, (what, kind, _, _) in COMPARISONS.items():
+        for key, (what, kind, _, above) in COMPARISONS.items():
             if kind == "energy" or key not in grp_all or key not in held_all:
                 continue
             if kind == "ratio":
                 value, res = _ratio(grp_all[key], held_all[key]), _ratio(grp_res[key], held_res[key])
-                band = (1.0 / RATIO_BAND, RATIO_BAND)
+                band = (1.0 / RATIO_BAND, RATIO_BAND if above is not None else math.inf)
             else:
                 value, res = grp_all[key] - held_all[key], grp_res[key] - held_res[key]
                 band = (-ACCURACY_BAND_PP, ACCURACY_BAND_PP)
@@ -692,6 +700,22 @@ def evaluate_generalization(
     )
 
 
+def generalization_from_report(model, layout, report, heldout_params: torch.Tensor, data, normalizer=None,
+                               seed: int = 0, **test_kwargs) -> GeneralizationResult:
+    """:func:`evaluate_generalization` of a :class:`~pdiff_hf.novelty.NoveltyReport`'s training checkpoints, generated
+    models and baselines (``analyze_novelty(..., pca_gaussian=True, resampled=True)`` gives every baseline), reusing
+    its test predictions (``GroupMetrics.test_predictions``): only the held-out checkpoints and the mean-checkpoint
+    model are evaluated again. ``normalizer`` should be the one of the analysis. Used by the demo and ``pdiff-hf
+    evaluate --heldout``."""
+    known = {TRAINING: report.original.test_predictions, GENERATED: report.generated.test_predictions}
+    known.update({k: g.test_predictions for k, g in report.baselines.items()})
+    known = {k: v for k, v in known.items() if v is not None}
+    return evaluate_generalization(
+        model, layout, report.original.params, heldout_params, report.generated.params, data, normalizer=normalizer,
+        baselines={k: g.params for k, g in report.baselines.items()}, predictions=known, seed=seed, **test_kwargs,
+    )
+
+
 def _normalize_fn(normalizer, train: torch.Tensor):
     if normalizer is None:
         mean, std = train.mean(0), train.std(0, unbiased=False)
@@ -789,14 +813,18 @@ def generalization_verdict(comparisons: Mapping[str, Mapping]) -> Tuple[str, Opt
 
 
 def best_baseline(data: Mapping) -> Optional[str]:
-    """The baseline with the smallest energy distance to the held-out checkpoints among those that do not memorize
-    (a near-copy of the training checkpoints is as close as they are, and is no generator: ``resampled``, small
-    noise); among all baselines when every one memorizes; ``None`` without baselines."""
+    """The baseline that passes the test best: by its own verdict (GENERALIZING, then INCONCLUSIVE, then AVERAGING or
+    OFF-DISTRIBUTION, MEMORIZING last: a near-copy of the training checkpoints is as close to the held-out ones as
+    they are, and is no generator), then by the smallest energy distance to the held-out checkpoints; ``None``
+    without baselines."""
+    rank = {GENERALIZING: 0, INCONCLUSIVE: 1, AVERAGING: 2, OFF_DISTRIBUTION: 2, MEMORIZING: 3}
     names = data["settings"].get("baselines", [])
-    energies = [(data["comparisons"][k]["energy_distance"]["value"], k) for k in names]
-    energies = [(e, k) for e, k in energies if e is not None]
-    new = [(e, k) for e, k in energies if data["groups"][k].get("verdict") != MEMORIZING]
-    return min(new or energies)[1] if energies else None
+    scored = [
+        (rank.get(data["groups"][k].get("verdict"), 2), e, k)
+        for k in names
+        if (e := data["comparisons"][k]["energy_distance"]["value"]) is not None
+    ]
+    return min(scored)[2] if scored else None
 
 
 _VERDICT_WORDS = {
@@ -828,36 +856,46 @@ def describe_comparison(key: str, entry: Mapping) -> str:
     )
 
 
-def _group_line(name: str, data: Mapping) -> str:
-    g = data["groups"][name]
-    parts = []
-    if name != HELDOUT:
-        c = data["comparisons"][name]
-        parts.append(f"energy {_fmt(c['energy_distance']['value'])}")
-        parts.append(f"diversity {_fmt(c['diversity']['value'])}x")
-    if g.get("test_accuracy_median") is not None:
-        parts.append(f"acc {g['test_accuracy_median']:.2f} ± {g['test_accuracy_std']:.2f}")
-    else:
-        parts.append(f"nn {_fmt(g['nn_distance'])}")
-    return ", ".join(parts)
-
-
 def summary_lines(data: Mapping) -> List[str]:
     """The three summary lines: the verdict in words; the comparison that decided it with its interval; generated vs
-    held-out vs the best baseline (energy distance to held-out, diversity ratio, test accuracy median ± std)."""
+    held-out vs the best baseline (:func:`best_baseline`) in one line: energy distance to the held-out checkpoints
+    with the null's threshold, diversity ratio and test accuracy median ± standard deviation."""
     verdict, key = data["verdict"], data["decided_by"]
-    gen = data["comparisons"][GENERATED]
+    comp, groups = data["comparisons"], data["groups"]
     first = f"{verdict}: {_VERDICT_WORDS[verdict]}."
-    second = "Decided by " + (describe_comparison(key, gen[key]) if key else "no comparison") + "."
+    second = "Decided by " + (describe_comparison(key, comp[GENERATED][key]) if key else "no comparison") + "."
     best = best_baseline(data)
-    third = f"generated: {_group_line(GENERATED, data)} | held-out: {_group_line(HELDOUT, data)}"
-    if best is not None:
-        third += f" | best baseline {best}: {_group_line(best, data)}"
-    third += f" | training subsample: energy {_fmt(data['comparisons'][TRAINING]['energy_distance']['value'])}"
-    return [first, second, third]
+    shown = [GENERATED] + ([best] if best else [])
+    energy = comp[GENERATED]["energy_distance"]
+    parts = [
+        f"energy distance to held-out (indistinguishable up to {_fmt(energy['threshold'])}): "
+        + ", ".join(f"{_label(k, best)} {_fmt(comp[k]['energy_distance']['value'])}" for k in shown + [TRAINING]),
+        "diversity vs held-out: " + ", ".join(f"{_label(k, best)} {_fmt(comp[k]['diversity']['value'])}x" for k in shown),
+    ]
+    if groups[GENERATED].get("test_accuracy_median") is not None:
+        parts.append(
+            "test accuracy median ± std: "
+            + ", ".join(
+                f"{_label(k, best)} {groups[k]['test_accuracy_median']:.2f} ± {groups[k]['test_accuracy_std']:.2f}"
+                for k in [GENERATED, HELDOUT] + shown[1:]
+                if groups[k].get("test_accuracy_median") is not None
+            )
+        )
+    return [first, second, " | ".join(parts)]
+
+
+def _label(name: str, best: Optional[str]) -> str:
+    return {HELDOUT: "held-out", TRAINING: "training subsample"}.get(
+        name, f"best baseline {name}" if name == best else name
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ markdown
+def summary_markdown(summary: Sequence[str]) -> List[str]:
+    """The three summary lines as markdown lines (the verdict in bold), one paragraph each."""
+    return [f"**{summary[0]}**", "", summary[1], "", summary[2]]
+
+
 def format_generalization_table(data: Mapping) -> str:
     """Markdown table: per group, the statistics and, for every group but ``heldout``, the ratios to the held-out
     checkpoints with their intervals, the energy distance and the group's own verdict."""
@@ -894,12 +932,16 @@ def format_generalization_table(data: Mapping) -> str:
     return "\n".join(lines)
 
 
-def generalization_markdown(data: Mapping, plot_paths: Optional[Mapping[str, str]] = None) -> str:
-    """``## Held-out generalization test``: the summary lines, the table, every comparison of the generated models
-    with its interval, the settings and rules, and the plots (paths as given)."""
+def generalization_markdown(
+    data: Mapping, plot_paths: Optional[Mapping[str, str]] = None, heading: bool = True, summary: bool = True
+) -> str:
+    """``## Held-out generalization test`` (without it: ``heading=False``): the summary lines (``summary=False``
+    leaves them to the caller, e.g. the top of a report), the table, every comparison of the generated models with
+    its interval, the settings and rules, and the plots (paths as given)."""
     s = data["settings"]
-    lines = ["## Held-out generalization test", ""]
-    lines += [f"**{data['summary'][0]}**", "", data["summary"][1], "", data["summary"][2], ""]
+    lines = ["## Held-out generalization test", ""] if heading else []
+    if summary:
+        lines += summary_markdown(data["summary"]) + [""]
     lines += [
         f"{s['num_training']} training checkpoints (fitted on), {s['num_heldout']} held-out checkpoints of the same "
         f"collection (never fitted on), {s['num_generated']} generated models; `training` is a random subsample of "

@@ -40,7 +40,7 @@ _BASE_STYLE = {
     "heldout": {"color": "tab:orange", "marker": "P"},
     "training": {"color": "0.45", "marker": "o"},
     "pca_gaussian": {"color": "tab:olive", "marker": "h"},
-    "resampled": {"color": "tab:brown", "marker": "x"},
+    "resampled": {"color": "tab:brown", "marker": "X"},
 }
 _NOISE_COLORS = ("#9ecae1", "#6baed6", "#3182bd", "#08519c", "#08306b")
 

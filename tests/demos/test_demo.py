@@ -63,7 +63,7 @@ def _headings(markdown: str):
 
 def _report_files(folder):
     """Files of the report (not the demo's target/, checkpoints/, pipeline/ folders)."""
-    skip = ("target/", "checkpoints/", "pipeline/")
+    skip = ("target/", "checkpoints/", "heldout/", "pipeline/")
     found = (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     return sorted(f for f in found if not f.startswith(skip))
 
@@ -123,17 +123,18 @@ def test_demo_and_evaluate_write_the_same_files_and_sections(demo_run, tmp_path,
     out = tmp_path / "eval"
     argv = ["evaluate", "--pipeline", str(demo_dir / "pipeline"), "--checkpoints", str(demo_dir / "checkpoints"),
             "--target", str(demo_dir / "target"), "--num-models", "6", "--num-inference-steps", "4",
-            "--output-dir", str(out)]
+            "--output-dir", str(out), "--heldout", str(demo_dir / "heldout")]
     assert main(argv) == 0
-    capsys.readouterr()
+    printed = capsys.readouterr().out
     assert _report_files(out) == _report_files(demo_dir) == [
-        "plots/accuracy_distribution.png", "plots/accuracy_vs_novelty.png", "plots/nn_distance_hist.png",
+        "plots/accuracy_distribution.png", "plots/accuracy_vs_novelty.png", "plots/generalization_accuracy.png",
+        "plots/generalization_energy.png", "plots/generalization_pca.png", "plots/nn_distance_hist.png",
         "report.md", "results.json",
     ]
     demo_md, eval_md = (demo_dir / "report.md").read_text(), (out / "report.md").read_text()
     assert _headings(demo_md) == [
         "Original vs generated", "Spread of the original checkpoints", "Reconstruction of held-out checkpoints",
-        "Novelty against simple baselines", "Timings (s)",
+        "Held-out generalization test", "Novelty against simple baselines", "Timings (s)",
     ]
     demo_only = ("Spread of the original checkpoints", "Reconstruction of held-out checkpoints")
     assert _headings(eval_md) == [h for h in _headings(demo_md) if h not in demo_only]
@@ -144,6 +145,22 @@ def test_demo_and_evaluate_write_the_same_files_and_sections(demo_run, tmp_path,
         assert list(res["timings_s"])[-2:] == ["report", "total"]
     # same checkpoints, same seed, same number of models: the same novelty summary
     assert demo_res["original"] == eval_res["original"] and demo_res["verdict"] == eval_res["verdict"]
+    # and the same held-out generalization test, whose summary opens the terminal output and the report
+    assert demo_res["generalization"] == eval_res["generalization"]
+    assert printed.startswith("\n".join(eval_res["generalization"]["summary"]))
+    assert eval_md.splitlines()[2] == f"**{eval_res['generalization']['summary'][0]}**"
+
+
+def test_evaluate_heldout_needs_five_checkpoints(demo_dir, tmp_path, capsys):
+    """``pdiff-hf evaluate --heldout`` with 3 held-out checkpoints: a one-line error before any weights are loaded."""
+    few = tmp_path / "few"
+    datasets.load_from_disk(str(demo_dir / "heldout")).select(range(3)).save_to_disk(str(few))
+    capsys.readouterr()  # the progress bar of save_to_disk
+    argv = ["evaluate", "--pipeline", str(demo_dir / "pipeline"), "--checkpoints", str(demo_dir / "checkpoints"),
+            "--target", str(demo_dir / "target"), "--heldout", str(few)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "5 held-out checkpoints" in err[0] and "found 12 and 3" in err[0]
 
 
 @pytest.mark.parametrize(
@@ -192,7 +209,8 @@ def test_whole_selection_covers_every_parameter_and_the_batchnorm_statistics():
 
 
 def test_demo_reconstruction_gate_on_held_out_checkpoints(demo_dir):
-    """The 20 held-out checkpoints are collected after the 12 training ones and never saved as training data."""
+    """The 20 held-out checkpoints are spread through the run of the 12 training ones and never saved as training
+    data; they are saved on their own (heldout/) and drive the held-out generalization test."""
     results = json.loads((demo_dir / "results.json").read_text())
     rec = results["reconstruction"]
     assert rec["heldout"]["count"] == rec["autoencoder"]["count"] == rec["pca"]["count"] == 20
@@ -200,10 +218,20 @@ def test_demo_reconstruction_gate_on_held_out_checkpoints(demo_dir):
     assert isinstance(rec["gate"]["passed"], bool) and "held-out" in rec["gate"]["rule"]
     assert rec["gate"]["autoencoder_val_median"] == rec["autoencoder"]["val_accuracy"]["median"]
     assert "**PASSED**" in (demo_dir / "report.md").read_text() or "FAILED" in (demo_dir / "report.md").read_text()
-    assert datasets.load_from_disk(str(demo_dir / "checkpoints"))["step"] == list(range(1, 13))
+    # 12 training + 20 held-out checkpoints of one run, the held-out ones spread through it (5 of every 8 steps)
+    train_steps = list(datasets.load_from_disk(str(demo_dir / "checkpoints"))["step"])
+    assert train_steps == [1, 3, 6, 9, 11, 14, 17, 19, 22, 25, 27, 30]
+    held_steps = list(datasets.load_from_disk(str(demo_dir / "heldout"))["step"])
+    assert sorted(held_steps + train_steps) == list(range(1, 33))
+    gen = results["generalization"]
+    assert gen["verdict"] in ("GENERALIZING", "MEMORIZING", "AVERAGING", "OFF-DISTRIBUTION", "INCONCLUSIVE")
+    assert gen["settings"]["num_training"] == 12 and gen["settings"]["num_heldout"] == 20
+    assert {"pca_gaussian", "resampled"} <= set(gen["groups"]) and {"pca_gaussian", "resampled"} <= set(results["baselines"])
+    report_lines = (demo_dir / "report.md").read_text().splitlines()
+    assert report_lines[2] == f"**{gen['summary'][0]}**" and report_lines[4:7:2] == gen["summary"][1:]
 
 
-def test_split_heldout_keeps_the_first_steps_of_each_run():
+def test_split_heldout_spreads_the_held_out_steps_through_each_run():
     from pdiff_hf.checkpoints.dataset import make_checkpoint_dataset
     from pdiff_hf.demos.demo import split_heldout
     from pdiff_hf.layout import ParamLayout
@@ -214,9 +242,9 @@ def test_split_heldout_keeps_the_first_steps_of_each_run():
         torch.arange(15.0)[:, None].expand(15, 3).contiguous(), layout,
         {"run_id": [r for r, _ in rows], "step": [s for _, s in rows]},
     )
-    train, held = split_heldout(ds, per_run=3, total=9)
-    assert list(zip(train["run_id"], train["step"])) == [(r, s) for r in range(3) for s in (1, 2, 3)]
-    assert sorted(zip(held["run_id"], held["step"])) == [(r, s) for r in range(3) for s in (4, 5)]
+    train, held = split_heldout(ds, per_run=3, total=9)  # 2 of every 5 steps held out: steps 3 and 5
+    assert list(zip(train["run_id"], train["step"])) == [(r, s) for r in range(3) for s in (1, 2, 4)]
+    assert sorted(zip(held["run_id"], held["step"])) == [(r, s) for r in range(3) for s in (3, 5)]
     assert get_layout(train) == layout == get_layout(held)
     train, held = split_heldout(ds, per_run=5, total=15)
     assert len(train) == 15 and held is None
@@ -250,3 +278,14 @@ def test_demo_with_branches_and_recalibration(tmp_path):
 def test_demo_config_branch_and_recalibration_checks(kw, message):
     with pytest.raises(DemoConfigError, match=message):
         DemoConfig(**kw).validate()
+
+
+def test_demo_config_needs_enough_checkpoints_for_the_generalization_test():
+    from pdiff_hf.errors import GeneralizationTestError
+
+    with pytest.raises(GeneralizationTestError, match="--heldout-checkpoints >= 5.*found 200 and 3"):
+        DemoConfig(heldout_checkpoints=3).validate()
+    with pytest.raises(GeneralizationTestError, match="--num-checkpoints >= 10.*found 8 and 20"):
+        DemoConfig(num_checkpoints=8).validate()
+    DemoConfig(num_checkpoints=8, heldout_checkpoints=0).validate()  # no held-out checkpoints: no test
+    DemoConfig(num_checkpoints=8, novelty=False).validate()

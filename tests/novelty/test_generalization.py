@@ -8,6 +8,7 @@ entry (OFF-DISTRIBUTION). Function space: the classifiers' test predictions on 6
 
 import json
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -89,6 +90,11 @@ def test_heldout_split_holds_out_every_kth_of_each_run():
         ranks = {s: r for r, s in enumerate(sorted(steps[i] for i in range(60) if runs[i] == run))}
         held_steps = sorted(ranks[steps[i]] for i in held.tolist() if runs[i] == run)
         assert held_steps == [4, 9, 14, 19, 24, 29]  # every 5th, not the last ones
+    # a fraction spreads a count evenly: 220 checkpoints, 20 held out = every 11th; 32 with 20 held out
+    assert heldout_split(220, every=Fraction(220, 20))[1].tolist() == list(range(10, 220, 11))
+    train, held = heldout_split(32, every=Fraction(32, 20), min_training=0)
+    assert (train.numel(), held.numel()) == (12, 20) and held[-1] == 31 and 0 in train.tolist()
+    assert torch.equal(heldout_split(32, every=1.6, min_training=0)[1], held)
 
 
 def test_heldout_split_errors_before_any_work():
@@ -98,7 +104,7 @@ def test_heldout_split_errors_before_any_work():
         heldout_split(14, every=3)
     with pytest.raises(GeneralizationTestError, match="found 5 training and 5 held-out"):
         heldout_split(10, every=2)
-    with pytest.raises(GeneralizationTestError, match="every >= 2"):
+    with pytest.raises(GeneralizationTestError, match="every > 1"):
         heldout_split(200, every=1)
     with pytest.raises(GeneralizationTestError, match="expected 200 run_ids.*found 3"):
         heldout_split(200, run_ids=[0, 1, 2])
@@ -115,6 +121,8 @@ def test_verdicts_of_known_distributions(world, function_space):
         if expected == GENERALIZING:
             assert gen["energy_distance"]["outcome"] == "within" and result.decided_by == "energy_distance"
             assert all(gen[k]["outcome"] == "within" for k in ("nn_distance", "diversity", "distance_to_mean"))
+            assert gen["nn_distance"]["band"] == [0.666667, None]  # one-sided: farther than held-out is no fault
+            assert gen["diversity"]["band"] == [0.666667, 1.5]
         if expected == MEMORIZING:
             assert result.decided_by == "nn_distance" and gen["nn_distance"]["high"] < 1e-6
             if function_space:
