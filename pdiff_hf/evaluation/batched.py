@@ -90,6 +90,22 @@ def _forward_chunks(
         model.train(was_training)
 
 
+def _distinct_rows(params: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(distinct, inverse)``: the distinct rows of ``params`` ``(N, D)`` in order of first appearance and the index
+    in ``distinct`` of every row (``distinct[inverse]`` equals ``params``); ``(params, None)`` when no row repeats."""
+    if params.dim() != 2 or params.shape[0] < 2:
+        return params, None
+    values, inverse = torch.unique(params, dim=0, return_inverse=True)
+    if values.shape[0] == params.shape[0]:
+        return params, None
+    n = params.shape[0]
+    first = torch.full((values.shape[0],), n, dtype=torch.long).scatter_reduce_(0, inverse, torch.arange(n), "amin")
+    order = first.argsort()  # the distinct rows in order of first appearance
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel())
+    return params[first[order]], rank[inverse]
+
+
 @torch.no_grad()
 def predict_with_parameters(
     model: nn.Module,
@@ -111,18 +127,20 @@ def predict_with_parameters(
         use_vmap: ``False`` runs one model after the other (the fallback, for comparison).
 
     Returns:
-        ``(N, M)`` int64 predictions (``(N, M, ...)`` for per-position logits).
+        ``(N, M)`` int64 predictions (``(N, M, ...)`` for per-position logits). A parameter vector that appears more
+        than once (e.g. resampled training checkpoints among baselines) is run once.
     """
-    n = params.shape[0] if params.dim() == 2 else 1
+    distinct, inverse = _distinct_rows(params)
+    n = distinct.shape[0] if distinct.dim() == 2 else 1
     rows: Dict[int, list] = {}
     for first, _, _, logits in _forward_chunks(
-        model, layout, params, inputs, None, batch_size, models_per_chunk, raw=False, use_vmap=use_vmap
+        model, layout, distinct, inputs, None, batch_size, models_per_chunk, raw=False, use_vmap=use_vmap
     ):
         rows.setdefault(first, []).append(logits.argmax(-1).cpu())
     out = torch.cat([torch.cat(rows[first], dim=1) for first in sorted(rows)], dim=0)
     if out.shape[0] != n:
         raise DimensionMismatchError(f"expected predictions of {n} models, found {out.shape[0]} (an empty source?)")
-    return out
+    return out if inverse is None else out[inverse]
 
 
 def accuracy_from_predictions(predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

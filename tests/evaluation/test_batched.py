@@ -79,6 +79,28 @@ def test_matches_plain_loop(bn_mlp_factory, selection):
     assert torch.equal(evaluate_parameters(model, layout, vectors[2], x, y), acc[2:3])
 
 
+def test_repeated_parameter_vectors_are_run_once(bn_mlp_factory, monkeypatch):
+    import pdiff_hf.evaluation.batched as batched
+
+    model = bn_mlp_factory(seed=0).eval()
+    layout = ParamLayout.from_module(model, last_norm_layers=2)
+    vectors = _perturbed_vectors(model, layout)
+    x, _ = _data()
+    expected = predict_with_parameters(model, layout, vectors, x, batch_size=20, models_per_chunk=3)
+    order = torch.tensor([3, 0, 3, 5, 0, 0, 1])
+    run = []
+    forward_chunks = batched._forward_chunks
+
+    def recording(model, layout, params, *args, **kwargs):
+        run.append(params.clone())
+        return forward_chunks(model, layout, params, *args, **kwargs)
+
+    monkeypatch.setattr(batched, "_forward_chunks", recording)
+    preds = predict_with_parameters(model, layout, vectors[order], x, batch_size=20, models_per_chunk=3)
+    assert torch.equal(preds, expected[order])
+    assert torch.equal(run[0], vectors[torch.tensor([3, 0, 5, 1])])  # each distinct vector once, first-seen order
+
+
 def test_model_mode_restored_and_eval_used(bn_mlp_factory):
     model = bn_mlp_factory(seed=0).train()
     layout = ParamLayout.from_module(model, last_norm_layers=2, include_buffers=True)
