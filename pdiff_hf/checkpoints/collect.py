@@ -65,7 +65,8 @@ def train_classifier(
     n = num_examples(train)
     steps_per_epoch = max(n // batch_size, 1) if n is not None else len(train)
     total = epochs * steps_per_epoch
-    opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    # foreach: one call per step for all tensors, the same weights bit for bit as the default per-tensor loop
+    opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay, foreach=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1))
     model.train()
     for _ in tqdm(range(total), desc="train target", disable=not progress, leave=False):
@@ -182,7 +183,7 @@ def collect_checkpoints(
     gen = torch.Generator().manual_seed(seed + 1)
     undo = _freeze_for_collection(model, layout)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(trainable, lr=learning_rate, momentum=momentum) if trainable else None
+    opt = torch.optim.SGD(trainable, lr=learning_rate, momentum=momentum, foreach=True) if trainable else None
     it = training_batches(sources["train"], batch_size, gen, model)
     vectors, steps = [], []
     bar = tqdm(total=num_checkpoints, desc="collect checkpoints", disable=not progress, leave=False)
