@@ -46,14 +46,14 @@ def dashed_flags(argv: List[str]) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .hub.secrets import install_log_redaction
-
-    install_log_redaction()  # no token (hf_…, --hub_token VALUE) in any log line of a command
     parser = build_parser()
     args = parser.parse_args(dashed_flags(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .hub.secrets import install_log_redaction  # after parsing: --help stays free of heavy imports
+
+    install_log_redaction()  # no token (hf_…, --hub_token VALUE) in any log line of a command
     try:
         return int(args.func(args) or 0)
     except (PDiffError, FileNotFoundError, NotADirectoryError) as err:

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 from ..errors import CheckpointDatasetError, EvaluateError, LayoutMismatchError
-from ..hub.validate import check_model_folder, load_model_folder
 from ..tasks import TASKS, Task, get_task  # noqa: F401  (the task registry; tests register tiny tasks in TASKS)
 
 
@@ -151,6 +150,8 @@ def _evaluate(args: argparse.Namespace, pipeline_dir: Path, checkpoints_dir: Pat
         evaluate_conditional,
         pipeline_num_conditions,
     )
+
+    from ..hub.validate import check_model_folder, load_model_folder
 
     check_model_folder(target_dir, "--target")  # safetensors weights (never a pickle), config within limits: first
     torch.set_num_threads(args.num_threads)
