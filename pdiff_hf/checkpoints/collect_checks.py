@@ -16,7 +16,7 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 
-from ..errors import CollectionError, PDiffError
+from ..errors import CollectionError, PDiffError, first_line
 
 _INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 IGNORE_INDEX = -100  # cross-entropy's ignored label
@@ -97,7 +97,7 @@ def check_collection_data(model: nn.Module, sources: dict, check_classes: bool =
             shapes = [tuple(a.shape) for a in batch.args if isinstance(a, torch.Tensor)]
             raise CollectionError(
                 f"train: expected inputs the network takes, found inputs of shape {shapes or 'see kwargs'} that it "
-                f"rejects ({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''})"
+                f"rejects ({type(err).__name__}: {first_line(err)})"
             ) from None
         finally:
             model.train(was_training)

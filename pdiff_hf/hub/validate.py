@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from ..errors import HubError
+from ..errors import HubError, first_line
 from ..training.config_checks import MAX_TRAIN_TIMESTEPS
 
 MAX_JSON_BYTES = 16 * 2**20  # a whole network's parameter layout is tens of KB
@@ -263,7 +263,7 @@ def empty_model(model_cls: type, config: Dict[str, Any], label: str, name: str):
     except PDiffError as err:
         raise type(err)(f"{label}, component {name}: {err}") from None
     except (ValueError, TypeError, KeyError, RuntimeError, NotImplementedError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        first = first_line(err)
         raise HubError(f"{label}: expected {name}/config.json to configure a {model_cls.__name__}, found values it "
                        f"rejects ({type(err).__name__}: {first})") from None  # fmt: skip
 
@@ -490,6 +490,6 @@ def load_model_folder(model_cls: type, folder: Path, what: str):
     try:
         return model_cls.from_pretrained(str(folder), use_safetensors=True)
     except (OSError, ValueError, TypeError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err, type(err).__name__)
         raise HubError(f"{what}: expected a saved {model_cls.__name__} in {folder}, found one it cannot load "
                        f"({first})") from None  # fmt: skip
