@@ -228,6 +228,11 @@ class GeneralizationResult:
 
         out = Path(output_dir)
         gen_size = self.comparisons[GENERATED]["energy_distance"]["null_size"]
+        if gen_size not in self.energy_null or not self.pca_points:
+            raise GeneralizationTestError(
+                "expected a result of generalization_test with its null distribution and PCA coordinates to plot, "
+                "found one without them (read back from JSON?)"
+            )
         energies = {k: c["energy_distance"]["value"] for k, c in self.comparisons.items()}
         paths = {
             "generalization_energy": plots.plot_energy_distances(

@@ -13,7 +13,11 @@ from fractions import Fraction
 import pytest
 import torch
 
-from pdiff_hf.errors import DimensionMismatchError, GeneralizationTestError, NonFiniteParametersError
+from pdiff_hf.errors import (
+    DimensionMismatchError,
+    GeneralizationTestError,
+    NonFiniteParametersError,
+)
 from pdiff_hf.novelty import StatsNormalizer, make_baselines
 from pdiff_hf.novelty.generalization import (
     AVERAGING,
@@ -244,6 +248,8 @@ def test_plots_are_written(world, tmp_path):
     assert set(paths) == {"generalization_energy", "generalization_pca", "generalization_accuracy"}
     for path in paths.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(GeneralizationTestError, match="read back from JSON"):
+        GeneralizationResult.from_dict(result.to_dict()).save_plots(tmp_path / "again")
 
 
 # ------------------------------------------------------------------------------------------------- on a network
