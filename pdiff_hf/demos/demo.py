@@ -362,8 +362,6 @@ def _run_demo(config: DemoConfig, out: Path, log: Callable[[str], None]) -> Dict
         sections["Held-out generalization test"] = result.markdown(plots, heading=False, summary=False).splitlines()
         summary = summary_markdown(result.summary) + [""]
         done("generalization")
-        for line in result.summary:
-            log(line)
 
     results["timings_s"] = timings
     write_report(
