@@ -53,6 +53,18 @@ def safetensors_instead_of_pickle(safe_serialization: bool) -> bool:
     return True
 
 
+def batch_size_of(condition, generator, latents) -> int:
+    """How many models a call without ``num_models`` generates: one per condition of a list (or 1-D tensor) of
+    conditions, else one per generator of a list, else one per row of ``latents`` ``(N, C, L)``, else 1."""
+    if isinstance(condition, (list, tuple)) or (isinstance(condition, torch.Tensor) and condition.dim() == 1):
+        return len(condition)
+    if isinstance(generator, list):
+        return len(generator)
+    if isinstance(latents, torch.Tensor) and latents.dim() == 3:
+        return latents.shape[0]
+    return 1
+
+
 class PDiffPipeline(DiffusionPipeline):
     r"""Generate parameters of a target network with p-diff (Wang et al. 2024, arXiv 2402.13144).
 
@@ -259,7 +271,7 @@ class PDiffPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        num_models: int = 1,
+        num_models: Optional[int] = None,
         num_inference_steps: int = 25,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         latents: Optional[torch.Tensor] = None,
@@ -274,7 +286,9 @@ class PDiffPipeline(DiffusionPipeline):
     ) -> Union[PDiffPipelineOutput, tuple]:
         r"""
         Args:
-            num_models (`int`): how many parameter vectors to generate.
+            num_models (`int`, *optional*): how many parameter vectors to generate; ``None`` (default) takes the
+                batch from the other arguments as ``DiTPipeline`` does from its class labels: the length of a list
+                of conditions, else of a list of generators, else of ``latents``, else 1.
             num_inference_steps (`int`): denoising steps, at most the scheduler's ``num_train_timesteps`` (25 suits
                 DPM-Solver/DDIM; DDPM is trained for 1000).
             generator (`torch.Generator` or a list of `num_models` of them, *optional*): makes sampling
@@ -333,6 +347,8 @@ class PDiffPipeline(DiffusionPipeline):
 
         Several threads may call the same pipeline at once: the scheduler's per-call state lives in a copy.
         """
+        if num_models is None:
+            num_models = batch_size_of(condition, generator, latents)
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 

@@ -252,3 +252,19 @@ def test_concurrent_calls_keep_their_own_guidance_and_timesteps(cond_pipeline):
         results = list(pool.map(run, range(4)))
     for worker, params in enumerate(results):
         assert all(torch.equal(p, serial[worker]) for p in params), worker
+
+
+def test_batch_size_from_the_inputs_when_num_models_is_not_given(cond_pipeline):
+    """As DiTPipeline takes its batch from its class labels, diffusers' batch tests pass a list where a pipeline
+    batches: a list of conditions, of generators, or initial latents set the number of models."""
+    gens = lambda n: [torch.Generator().manual_seed(i) for i in range(n)]  # noqa: E731
+    single = cond_pipeline(num_inference_steps=STEPS, generator=gens(1), condition=0).params
+    batch = cond_pipeline(num_inference_steps=STEPS, generator=gens(3), condition=[0, 0, 0]).params
+    assert single.shape[0] == 1 and batch.shape[0] == 3
+    torch.testing.assert_close(batch[:1], single, atol=1e-5, rtol=1e-5)  # model i depends on generator i only
+    assert cond_pipeline(num_inference_steps=STEPS, generator=gens(2), condition=1).params.shape[0] == 2
+    latents = torch.randn(4, *cond_pipeline.autoencoder.latent_shape)
+    assert cond_pipeline(num_inference_steps=STEPS, latents=latents).params.shape[0] == 4
+    assert cond_pipeline(num_inference_steps=STEPS).params.shape[0] == 1
+    with pytest.raises(Exception, match="num_models"):  # explicit num_models must agree with the lists
+        cond_pipeline(num_models=2, num_inference_steps=STEPS, condition=[0, 1, 1])

@@ -408,7 +408,6 @@ BAD_INPUTS = {
     "num_models=1.0": dict(num_models=1.0),
     "num_models=True": dict(num_models=True),
     "num_models='3'": dict(num_models="3"),
-    "num_models=None": dict(num_models=None),
     "steps=0": dict(num_inference_steps=0),
     "steps=-5": dict(num_inference_steps=-5),
     "steps=1001": dict(num_inference_steps=1001),
