@@ -6,8 +6,14 @@ what the device has free, naming the largest ``num_models`` that fits. The estim
 
 * latents ``C x L`` about ``6 + solver order`` times (noise, the denoiser's prediction, the scheduler's step and its
   history; doubled inputs and outputs under classifier-free guidance);
-* the denoiser's activations: ``max(block_out_channels) x L`` per resnet block with its skip connections kept;
+* the denoiser's activations: two tensors of ``max(block_out_channels) x L`` per resnet block (its output, kept for
+  the skip connection, and one intermediate);
 * the decoded parameters ``D`` (the ``(num_models, D)`` output; decoding itself goes a chunk of rows at a time).
+
+The estimate errs high: for the tests' tiny pipeline (D = 64, latents 2 x 16, denoiser channels (8, 16), 3 DPM-Solver++
+steps, CPU, 1 thread, shared 2-core machine) the measured peak RSS increase was 273-358 MiB for 20,000 models and
+816-860 MiB for 60,000 (runs of ``OMP_NUM_THREADS=1 python benchmarks/bench_pipeline_memory.py N``), against
+estimates of 415 and 1,245 MiB.
 """
 
 import os
@@ -51,7 +57,9 @@ def sampling_bytes_per_model(latent_shape: Tuple[int, int], dim: int, denoiser_c
     latent = copies * channels * length
     blocks = list(denoiser_config.block_out_channels)
     resnets = 2 * len(blocks) * (denoiser_config.layers_per_block + 1) + 2  # down, up and the two mid blocks
-    activation = (2 if guidance else 1) * 4 * max(blocks) * length * resnets
+    # two tensors of max(blocks) x L per resnet block (its output kept for the skip connection, one intermediate):
+    # the whole estimate was 1.2x to 1.5x the measured peak of the tiny test pipeline (see the module docstring)
+    activation = (2 if guidance else 1) * 2 * max(blocks) * length * resnets
     return latent * bytes_per_value, activation * bytes_per_value, dim * bytes_per_value
 
 
