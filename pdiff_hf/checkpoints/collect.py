@@ -33,6 +33,7 @@ from ..layout import ParamLayout
 from .collect_checks import check_collection_args, check_finite_step
 from .dataset import PARAMS_COLUMN, checkpoint_params, get_layout, make_checkpoint_dataset, set_layout
 from .run_mixing import MixedRunsWarning
+from .writer import CheckpointWriter
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ALIGNMENT_KEY = "pdiff_hf.alignment"  # in info.description: how collect_from_runs(align=True) aligned the runs
@@ -117,6 +118,8 @@ def collect_checkpoints(
     progress: bool = True,
     loss_fn: Optional[LossFn] = None,
     score_fn: Optional[ScoreFn] = None,
+    max_in_memory_bytes: Optional[int] = None,
+    cache_dir: Optional[str] = None,
 ) -> datasets.Dataset:
     """Run p-diff's collection recipe on ``model`` (modified in place) and return the checkpoint dataset.
 
@@ -159,6 +162,11 @@ def collect_checkpoints(
     loss_fn: ``loss_fn(logits, labels)`` for the SGD steps (default: cross-entropy, labels ``-100`` ignored).
     score_fn: per-example ``score_fn(logits, labels) -> (B,)`` for the evaluation columns (default: accuracy).
 
+    max_in_memory_bytes / cache_dir: the rows (``num_checkpoints * D * 4`` bytes, known before training) stay in memory
+    up to ``max_in_memory_bytes`` (default 2 GiB, or half the free memory if less) and are streamed to an Arrow file in
+    ``cache_dir`` beyond it; the dataset then memory-maps that file (:mod:`pdiff_hf.checkpoints.writer`). Not enough
+    memory or disk is a :class:`~pdiff_hf.errors.CheckpointDatasetError` before training.
+
     Columns: ``params``, ``run_id``, ``seed``, ``step``, and with ``evaluate`` ``val_accuracy``, ``test_accuracy``
     (percent; ``val_score`` / ``test_score`` with a ``score_fn``) for the splits that ``data`` has.
     """
@@ -173,6 +181,7 @@ def collect_checkpoints(
         check_classes=loss_fn is None,
     )
     sources = split_sources(data)
+    writer = CheckpointWriter(layout, num_checkpoints, max_in_memory_bytes, cache_dir)  # before any work
     torch.manual_seed(seed)
     if train_epochs > 0:
         train_classifier(
@@ -185,10 +194,10 @@ def collect_checkpoints(
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(trainable, lr=learning_rate, momentum=momentum, foreach=True) if trainable else None
     it = training_batches(sources["train"], batch_size, gen, model)
-    vectors, steps = [], []
+    steps = []
     bar = tqdm(total=num_checkpoints, desc="collect checkpoints", disable=not progress, leave=False)
     step = 0
-    while len(vectors) < num_checkpoints:
+    while writer.count < num_checkpoints:
         batch = next(it)
         if opt is not None:
             loss = _loss(model, batch, loss_fn)
@@ -200,22 +209,22 @@ def collect_checkpoints(
             model(*batch.args, **batch.kwargs)
         step += 1
         if step % save_every == 0:
-            vectors.append(layout.flatten(model))
+            writer.append(layout.flatten(model))
             steps.append(step)
             bar.update(1)
     bar.close()
     undo()
 
-    params = torch.stack(vectors)
-    n = len(vectors)
+    n = writer.count
     columns = {"run_id": [run_id] * n, "seed": [seed] * n, "step": steps}
     if evaluate:
         metric = "accuracy" if score_fn is None else "score"
         for split in ("val", "test"):
             if sources[split] is not None:
-                scores = evaluate_parameters(model, layout, params, sources[split], score_fn=score_fn)
-                columns[f"{split}_{metric}"] = scores.tolist()
-    return make_checkpoint_dataset(params, layout, columns)
+                rows = writer.row_chunks(n if not writer.streamed else 25)
+                scores = [evaluate_parameters(model, layout, chunk, sources[split], score_fn=score_fn) for chunk in rows]
+                columns[f"{split}_{metric}"] = torch.cat(scores).tolist()
+    return writer.finish(columns)
 
 
 def collect_from_runs(

@@ -23,7 +23,7 @@ from ..errors import (
     PDiffConfigError,
 )
 from ..layout import ParamLayout, check_finite
-from .config import PDiffConfig, choose_autoencoder_type
+from .config import PDiffConfig, choose_autoencoder_type, resolve_autoencoder_type
 from .training_utils import (
     autoencoder_loss,
     build_autoencoder,
@@ -321,6 +321,7 @@ def fit_pdiff(
     if _is_dataset(params):  # read from its Arrow column a block at a time (memory-mapped after load_from_disk)
         params = CheckpointRows(params)
     check_fit_inputs(params, layout, config)
+    config = resolve_autoencoder_type(config, layout.dim, params.shape[0])  # "auto": linear when N allows
     if conditions is not None and not config.num_conditions and isinstance(conditions, torch.Tensor) and conditions.numel():
         config = dataclasses.replace(config, num_conditions=int(conditions.max()) + 1)
     conditions = checked_conditions(conditions, config.num_conditions, params.shape[0])

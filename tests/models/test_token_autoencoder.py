@@ -130,8 +130,13 @@ def test_choice_by_dimension():
     assert choose_autoencoder_type(49_999) == "conv" and choose_autoencoder_type(50_000) == "token"
     assert choose_autoencoder_type(10, "token") == "token" and choose_autoencoder_type(10**6, "conv") == "conv"
     assert choose_autoencoder_type(10, "linear") == "linear"
-    with pytest.raises(ValueError, match=r"autoencoder_type in \('auto', 'conv', 'token', 'linear'\), found 'tokens'"):
+    with pytest.raises(ValueError, match=r"autoencoder_type in \('auto', 'learned', 'conv', 'token', 'linear'\), found 'tokens'"):
         choose_autoencoder_type(10, "tokens")
+    # "auto" takes the linear code once the training checkpoints span its latent, "learned" never does
+    assert choose_autoencoder_type(100, "auto", num_rows=65, linear_size=64) == "linear"
+    assert choose_autoencoder_type(100, "auto", num_rows=64, linear_size=64) == "conv"
+    assert choose_autoencoder_type(10**6, "auto", num_rows=64, linear_size=64) == "token"
+    assert choose_autoencoder_type(100, "learned", num_rows=1000, linear_size=64) == "conv"
     assert default_token_size(49_999) == 256 and default_token_size(50_000) == 1024
     assert default_token_size(499_999) == 1024 and default_token_size(500_000) == 4096
     assert type(build_autoencoder(LAYOUT, PDiffConfig())).__name__ == "ParameterAutoencoder"

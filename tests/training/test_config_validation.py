@@ -32,7 +32,7 @@ NONSENSE = [
     ("denoiser_train_batch_size", "64", "positive integer"),
     ("ae_block_out_channels", (), "tuple of 1 to 8 integers"),
     ("norm_mode", "per_layer", "'per_dimension', 'per_tensor'"),
-    ("autoencoder_type", "mlp", "'auto', 'conv', 'token'"),
+    ("autoencoder_type", "mlp", "'auto', 'learned', 'conv', 'token', 'linear'"),
     ("lr_scheduler", "cosine_annealing", "learning-rate schedule"),
     ("num_train_timesteps", 200_000_000, "at most 100000"),
     ("condition_dropout", 1.0, "[0, 1)"),
