@@ -42,7 +42,8 @@ from pdiff_hf.checkpoints.rows import (
 from pdiff_hf.errors import NonFiniteParametersError, PDiffError, TrainingScriptError
 from pdiff_hf.hub.datasets import load_checkpoint_dataset
 from pdiff_hf.layout import check_finite
-from pdiff_hf.training.config import PDiffConfig
+from pdiff_hf.training.config import AUTOENCODER_TYPES, PDiffConfig, resolve_autoencoder_type
+from pdiff_hf.training.fit import check_linear_latent_size, train_autoencoder
 from pdiff_hf.training.resume import (
     StopOnSignal,
     check_output_dir,
@@ -69,7 +70,7 @@ from pdiff_hf.training.training_utils import (
 
 logger = get_logger(__name__)
 RUN_FLAGS = ("block_out_channels", "patch_size", "latent_channels", "input_noise", "latent_noise", "norm_mode",
-                 "autoencoder_type", "token_size", "token_hidden_dim", "token_latent_channels", "train_batch_size",
+                 "autoencoder_type", "token_size", "token_hidden_dim", "token_latent_channels", "linear_latent_length", "train_batch_size",
                  "gradient_accumulation_steps", "use_ema", "seed")  # fmt: skip
 DEFAULTS = PDiffConfig()
 
@@ -103,9 +104,13 @@ def parse_args(argv=None):
                         help="p-diff's latent noise augmentation (std).")
     parser.add_argument("--norm_mode", type=str, default=DEFAULTS.norm_mode, choices=["per_dimension", "per_tensor"],
                         help="Standardize each entry, or each tensor, by its statistics over the checkpoints.")
-    parser.add_argument("--autoencoder_type", type=str, default=DEFAULTS.autoencoder_type, choices=["auto", "conv", "token"],
-                        help="'conv' (ParameterAutoencoder), 'token' (TokenParameterAutoencoder, linear in D for "
-                        "10^5-10^6 parameters) or 'auto' (chosen by D, see pdiff_hf.training.training_utils.build_autoencoder).")
+    parser.add_argument("--autoencoder_type", type=str, default=DEFAULTS.autoencoder_type, choices=list(AUTOENCODER_TYPES),
+                        help="'linear' (LinearParameterAutoencoder: whitened principal coefficients, fitted exactly, no "
+                        "training steps), 'conv' (ParameterAutoencoder), 'token' (TokenParameterAutoencoder, for "
+                        "10^5-10^6 parameters), 'learned' (conv or token by D: p-diff's recipe) or 'auto' (linear when "
+                        "the checkpoints span its latent, else 'learned'; pdiff_hf.training.config.choose_autoencoder_type).")
+    parser.add_argument("--linear_latent_length", type=int, default=DEFAULTS.ae_linear_latent_length,
+                        help="Linear autoencoder: latent length (latent_channels x this many principal coefficients).")
     parser.add_argument("--token_size", type=int, default=DEFAULTS.ae_token_size,
                         help="Token autoencoder: entries per token (None: chosen by D).")
     parser.add_argument("--token_hidden_dim", type=int, default=DEFAULTS.ae_token_hidden_dim,
@@ -156,11 +161,16 @@ def main(args):
         latent_channels=args.latent_channels, input_noise=args.input_noise, latent_noise=args.latent_noise,
         norm_mode=args.norm_mode, autoencoder_type=args.autoencoder_type, ae_token_size=args.token_size,
         ae_token_hidden_dim=args.token_hidden_dim, ae_token_latent_channels=args.token_latent_channels,
+        ae_linear_latent_length=args.linear_latent_length,
     )
+    config = resolve_autoencoder_type(config, layout.dim, params.shape[0])  # as fit_pdiff: "auto" is linear when N allows
+    check_linear_latent_size(config, layout.dim, params.shape[0])
     try:
         autoencoder = build_autoencoder(layout, config)
     except ValueError as err:
         raise TrainingScriptError(f"autoencoder flags: {err}") from err
+    if config.autoencoder_type == "linear":  # fitted exactly (principal components of the checkpoints), no training loop
+        return fit_linear_autoencoder(accelerator, autoencoder, params, config, args)
     fit_normalization(autoencoder, params)  # block by block of columns; NaN/Inf raise NonFiniteParametersError
     ema_model = None
     if args.use_ema:
@@ -280,6 +290,25 @@ def main(args):
         save_pretrained_into(autoencoder.to("cpu"), args.output_dir, marker="config.json")
         logger.info(f"saved the autoencoder to {args.output_dir}; reconstruction MSE on the training checkpoints "
                     f"{reconstruction_mse(autoencoder, params):.4g}")
+        if args.push_to_hub:
+            autoencoder.push_to_hub(args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
+    accelerator.end_training()
+    return 0
+
+
+def fit_linear_autoencoder(accelerator, autoencoder, params: CheckpointRows, config: PDiffConfig, args) -> int:
+    """The linear autoencoder is fitted, not trained: normalization statistics and principal components of the
+    checkpoints (``fit_pdiff``'s :func:`~pdiff_hf.training.fit.train_autoencoder`, a block of columns at a time),
+    then the latent scaling; the main process saves it as any other autoencoder. Every process computes the same fit;
+    there are no steps, so no checkpoint folders and nothing to resume."""
+    if args.use_ema:
+        logger.warning("--use_ema has no effect on the linear autoencoder: it is fitted exactly, not trained")
+    train_autoencoder(autoencoder, params, config, progress=accelerator.is_local_main_process)  # + latent scaling
+    autoencoder.eval()
+    if accelerator.is_main_process:
+        save_pretrained_into(autoencoder.to("cpu"), args.output_dir, marker="config.json")
+        logger.info(f"saved the linear autoencoder ({autoencoder.latent_shape} latent) to {args.output_dir}; "
+                    f"reconstruction MSE on the training checkpoints {reconstruction_mse(autoencoder, params):.4g}")
         if args.push_to_hub:
             autoencoder.push_to_hub(args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
     accelerator.end_training()
