@@ -11,6 +11,10 @@ On Linux the swap is ``renameat2(RENAME_EXCHANGE)`` (one system call: the destin
 is two renames (the old folder moved aside, the new one moved in); a kill between them leaves the old folder beside
 the destination, and the next write (or :func:`recover_folder`) moves it back. Hidden siblings of writers that are no
 longer running are removed at the start of every write.
+
+Where the destination cannot be swapped (a mount point such as a container's output volume, a read-only parent
+folder, the process's own working folder) the new entries are written into a hidden folder inside it and moved over
+the old ones one top-level entry at a time, with a warning: each entry is whole, the set is not.
 """
 
 import ctypes
@@ -70,12 +74,12 @@ def recover_folder(path: Union[str, Path]) -> None:
     if not parent.is_dir():
         return
     pattern = _sibling_pattern(path.name)
-    for entry in sorted(os.listdir(parent)):
-        match = pattern.match(entry)
+    inside = [path / e for e in os.listdir(path)] if path.is_dir() else []  # the fallback's folders, inside `path`
+    for sibling in sorted([parent / e for e in os.listdir(parent)] + inside):
+        match = pattern.match(sibling.name)
         if match is None or _alive(int(match.group(2))):
             continue
-        sibling = parent / entry
-        if match.group(1) == _OLD and not path.exists():
+        if match.group(1) == _OLD and not path.exists() and sibling.parent == parent:
             os.rename(sibling, path)  # the kill came between the two renames: the old folder is the complete one
             continue
         shutil.rmtree(sibling, ignore_errors=True)
@@ -129,6 +133,10 @@ def atomic_folder(path: Union[str, Path], owns: Optional[Callable[[str], bool]] 
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_folder(path)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    if not _can_swap(path):  # a mount point, a read-only parent, this process's working folder: entry by entry
+        with _entry_by_entry(path, owns, tag) as new:
+            yield new
+        return
     new = path.parent / f".{path.name}.{_NEW}-{tag}"
     os.mkdir(new)
     try:
@@ -149,6 +157,50 @@ def atomic_folder(path: Union[str, Path], owns: Optional[Callable[[str], bool]] 
     finally:
         if new.exists():
             shutil.rmtree(new, ignore_errors=True)
+
+
+def _can_swap(path: Path) -> bool:
+    """Whether ``path`` can be replaced by renaming a sibling over it: its parent is writable, it is not a mount
+    point nor on another device than its parent, and this process does not work inside it."""
+    parent = path.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return False
+    if path.exists() and (os.path.ismount(path) or os.stat(path).st_dev != os.stat(parent).st_dev):
+        return False
+    cwd = Path(os.getcwd())
+    return not (cwd == path or path in cwd.parents)
+
+
+@contextmanager
+def _entry_by_entry(path: Path, owns: Optional[Callable[[str], bool]], tag: str) -> Iterator[Path]:
+    """The fallback of :func:`atomic_folder` where ``path`` cannot be swapped: the new entries are written into a
+    hidden folder inside ``path`` and then moved over the old ones one top-level entry at a time (each entry whole,
+    the set not: a kill between two moves mixes them, which the log warns about)."""
+    import logging
+
+    logging.getLogger(__name__).warning(
+        "%s cannot be replaced in one rename (a mount point, a read-only parent folder or the working folder): its "
+        "entries are replaced one by one", path,
+    )  # fmt: skip
+    path.mkdir(parents=True, exist_ok=True)
+    new = path / f".{path.name}.{_NEW}-{tag}"
+    os.mkdir(new)
+    try:
+        yield new
+        produced = sorted(os.listdir(new))
+        for name in produced:
+            dst = path / name
+            if dst.is_dir() and not dst.is_symlink():
+                shutil.rmtree(dst)
+            elif os.path.lexists(dst):
+                os.unlink(dst)
+            os.replace(new / name, dst)
+        for name in sorted(os.listdir(path)):
+            if name != new.name and name not in produced and (owns is None or owns(name)):
+                target = path / name
+                shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else os.unlink(target)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
 
 
 def _umask() -> int:

@@ -173,3 +173,19 @@ def test_variant_save_keeps_the_other_variant(pipes, tmp_path):
     (folder / "results.json").write_text("{}")  # an earlier save's results: the pipeline's, dropped by a new save
     b.save_pretrained(folder)
     assert not (folder / "results.json").exists()
+
+
+def test_fallback_inside_the_folder_where_it_cannot_be_swapped(tmp_path, monkeypatch, caplog):
+    """The working folder of the process (likewise a mount point or a read-only parent) is replaced entry by entry."""
+    folder = tmp_path / "out"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "old.arrow").write_text("old")
+    (folder / "args.json").write_text("old")
+    (folder / "notes.txt").write_text("mine")
+    monkeypatch.chdir(folder)
+    with atomic_folder(folder, owns=lambda rel: rel.split("/")[0] in {"checkpoints", "args.json"}) as tmp:
+        assert tmp.parent == folder
+        (tmp / "checkpoints").mkdir()
+        (tmp / "checkpoints" / "new.arrow").write_text("new")
+    assert sorted(os.listdir(folder)) == ["checkpoints", "notes.txt"]  # owned args.json not written again: dropped
+    assert os.listdir(folder / "checkpoints") == ["new.arrow"] and "entries are replaced one by one" in caplog.text
