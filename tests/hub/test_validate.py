@@ -281,3 +281,20 @@ def test_target_config_beyond_its_weights(folder, monkeypatch):
     edit_json(folder / "target" / "config.json", **{key: 10**10})
     with pytest.raises(HubError, match=rf"expected {key} in target/config.json to be in \[0, \d+\].*found 10000000000"):
         load(folder)
+
+
+def test_dataset_dict_folder_loads_and_its_split_names_are_checked(tmp_path):
+    import datasets
+
+    from pdiff_hf.checkpoints.dataset import make_checkpoint_dataset
+    from pdiff_hf.errors import CheckpointDatasetError
+    from pdiff_hf.hub.datasets import load_checkpoint_dataset
+
+    layout = ParamLayout.from_module(torch.nn.Linear(3, 2))
+    part = make_checkpoint_dataset(torch.randn(4, layout.dim), layout)
+    path = tmp_path / "dd"
+    datasets.DatasetDict({"train": part, "test": part}).save_to_disk(str(path))
+    assert len(load_checkpoint_dataset(path, split="test")) == 4
+    edit_json(path / "dataset_dict.json", splits=["train", "../../elsewhere"])
+    with pytest.raises(CheckpointDatasetError, match=r"expected a split name in dataset_dict.json, found '../../elsewhere'"):
+        load_checkpoint_dataset(path)
