@@ -113,7 +113,9 @@ def read_target_record(folder: Path, label: str) -> Optional[Dict[str, Any]]:
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        from .validate import read_json_limited  # size and nesting limited
+
+        record = read_json_limited(path, label, FINGERPRINT_FILE)
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise HubError(f"{label}: expected {FINGERPRINT_FILE} to be a JSON file, found unreadable content ({err})") from None
     tensors = record.get("tensors") if isinstance(record, dict) else None

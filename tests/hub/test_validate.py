@@ -298,3 +298,9 @@ def test_dataset_dict_folder_loads_and_its_split_names_are_checked(tmp_path):
     edit_json(path / "dataset_dict.json", splits=["train", "../../elsewhere"])
     with pytest.raises(CheckpointDatasetError, match=r"expected a split name in dataset_dict.json, found '../../elsewhere'"):
         load_checkpoint_dataset(path)
+
+
+def test_target_fingerprint_nested_too_deep(folder):
+    (folder / "target_fingerprint.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(HubError, match="target_fingerprint.json to nest at most 32 levels deep"):
+        load(folder)
