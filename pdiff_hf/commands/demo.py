@@ -39,6 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="pdiff: checkpoints of one target (default); aligned-runs (--selection whole): --runs independent "
                         "runs aligned by weight matching, their last checkpoints, the linear autoencoder")
     p.add_argument("--runs", type=int, default=None, help="independent runs with --recipe aligned-runs (8)")
+    p.add_argument("--autoencoder-type", choices=["auto", "learned", "conv", "token", "linear"], default=None,
+                   help="the generator's autoencoder (default auto: the linear code; 'learned' is p-diff's recipe)")
+    p.add_argument("--objective", choices=["ddpm", "flow_matching"], default=None,
+                   help="the denoiser's training objective (default ddpm)")
     p.add_argument("--recalibration-batches", type=int, default=None,
                    help="also measure the generated models after BatchNorm recalibration on this many training "
                    "batches (--selection whole)")
@@ -80,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         recalibration_batches=args.recalibration_batches,
         recipe=args.recipe,
         runs=args.runs,
+        autoencoder_type=args.autoencoder_type,
+        objective=args.objective,
     )
     given = {name: value for name, value in options.items() if value is not None}
     config = DemoConfig(output_dir=args.output_dir, novelty=args.novelty, **given)
@@ -104,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 # options of the unconditional demo that have no meaning with --conditional
-_UNCONDITIONAL_ONLY = ("selection", "save_every", "recipe", "runs")
+_UNCONDITIONAL_ONLY = ("selection", "save_every", "recipe", "runs", "autoencoder_type", "objective")
 
 
 def run_conditional(args: argparse.Namespace) -> int:

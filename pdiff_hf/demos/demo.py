@@ -111,12 +111,17 @@ class DemoConfig:
     # the last checkpoints of each run collected, generated with the linear (whitened PCA) autoencoder
     recipe: str = "pdiff"
     runs: int = 8
+    # the generator: PDiffConfig's autoencoder_type ("auto": the linear code with 200 checkpoints; "learned": p-diff's
+    # conv autoencoder, the paper's recipe) and objective ("ddpm" or "flow_matching")
+    autoencoder_type: str = PDiffConfig.autoencoder_type
+    objective: str = PDiffConfig.objective
 
     def validate(self) -> None:
         if self.selection not in SELECTIONS:
             raise DemoConfigError(f"expected --selection in {SELECTIONS}, found {self.selection!r}")
         if self.recipe not in RECIPES:
             raise DemoConfigError(f"expected --recipe in {RECIPES}, found {self.recipe!r}")
+        PDiffConfig(autoencoder_type=self.autoencoder_type, objective=self.objective).validate()  # PDiffConfigError
         if self.recipe == "aligned-runs" and (self.selection != "whole" or self.branches or self.runs < 2):
             raise DemoConfigError(
                 f"expected --selection whole, no --branches and --runs >= 2 with --recipe aligned-runs, found "
@@ -191,13 +196,16 @@ class DemoConfig:
                 denoiser_steps=self.denoiser_steps,
                 seed=self.seed,
             )
-        return PDiffConfig(
+        config = PDiffConfig(
             ae_block_out_channels=(32, 64, 64, 64) if patch > 1 else PDiffConfig.ae_block_out_channels,
             ae_patch_size=patch,
             ae_steps=self.ae_steps,
             denoiser_steps=self.denoiser_steps,
             seed=self.seed,
+            autoencoder_type=self.autoencoder_type,
+            objective=self.objective,
         )
+        return config.validate(dim=dim)  # a bad --autoencoder-type / --objective is a PDiffConfigError
 
 
 def select_layout(model: torch.nn.Module, selection: str) -> ParamLayout:
