@@ -19,9 +19,8 @@ Variants (``PDiffConfig`` overrides on top of the demo's sizes):
 * ``conv-flow``: the paper's autoencoder with flow matching;
 * any ``name:FIELD=VALUE,FIELD=VALUE`` on the command line.
 
-Prints one line per variant (verdict, energy distance to the held-out checkpoints against the null's 95th
-percentile, ratios generated / held-out with 95% intervals, accuracy median and spread) and writes every figure as
-JSON with ``--output``.
+Prints the three-line summary per variant and writes every figure as JSON with ``--output``;
+``--table gen_norm.json gen_classifier.json ...`` prints the README's markdown tables from such files (no training).
 """
 
 import argparse
@@ -97,8 +96,46 @@ def summarize(result: dict) -> dict:
     return out
 
 
+def _ratio(entry) -> str:
+    if not entry or entry.get("value") is None:
+        return "–"
+    return f"{entry['value']:.2f} [{entry['low']:.2f}, {entry['high']:.2f}]"
+
+
+def print_tables(paths) -> None:
+    """Markdown tables from ``--output`` files: one row per (selection, seed, variant), then every baseline's
+    energy distance to the held-out checkpoints on the same split."""
+    records = [r for path in paths for r in json.load(open(path, encoding="utf-8"))]
+    print("| selection | seed | generator | verdict | energy (null 95%) | diversity | distance to mean | "
+          "mean-model disagreement | test acc median ± std (held-out) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in records:
+        res = r["result"]
+        gen, held = res["comparisons"]["generated"], res["groups"]["heldout"]
+        e = gen["energy_distance"]
+        g = res["groups"]["generated"]
+        print(f"| {r['selection']} | {r['seed']} | {r['variant']} | {res['verdict']} | {e['value']:.3f} "
+              f"({e['threshold']:.3f}) | {_ratio(gen['diversity'])} | {_ratio(gen['distance_to_mean'])} | "
+              f"{_ratio(gen['mean_model_disagreement'])} | {g['test_accuracy_median']:.2f} ± {g['test_accuracy_std']:.2f} "
+              f"({held['test_accuracy_median']:.2f} ± {held['test_accuracy_std']:.2f}) |")  # fmt: skip
+    print()
+    names = ["generated", "training", "resampled", "noise_0.01", "noise_0.1", "average_k16", "gaussian", "pca_gaussian"]
+    print("| selection | seed | generator | " + " | ".join(names) + " |")
+    print("|---|---|---|" + "---|" * len(names))
+    for r in records:
+        comp = r["result"]["comparisons"]
+        cells = []
+        for name in names:
+            e = (comp.get(name) or {}).get("energy_distance") or {}
+            value = e.get("value")
+            mark = "" if value is None or value <= e.get("threshold", float("inf")) else " ✗"
+            cells.append("–" if value is None else f"{value:.3f}{mark}")
+        print(f"| {r['selection']} | {r['seed']} | {r['variant']} | " + " | ".join(cells) + " |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--table", nargs="+", default=None, help="print the tables of these --output files and exit")
     parser.add_argument("--selection", default="norm", choices=["norm", "classifier", "whole"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--variants", nargs="+", default=["paper", "linear", "linear-flow"])
@@ -108,6 +145,8 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
+    if args.table:
+        return print_tables(args.table)
     torch.set_num_threads(args.threads)
     variants = [parse_variant(v) for v in args.variants]
 
