@@ -1,6 +1,6 @@
 """The README's script chain at the sizes users bring, in real subprocesses: ``collect_checkpoints.py`` (the
-classifier of a 150-channel MNIST1DCNN, D = 60,010) -> ``train_autoencoder.py`` (``--autoencoder_type auto`` picks
-the token autoencoder from D = 50,000 on) -> ``train_ldm.py`` -> ``pdiff-hf evaluate``.
+classifier of a 150-channel MNIST1DCNN, D = 60,010) -> ``train_autoencoder.py`` (``--autoencoder_type learned``,
+p-diff's recipe, picks the token autoencoder from D = 50,000 on) -> ``train_ldm.py`` -> ``pdiff-hf evaluate``.
 
 Both training stages run with ``--use_ema``. Once as single processes, where both are killed (SIGKILL to the whole
 process group) after a checkpoint, finished with ``--resume_from_checkpoint latest`` and compared with uninterrupted
@@ -31,7 +31,7 @@ DIM = 150 * 40 * 10 + 10  # classifier.weight (10, 6000) + classifier.bias (10)
 # batches of 4 from 16 checkpoints: the kill lands mid-epoch.
 SHARED = ["--train_batch_size", "4", "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--report_to", "none",
           "--checkpointing_steps", "2", "--use_ema"]  # fmt: skip
-AE = [*SHARED, "--autoencoder_type", "auto", "--token_hidden_dim", "32"]
+AE = [*SHARED, "--autoencoder_type", "learned", "--token_hidden_dim", "32"]
 LDM = [*SHARED, "--block_out_channels", "8", "16", "--num_train_timesteps", "100", "--num_validation_models", "2",
        "--num_inference_steps", "5"]  # fmt: skip
 MORE_STEPS = 3  # trained after the resume
