@@ -15,12 +15,13 @@ AUTOENCODER_FLAGS = {
     "train_batch_size": "ae_train_batch_size", "max_train_steps": "ae_steps", "learning_rate": "ae_learning_rate",
     "use_ema": "ae_use_ema", "autoencoder_type": "autoencoder_type", "token_size": "ae_token_size",
     "token_hidden_dim": "ae_token_hidden_dim", "token_latent_channels": "ae_token_latent_channels",
+    "linear_latent_length": "ae_linear_latent_length",
 }  # fmt: skip
 LDM_FLAGS = {
     "block_out_channels": "denoiser_block_out_channels", "layers_per_block": "layers_per_block",
     "num_train_timesteps": "num_train_timesteps", "beta_schedule": "beta_schedule", "prediction_type": "prediction_type",
     "train_batch_size": "denoiser_train_batch_size", "max_train_steps": "denoiser_steps",
-    "learning_rate": "denoiser_learning_rate", "use_ema": "use_ema",
+    "learning_rate": "denoiser_learning_rate", "use_ema": "use_ema", "objective": "objective",
 }  # fmt: skip
 SHARED_FLAGS = ("ema_max_decay", "ema_power", "ema_inv_gamma", "lr_scheduler", "lr_warmup_steps", "adam_beta1",
                 "adam_beta2", "adam_weight_decay", "adam_epsilon", "seed")  # fmt: skip
