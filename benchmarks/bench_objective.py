@@ -12,7 +12,8 @@ training checkpoints', the energy distance to the held-out checkpoints with its 
 distance-to-mean ratios (generated / held-out) with 95% intervals, the verdict, and the fit time; then a table over
 seeds.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_objective.py --seeds 0 1 2
+    OMP_NUM_THREADS=1 python benchmarks/bench_objective.py --seeds 0 1 2                              # the demo's default generator
+    OMP_NUM_THREADS=1 python benchmarks/bench_objective.py --seeds 0 1 2 --autoencoder-type learned  # p-diff's conv autoencoder
 
 Figures are printed, never asserted: this is a benchmark, not a test.
 """
@@ -32,18 +33,21 @@ def parse_args(argv=None):
     p.add_argument("--num-models", type=int, default=100)
     p.add_argument("--num-inference-steps", type=int, default=25)
     p.add_argument("--denoiser-steps", type=int, default=None, help="override the demo's denoiser steps (600)")
+    p.add_argument("--autoencoder-type", default="auto", choices=["auto", "learned", "linear"],
+                   help="the demo's --autoencoder-type: 'auto' (the default: the linear code with 200 checkpoints) or "
+                   "'learned' (p-diff's conv autoencoder)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the demo's setting)")
     return p.parse_args(argv)
 
 
-def collect(seed: int):
+def collect(seed: int, autoencoder_type: str = "auto"):
     """The demo's target, checkpoints and held-out split for ``seed``."""
     from pdiff_hf.checkpoints.collect import collect_checkpoints, train_classifier
     from pdiff_hf.checkpoints.dataset import checkpoint_params
     from pdiff_hf.demos.demo import DemoConfig, select_layout, split_heldout
     from pdiff_hf.tasks.mnist1d import MNIST1DCNN, load_mnist1d
 
-    demo = DemoConfig(seed=seed)
+    demo = DemoConfig(seed=seed, autoencoder_type=autoencoder_type)
     data = load_mnist1d(seed=demo.data_seed)
     torch.manual_seed(seed)
     model = MNIST1DCNN()
@@ -81,6 +85,7 @@ def measure(objective: str, seed: int, demo, data, model, layout, train, heldout
     energy = comparisons["energy_distance"]
     return {
         "seed": seed, "objective": objective, "scheduler": type(pipe.scheduler).__name__, "fit_s": fit_s,
+        "autoencoder": type(pipe.autoencoder).__name__,
         "gen_median": float(acc[GENERATED].median()), "gen_std": float(acc[GENERATED].std()),
         "held_median": float(acc[HELDOUT].median()), "held_std": float(acc[HELDOUT].std()),
         "train_median": float(acc["training_all"].median()), "train_std": float(acc["training_all"].std()),
@@ -104,13 +109,13 @@ def main(args) -> list:
     rows = []
     for seed in args.seeds:
         start = time.perf_counter()
-        demo, data, model, layout, train, heldout = collect(seed)
+        demo, data, model, layout, train, heldout = collect(seed, args.autoencoder_type)
         print(f"seed {seed}: target + {len(train)} training / {heldout.shape[0]} held-out checkpoints of "
               f"{layout.describe()} in {time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
         for objective in args.objectives:
             row = measure(objective, seed, demo, data, model, layout, train, heldout, args)
             rows.append(row)
-            print(f"  {objective} ({row['scheduler']}, {args.num_inference_steps} steps): fit {row['fit_s']:.0f} s; "
+            print(f"  {objective} ({row['autoencoder']}, {row['scheduler']}, {args.num_inference_steps} steps): fit {row['fit_s']:.0f} s; "
                   f"test accuracy median/std generated {row['gen_median']:.2f}/{row['gen_std']:.2f}, held-out "
                   f"{row['held_median']:.2f}/{row['held_std']:.2f}, training {row['train_median']:.2f}/"
                   f"{row['train_std']:.2f}; energy distance to held-out {row['energy']:.3f} (null 95%: "
