@@ -8,10 +8,11 @@
     # data parallel on a CPU-only machine (two gloo processes):
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 training/train_autoencoder.py ...
 
-The autoencoder is saved at ``--output_dir`` itself (``ParameterAutoencoder.from_pretrained(output_dir)``, or
-``TokenParameterAutoencoder`` when ``--autoencoder_type`` picks the token autoencoder: its ``config.json`` names the
-class), next to resumable ``checkpoint-<step>`` folders; pass it to ``training/train_ldm.py
---pretrained_autoencoder_name_or_path``.
+The autoencoder is saved at ``--output_dir`` itself, as the class ``--autoencoder_type`` picked
+(``ParameterAutoencoder``, ``TokenParameterAutoencoder`` or ``LinearParameterAutoencoder``; its ``config.json`` names
+it, and ``pdiff_hf.models.autoencoder_class(name).from_pretrained(output_dir)`` loads it), next to resumable
+``checkpoint-<step>`` folders; pass it to ``training/train_ldm.py --pretrained_autoencoder_name_or_path``, which
+loads whichever class was saved.
 The defaults are :class:`pdiff_hf.PDiffConfig`'s, so this script followed by ``train_ldm.py`` trains the same
 weights as ``pdiff_hf.fit_pdiff`` in one process. Also runs as plain ``python training/train_autoencoder.py ...``.
 """
