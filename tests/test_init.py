@@ -68,7 +68,7 @@ def test_public_names_dir_and_type_checking_imports_agree():
         "per_condition_summary", "task_accuracies", "collect_branches", "RecalibrationError", "recalibrate_batchnorm",
         "recalibrate_parameters", "MixedRunsWarning", "check_weight_averaging",
         "AlignmentError", "PermutationSpec", "align_to", "apply_permutation", "permutation_spec",
-        "spec_from_module", "weight_matching",
+        "spec_from_module", "weight_matching", "TargetMismatchError", "CollectionError", "GeneralizationTestError",
     }  # fmt: skip
     assert names == expected
     assert names <= set(dir(pdiff_hf)) and {"tasks", "hub", "novelty", "pipelines"} <= set(dir(pdiff_hf))

@@ -136,11 +136,12 @@ def test_own_checks_raise_hub_error(run):
     for case, needle in {
         "bad_repo_id": "owner/name",
         "variant": "variant",
-        "pickles": "safe_serialization",
         "push_without_repo_id": "repo_id",
     }.items():
         assert errors[case]["types"][0] == "HubError" and needle in errors[case]["message"], (case, errors[case])
         assert len(errors[case]["message"].splitlines()) == 1
+    unsafe = step(run, "client", "unsafe_serialization")
+    assert "autoencoder/diffusion_pytorch_model.safetensors" in unsafe["safetensors"] and unsafe["pickles"] == []
 
 
 def test_push_command(run):
@@ -271,8 +272,14 @@ def client_main(work: Path) -> None:
             forbidden_namespace=error_of(lambda: pipe.push_to_hub("someone-else/pdiff", token=token)),
             bad_repo_id=error_of(lambda: pipe.push_to_hub("not a repo id!")),
             variant=error_of(lambda: pipe.push_to_hub(f"{USER}/pdiff-variant", variant="fp16")),
-            pickles=error_of(lambda: pipe.save_pretrained(work / "pickled", safe_serialization=False)),
             push_without_repo_id=error_of(lambda: pipe.save_pretrained(work / "no-id", push_to_hub=True)),
+        )
+
+    with rec.step("unsafe_serialization") as r:  # diffusers' flag is accepted; safetensors are written anyway
+        pipe.save_pretrained(work / "pickled", safe_serialization=False)
+        r.update(
+            safetensors=sorted(str(f.relative_to(work / "pickled")) for f in (work / "pickled").rglob("*.safetensors")),
+            pickles=sorted(str(f) for f in (work / "pickled").rglob("*") if f.suffix in (".bin", ".pt", ".pkl")),
         )
 
     with rec.step("cli") as r:
