@@ -42,6 +42,7 @@ from pdiff_hf.checkpoints.rows import (
 )
 from pdiff_hf.errors import NonFiniteParametersError, PDiffError, TrainingScriptError
 from pdiff_hf.hub.datasets import load_checkpoint_dataset
+from pdiff_hf.hub.secrets import install_log_redaction
 from pdiff_hf.layout import check_finite
 from pdiff_hf.training.config import AUTOENCODER_TYPES, PDiffConfig, resolve_autoencoder_type
 from pdiff_hf.training.fit import check_linear_latent_size, train_autoencoder
@@ -149,6 +150,7 @@ def main(args):
         ),
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    install_log_redaction()  # no token (--hub_token, hf_…) in any log line
     logger.info(accelerator.state, main_process_only=False)
     if report_note:
         logger.info(report_note)

@@ -48,6 +48,7 @@ from pdiff_hf.errors import (
     TrainingScriptError,
 )
 from pdiff_hf.hub.datasets import load_checkpoint_dataset
+from pdiff_hf.hub.secrets import install_log_redaction
 from pdiff_hf.layout import check_finite
 from pdiff_hf.models import LatentUNet1DModel
 from pdiff_hf.training.config import PDiffConfig
@@ -203,6 +204,7 @@ def main(args):
         ),
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    install_log_redaction()  # no token (--hub_token, hf_…) in any log line
     logger.info(accelerator.state, main_process_only=False)
     if report_note:
         logger.info(report_note)
