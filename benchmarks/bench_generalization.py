@@ -119,18 +119,24 @@ def print_tables(paths) -> None:
               f"{_ratio(gen['mean_model_disagreement'])} | {g['test_accuracy_median']:.2f} ± {g['test_accuracy_std']:.2f} "
               f"({held['test_accuracy_median']:.2f} ± {held['test_accuracy_std']:.2f}) |")  # fmt: skip
     print()
-    names = ["generated", "training", "resampled", "noise_0.01", "noise_0.1", "average_k16", "gaussian", "pca_gaussian"]
-    print("| selection | seed | generator | " + " | ".join(names) + " |")
-    print("|---|---|---|" + "---|" * len(names))
-    for r in records:
-        comp = r["result"]["comparisons"]
-        cells = []
-        for name in names:
-            e = (comp.get(name) or {}).get("energy_distance") or {}
-            value = e.get("value")
-            mark = "" if value is None or value <= e.get("threshold", float("inf")) else " ✗"
-            cells.append("–" if value is None else f"{value:.3f}{mark}")
-        print(f"| {r['selection']} | {r['seed']} | {r['variant']} | " + " | ".join(cells) + " |")
+    # energy distance to the held-out checkpoints: each generator, then the baselines (the same for every generator
+    # of a split); ✗ marks a value above the null's 95% quantile
+    variants = list(dict.fromkeys(r["variant"] for r in records))
+    names = ["training", "resampled", "noise_0.01", "noise_0.1", "average_k16", "gaussian", "pca_gaussian"]
+    print("| selection | seed | " + " | ".join(variants + names) + " |")
+    print("|---|---|" + "---|" * (len(variants) + len(names)))
+
+    def cell(comp, name):
+        e = (comp.get(name) or {}).get("energy_distance") or {}
+        value = e.get("value")
+        mark = "" if value is None or value <= e.get("threshold", float("inf")) else " ✗"
+        return "–" if value is None else f"{value:.3f}{mark}"
+
+    for key in dict.fromkeys((r["selection"], r["seed"]) for r in records):
+        rows = {r["variant"]: r["result"]["comparisons"] for r in records if (r["selection"], r["seed"]) == key}
+        first = next(iter(rows.values()))
+        cells = [cell(rows[v], "generated") if v in rows else "–" for v in variants] + [cell(first, n) for n in names]
+        print(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
 
 
 def main():
