@@ -209,7 +209,7 @@ def train_denoiser(
 
 def checked_conditions(conditions, num_conditions: int, num_rows: int) -> Optional[torch.Tensor]:
     """``None`` for an unconditional denoiser (``num_conditions == 0``), else ``conditions`` as int64 ids ``(num_rows,)``
-    checked by :func:`pdiff_hf.checkpoints.conditional.check_conditions`; :class:`ConditionError` when conditions are
+    checked by :func:`pdiff_hf.checkpoints.condition_ids.check_conditions`; :class:`ConditionError` when conditions are
     missing for a conditional denoiser or given for an unconditional one."""
     if conditions is None:
         if num_conditions:
