@@ -145,14 +145,16 @@ def choose_autoencoder_type(
 
     * ``"learned"``: p-diff's trained autoencoders: conv below :data:`TOKEN_AUTOENCODER_MIN_DIM`, token from there on;
     * ``"auto"`` (the default): the linear code (whitened principal coefficients) when the ``num_rows`` training
-      checkpoints span its ``linear_size`` latent values (``num_rows - 1 >= linear_size``), else ``"learned"``. Chosen
+      checkpoints span its ``linear_size`` latent values (``num_rows - 1 >= linear_size``) and the vectors are at least
+      that long (``dim >= linear_size``), else ``"learned"``. Chosen
       by the held-out generalization test (README, "Results"): on every demo selection and seed measured the linear
       code's samples were indistinguishable from held-out checkpoints while the conv autoencoder's were AVERAGING.
       Without ``num_rows`` (a model built before the data is known) ``"auto"`` is ``"learned"``.
     """
     if autoencoder_type not in AUTOENCODER_TYPES:
         raise ValueError(f"expected autoencoder_type in {AUTOENCODER_TYPES}, found {autoencoder_type!r}")
-    if autoencoder_type == "auto" and num_rows is not None and linear_size is not None and num_rows - 1 >= linear_size:
+    spans = num_rows is not None and linear_size is not None and num_rows - 1 >= linear_size
+    if autoencoder_type == "auto" and spans and dim >= linear_size:  # a code longer than the vector would be padding
         return "linear"
     if autoencoder_type in ("auto", "learned"):
         return "conv" if dim < TOKEN_AUTOENCODER_MIN_DIM else "token"

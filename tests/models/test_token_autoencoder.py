@@ -137,6 +137,7 @@ def test_choice_by_dimension():
     assert choose_autoencoder_type(100, "auto", num_rows=64, linear_size=64) == "conv"
     assert choose_autoencoder_type(10**6, "auto", num_rows=64, linear_size=64) == "token"
     assert choose_autoencoder_type(100, "learned", num_rows=1000, linear_size=64) == "conv"
+    assert choose_autoencoder_type(32, "auto", num_rows=1000, linear_size=64) == "conv"  # a code longer than D: no
     assert default_token_size(49_999) == 256 and default_token_size(50_000) == 1024
     assert default_token_size(499_999) == 1024 and default_token_size(500_000) == 4096
     assert type(build_autoencoder(LAYOUT, PDiffConfig())).__name__ == "ParameterAutoencoder"

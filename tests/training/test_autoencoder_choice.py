@@ -9,7 +9,7 @@ from pdiff_hf import LinearParameterAutoencoder, ParamLayout, ParameterAutoencod
 from pdiff_hf.training.config import resolve_autoencoder_type
 
 LAYOUT = ParamLayout.from_module(torch.nn.Linear(11, 1))  # D = 12
-FAST = dict(ae_steps=2, denoiser_steps=2, lr_warmup_steps=0, ae_linear_latent_length=4)  # linear latent 4 x 4 = 16
+FAST = dict(ae_steps=2, denoiser_steps=2, lr_warmup_steps=0, ae_linear_latent_length=2)  # linear latent 4 x 2 = 8
 
 
 def _fit(num_rows: int, config: PDiffConfig):
@@ -18,15 +18,17 @@ def _fit(num_rows: int, config: PDiffConfig):
 
 
 def test_auto_is_linear_when_the_checkpoints_span_the_latent():
-    pipe = _fit(17, PDiffConfig(**FAST))  # N - 1 = 16 = 4 x 4
+    pipe = _fit(9, PDiffConfig(**FAST))  # N - 1 = 8 = 4 x 2 <= D = 12
     assert isinstance(pipe.autoencoder, LinearParameterAutoencoder)
-    assert pipe.autoencoder.latent_shape == (4, 4)
+    assert pipe.autoencoder.latent_shape == (4, 2)
     assert pipe(num_models=3).params.shape == (3, LAYOUT.dim)
 
 
 def test_auto_falls_back_to_the_learned_autoencoder_with_too_few_checkpoints():
-    pipe = _fit(16, PDiffConfig(**FAST))  # N - 1 = 15 < 16
+    pipe = _fit(8, PDiffConfig(**FAST))  # N - 1 = 7 < 8
     assert isinstance(pipe.autoencoder, ParameterAutoencoder)
+    wide = dataclasses.replace(PDiffConfig(**FAST), ae_linear_latent_length=4)  # 16 values for D = 12: padding
+    assert isinstance(_fit(40, wide).autoencoder, ParameterAutoencoder)
 
 
 def test_paper_recipe_keeps_the_conv_autoencoder_and_ddpm():
