@@ -8,7 +8,6 @@ pdiff_hf's own classes and safetensors weights. Code files (``pipeline_pdiff.py`
 ``.pt``, …) are never loaded: a component that only has pickles is reported as missing its safetensors.
 """
 
-import json
 import os
 from collections.abc import Collection
 from pathlib import Path
@@ -157,7 +156,7 @@ def load_components(
     if "target" not in skip:  # optional: the target network (a Hub mixin or plain one needs the caller's class)
         from .target import read_target_record, resolve_target
 
-        target = resolve_target(folder, index.get("target"), read_target_record(folder, label), label)
+        target = resolve_target(folder, index.get("target"), read_target_record(folder, label), label, variant=variant)
         if target is not None:
             components["target"] = target
     return components
@@ -258,7 +257,8 @@ def load_pipeline(
     if not (given_target and target is None):  # target=None: load without the target network
         entry = _read_json_object(folder / "model_index.json", folder, label).get("target")
         components["target"] = resolve_target(
-            folder, entry, record, label, target=target, target_class=target_class, fill=check_target_weights
+            folder, entry, record, label, target=target, target_class=target_class, fill=check_target_weights,
+            variant=variant,
         )
     if components.get("target") is not None and not given_target:
         from .load_options import log_loaded

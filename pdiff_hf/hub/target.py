@@ -24,7 +24,6 @@ pdiff_hf trusts (transformers ``PreTrainedModel`` classes, diffusers ``ModelMixi
 
 import contextlib
 import io
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -194,18 +193,21 @@ def _short(err: Exception) -> str:
     return f"{type(err).__name__}: {first}"
 
 
-def load_target(folder: Path, entry: Sequence, label: str) -> nn.Module:
+def load_target(folder: Path, entry: Sequence, label: str, variant: Optional[str] = None) -> nn.Module:
     """Build the ``target/`` component of the pipeline folder ``folder`` from its config and safetensors weights
-    (``entry`` is its ``[library, class name]`` in ``model_index.json``), in eval mode."""
+    (``entry`` is its ``[library, class name]`` in ``model_index.json``; ``variant``: the weights variant the pipeline
+    was saved with, which diffusers also gives a transformers or diffusers target), in eval mode."""
     if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not all(isinstance(e, str) for e in entry):
         raise HubError(f"{label}: expected a 'target' entry [library, class name] in model_index.json, found {entry!r}")
     sub = Path(folder) / TARGET
     _check_files(sub, label)
     cls = trusted_target_class(entry[0], entry[1], label)
-    return _build(cls, folder, label, transformers_kind=entry[0] == "transformers")
+    return _build(cls, folder, label, transformers_kind=entry[0] == "transformers", variant=variant)
 
 
-def _build(cls: type, folder: Path, label: str, transformers_kind: bool = False) -> nn.Module:
+def _build(
+    cls: type, folder: Path, label: str, transformers_kind: bool = False, variant: Optional[str] = None
+) -> nn.Module:
     """``cls.from_pretrained`` on ``folder/target`` (safetensors only), in eval mode; a plain class is built with
     ``cls()`` and filled."""
     from diffusers import ModelMixin
@@ -214,9 +216,9 @@ def _build(cls: type, folder: Path, label: str, transformers_kind: bool = False)
     sub = Path(folder) / TARGET
     try:
         if transformers_kind:
-            model = cls.from_pretrained(str(sub), use_safetensors=True)
+            model = cls.from_pretrained(str(sub), use_safetensors=True, variant=variant)
         elif issubclass(cls, ModelMixin):
-            model = cls.from_pretrained(str(folder), subfolder=TARGET, use_safetensors=True)
+            model = cls.from_pretrained(str(folder), subfolder=TARGET, use_safetensors=True, variant=variant)
         elif issubclass(cls, PyTorchModelHubMixin):
             with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loading weights from local directory"
                 model = cls.from_pretrained(str(sub), strict=True)
@@ -282,6 +284,7 @@ def resolve_target(
     target: Optional[nn.Module] = None,
     target_class: Optional[type] = None,
     fill: bool = True,
+    variant: Optional[str] = None,
 ) -> Optional[nn.Module]:
     """The target network of the pipeline saved in ``folder`` (``entry``: its ``model_index.json`` entry, ``record``:
     its ``target_fingerprint.json``), or ``None`` when it has none or cannot be built without the caller's class.
@@ -302,16 +305,16 @@ def resolve_target(
         if not (fill and has_files):
             return target
         if named and entry[0] == "transformers":  # transformers renames tensors in its files: fill from the model
-            return fill_target(target, folder, label, saved=load_target(folder, entry, label).state_dict())
+            return fill_target(target, folder, label, saved=load_target(folder, entry, label, variant).state_dict())
         return fill_target(target, folder, label)
     if target_class is not None:
         if not (named or has_files):
             raise HubError(f"{label}: expected saved target weights in {TARGET}/ to build {target_class.__name__}, found none")
         _check_files(sub, label, need_config=False)
         transformers_kind = named and entry[0] == "transformers"
-        return _build(target_class, folder, label, transformers_kind=transformers_kind)
+        return _build(target_class, folder, label, transformers_kind=transformers_kind, variant=variant)
     if named:
-        return load_target(folder, entry, label)
+        return load_target(folder, entry, label, variant)
     if record is not None and has_files:  # a Hub mixin or plain target: its class is the caller's
         name = record["class_name"]
         how = f"target_class={name}" if record["kind"] == "hub_mixin" else f"target={name}(...)"

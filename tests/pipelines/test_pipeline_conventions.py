@@ -101,6 +101,22 @@ def test_variant_files_are_written_and_loaded(tiny_pipeline, tmp_path):
         PDiffPipeline.from_pretrained(tmp_path)  # only variant files: loading without the variant finds none
 
 
+def test_variant_reaches_a_library_target(tiny_pipeline_factory, tmp_path):
+    """diffusers writes a diffusers / transformers target's weights with the variant too: they load back with it."""
+    from pdiff_hf import ParamLayout
+    from pdiff_hf.tasks import MNIST1DCNN
+
+    torch.manual_seed(0)
+    target = MNIST1DCNN(channels=4)
+    pipe, _ = tiny_pipeline_factory(ParamLayout.from_module(target, last_norm_layers=2))
+    pipe.set_target(target)
+    pipe.save_pretrained(tmp_path, variant="fp16")
+    assert (tmp_path / "target" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    loaded = PDiffPipeline.from_pretrained(tmp_path, variant="fp16")
+    assert isinstance(loaded.target, MNIST1DCNN)
+    assert all(torch.equal(a, b) for a, b in zip(target.state_dict().values(), loaded.target.state_dict().values()))
+
+
 def test_missing_variant_is_diffusers_error(tiny_pipeline, tmp_path):
     tiny_pipeline.save_pretrained(tmp_path, safe_serialization=False)
     with pytest.raises(ValueError, match=r"You are trying to load the model files of the `variant=fp16`"):
