@@ -62,8 +62,9 @@ def _headings(markdown: str):
 
 
 def _report_files(folder):
-    """Files of the report (not the demo's target/, checkpoints/, pipeline/ folders)."""
-    skip = ("target/", "checkpoints/", "heldout/", "pipeline/")
+    """Files of the report (not the demo's target/, checkpoints/, pipeline/ folders, nor the folder's lock file, which
+    filelock leaves in place)."""
+    skip = ("target/", "checkpoints/", "heldout/", "pipeline/", ".lock")
     found = (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     return sorted(f for f in found if not f.startswith(skip))
 
