@@ -76,7 +76,8 @@ def test_cli_evaluate_writes_results_plots_and_report(cli_setup, capsys, monkeyp
     assert set(results["plots"]) == PLOTS
     for name in results["plots"].values():
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
-    assert files(out) == sorted([*results["plots"].values(), "report.md", "results.json"])  # no temp files left
+    # no temp files left; the folder's lock file stays (filelock keeps it), its holder's pid does not
+    assert files(out) == sorted([".lock", *results["plots"].values(), "report.md", "results.json"])
     report = (out / "report.md").read_text()
     assert report.startswith("# p-diff evaluation\n") and "Verdict:" in report
     assert headings(report) == ["Original vs generated", "Novelty against simple baselines", "Timings (s)"]
