@@ -23,6 +23,7 @@ import argparse
 import logging
 import math
 import os
+from pathlib import Path
 import sys
 
 import torch
@@ -101,6 +102,12 @@ def parse_args(argv=None):
     parser.add_argument("--pretrained_autoencoder_name_or_path", type=str, required=True,
                         help="A trained autoencoder (any class of pdiff_hf.models: conv, token, linear): the "
                         "--output_dir of train_autoencoder.py or a Hub id.")
+    parser.add_argument("--pretrained_target_name_or_path", type=str, default=None,
+                        help="The target network (a save_pretrained folder: a pdiff_hf.tasks network, a diffusers or "
+                        "transformers model) saved with the pipeline, so output_type='model' works from its folder "
+                        "alone. None: the collection's target/ next to a local --dataset_name (collect_checkpoints.py "
+                        "writes DIR/target and DIR/checkpoints) when it exists.")
+    parser.add_argument("--no_target", action="store_true", help="Save the pipeline without a target network.")
     parser.add_argument("--output_dir", type=str, default="pdiff-ldm",
                         help="Gets the PDiffPipeline and the checkpoint-<step> folders.")
     parser.add_argument("--logging_dir", type=str, default="logs", help="Tracker logs, relative to --output_dir.")
@@ -140,6 +147,10 @@ def parse_args(argv=None):
     check_training_args(args)
     check_dataset_name(args.dataset_name)
     check_local_path(args.pretrained_autoencoder_name_or_path, "--pretrained_autoencoder_name_or_path")
+    if args.pretrained_target_name_or_path is not None:
+        if args.no_target:
+            raise TrainingScriptError("expected --pretrained_target_name_or_path or --no_target, found both")
+        check_local_path(args.pretrained_target_name_or_path, "--pretrained_target_name_or_path")
     if args.num_train_timesteps < 2:
         raise TrainingScriptError(f"--num_train_timesteps: expected a value >= 2, found {args.num_train_timesteps}")
     if not 1 <= args.num_inference_steps <= args.num_train_timesteps:
@@ -158,6 +169,41 @@ def parse_args(argv=None):
             f"--num_conditions: expected it only with --condition_column, found {args.num_conditions} without it"
         )
     return args
+
+
+def load_target_network(args, layout):
+    """The target network to save with the pipeline (``None`` without one): ``--pretrained_target_name_or_path``, or
+    the collection's ``target/`` beside a local ``--dataset_name``. Its class comes from its ``config.json`` and must
+    be a ``pdiff_hf.tasks`` network, a diffusers model or a transformers model (never code from the folder); its
+    weights are safetensors only; it must hold every tensor of the dataset's layout."""
+    import json
+
+    from pdiff_hf.hub.target import trusted_target_class
+    from pdiff_hf.hub.validate import load_model_folder
+
+    path = args.pretrained_target_name_or_path
+    if path is None and not args.no_target and os.path.isdir(args.dataset_name):
+        sibling = os.path.join(os.path.dirname(os.path.normpath(args.dataset_name)), "target")
+        path = sibling if os.path.isfile(os.path.join(sibling, "config.json")) else None
+    if path is None or args.no_target:
+        return None
+    flag = "--pretrained_target_name_or_path"
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as err:
+        raise TrainingScriptError(f"{flag}: expected a save_pretrained folder with a config.json, found {path!r} ({err})")
+    if isinstance(config.get("_class_name"), str):
+        cls = trusted_target_class("diffusers", config["_class_name"], flag)
+    elif isinstance(config.get("architectures"), list) and config["architectures"]:
+        cls = trusted_target_class("transformers", str(config["architectures"][0]), flag)
+    else:
+        raise TrainingScriptError(
+            f"{flag}: expected a config.json naming its class (_class_name or architectures), found keys {sorted(config)[:8]}"
+        )
+    target = load_model_folder(cls, Path(path), flag)
+    layout.check_module(target)  # LayoutMismatchError naming a missing or misshapen tensor
+    return target
 
 
 def load_conditions(dataset, args):
@@ -193,6 +239,7 @@ def main(args):
         )
     params = checkpoint_rows(dataset)  # (N, D), read a block at a time (memory-mapped after load_from_disk)
     conditions, num_conditions, condition_names = load_conditions(dataset, args)  # (N,) task ids, or None
+    target = load_target_network(args, layout)  # before any training: a bad folder fails now
 
     args.report_to, report_note = resolve_report_to(args.report_to)  # "auto": tensorboard when installed
     accelerator = Accelerator(
@@ -206,6 +253,8 @@ def main(args):
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     install_log_redaction()  # no token (--hub_token, hf_…) in any log line
     logger.info(accelerator.state, main_process_only=False)
+    if target is not None:
+        logger.info(f"target network {type(target).__name__}: saved with the pipeline in {args.output_dir}/target")
     if report_note:
         logger.info(report_note)
 
@@ -348,6 +397,8 @@ def main(args):
         pipeline = PDiffPipeline(
             autoencoder=autoencoder.to("cpu"), denoiser=denoiser, scheduler=sampling_scheduler_for(denoiser)
         )
+        if target is not None:  # saved in target/ with a fingerprint: the folder gives working networks alone
+            pipeline.set_target(target)
         if args.num_validation_models:
             pipeline.set_progress_bar_config(disable=True)
             generated = pipeline(
