@@ -176,9 +176,7 @@ def load_target_network(args, layout):
     the collection's ``target/`` beside a local ``--dataset_name``. Its class comes from its ``config.json`` and must
     be a ``pdiff_hf.tasks`` network, a diffusers model or a transformers model (never code from the folder); its
     weights are safetensors only; it must hold every tensor of the dataset's layout."""
-    import json
-
-    from pdiff_hf.hub.target import trusted_target_class
+    from pdiff_hf.hub.target import target_class_of_folder
     from pdiff_hf.hub.validate import load_model_folder
 
     path = args.pretrained_target_name_or_path
@@ -188,19 +186,7 @@ def load_target_network(args, layout):
     if path is None or args.no_target:
         return None
     flag = "--pretrained_target_name_or_path"
-    try:
-        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, ValueError) as err:
-        raise TrainingScriptError(f"{flag}: expected a save_pretrained folder with a config.json, found {path!r} ({err})")
-    if isinstance(config.get("_class_name"), str):
-        cls = trusted_target_class("diffusers", config["_class_name"], flag)
-    elif isinstance(config.get("architectures"), list) and config["architectures"]:
-        cls = trusted_target_class("transformers", str(config["architectures"][0]), flag)
-    else:
-        raise TrainingScriptError(
-            f"{flag}: expected a config.json naming its class (_class_name or architectures), found keys {sorted(config)[:8]}"
-        )
+    cls = target_class_of_folder(Path(path), flag)
     target = load_model_folder(cls, Path(path), flag)
     layout.check_module(target)  # LayoutMismatchError naming a missing or misshapen tensor
     return target

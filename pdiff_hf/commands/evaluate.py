@@ -36,6 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoints", required=True, help="checkpoint dataset folder (datasets save_to_disk)")
     p.add_argument("--target", required=True, help="folder of the saved target network (save_pretrained)")
     p.add_argument("--task", choices=sorted(TASKS), default="mnist1d", help="task of the target network")
+    p.add_argument(
+        "--data", default=None,
+        help="your own data instead of --task: a datasets DatasetDict folder (save_to_disk) or Hub dataset id with "
+        "'train', 'validation' and 'test' splits; the target's class is read from its config.json (a pdiff_hf.tasks "
+        "network, a diffusers or transformers model)",
+    )
+    p.add_argument("--input-column", default="input", help="--data: the column of model inputs")
+    p.add_argument("--label-column", default="label", help="--data: the column of integer class labels")
     p.add_argument("--num-models", type=int, default=100, help="models to generate (and per baseline)")
     p.add_argument("--num-inference-steps", type=int, default=25)
     p.add_argument(
@@ -102,6 +110,43 @@ def _load_heldout(args: argparse.Namespace, num_training: int, names):
             f"generalization test, found {num_training} and {len(heldout)}"
         )
     return heldout
+
+
+SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val"), "test": ("test",)}
+
+
+def load_data_splits(name: str, input_column: str, label_column: str):
+    """``--data``: a ``datasets.DatasetDict`` (a ``save_to_disk`` folder or a Hub dataset id) with train, validation
+    and test splits, as :class:`~pdiff_hf.evaluation.data.ClassificationSplits` of ``input_column`` tensors and
+    integer ``label_column`` labels. :class:`EvaluateError` naming what is missing."""
+    import datasets
+    import torch
+
+    from ..evaluation.data import ClassificationSplits
+
+    try:
+        loaded = datasets.load_from_disk(name) if Path(name).exists() else datasets.load_dataset(name)
+    except Exception as err:  # datasets raises many types for a missing or foreign dataset
+        raise EvaluateError(f"--data: expected a DatasetDict folder or Hub dataset id, found {name!r} ({err})") from None
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise EvaluateError(f"--data: expected a DatasetDict with train, validation and test splits, found a {type(loaded).__name__}")
+    tensors = {}
+    for split, candidates in SPLIT_NAMES.items():
+        found = next((c for c in candidates if c in loaded), None)
+        if found is None:
+            raise EvaluateError(f"--data: expected a split named {' or '.join(candidates)}, found splits {sorted(loaded)}")
+        part = loaded[found]
+        missing = [c for c in (input_column, label_column) if c not in part.column_names]
+        if missing:
+            raise EvaluateError(f"--data: expected columns {missing} in split {found!r}, found {part.column_names}")
+        columns = part.with_format("torch", columns=[input_column, label_column])[:]  # whole split as tensors
+        x, y = columns[input_column], columns[label_column]
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise EvaluateError(f"--data: expected float inputs of one shape in {input_column!r}, found {type(x).__name__}")
+        if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.dim() != 1:
+            raise EvaluateError(f"--data: expected integer class labels in {label_column!r}, found {getattr(y, 'dtype', type(y))}")
+        tensors[f"{split}_x"], tensors[f"{split}_y"] = x.float(), y.long()
+    return ClassificationSplits(**tensors)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,6 +228,10 @@ def _evaluate(args: argparse.Namespace, pipeline_dir: Path, checkpoints_dir: Pat
     # a conditional pipeline needs a conditional dataset and the reverse: checked before loading any weights
     names = check_conditional_match(pipeline_num_conditions(pipeline_dir), dataset, args.guidance_scale)
     heldout = _load_heldout(args, len(dataset), names) if getattr(args, "heldout", None) else None
+    custom_data = load_data_splits(args.data, args.input_column, args.label_column) if getattr(args, "data", None) else None
+    if custom_data is not None and names is not None:
+        raise EvaluateError("--data: expected an unconditional pipeline (a conditional one is scored per --task), "
+                            "found a conditional one")  # fmt: skip
 
     pipe = PDiffPipeline.from_pretrained(str(pipeline_dir))
     pipe.set_progress_bar_config(disable=True)
@@ -194,13 +243,17 @@ def _evaluate(args: argparse.Namespace, pipeline_dir: Path, checkpoints_dir: Pat
         check_dataset_layout(heldout, layout, what=f"the pipeline at {pipeline_dir}")
     train_params = checkpoint_params(dataset)
 
-    task = get_task(args.task)
-    target = load_model_folder(task.model_class, target_dir, "--target")  # safetensors only, never a pickle
+    if getattr(args, "data", None):  # a custom network and data set: the class named by the target's config.json
+        from ..hub.target import target_class_of_folder
+
+        target = load_model_folder(target_class_of_folder(target_dir, "--target"), target_dir, "--target")
+    else:
+        target = load_model_folder(get_task(args.task).model_class, target_dir, "--target")  # safetensors only
     layout.check_module(target)
     if names is not None:
         paths = (pipeline_dir, checkpoints_dir, target_dir)
         return evaluate_conditional(args, pipe, dataset, names, target, layout, paths, out)
-    data = task.load_data()
+    data = custom_data if getattr(args, "data", None) else get_task(args.task).load_data()
 
     generator = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
@@ -245,7 +298,8 @@ def _evaluate(args: argparse.Namespace, pipeline_dir: Path, checkpoints_dir: Pat
     if out is not None:
         results = {
             "command": "evaluate",
-            "task": args.task,
+            "task": None if getattr(args, "data", None) else args.task,
+            "data": getattr(args, "data", None),
             "pipeline": str(pipeline_dir),
             "checkpoints": str(checkpoints_dir),
             "target": str(target_dir),

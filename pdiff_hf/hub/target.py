@@ -193,6 +193,22 @@ def _short(err: Exception) -> str:
     return f"{type(err).__name__}: {first}"
 
 
+def target_class_of_folder(folder: Path, label: str) -> type:
+    """The class to load a standalone ``save_pretrained`` folder of a network with, read from its ``config.json``:
+    ``_class_name`` (a ``pdiff_hf.tasks`` network or a diffusers model) or ``architectures[0]`` (a transformers
+    model), through :func:`trusted_target_class` (never code from the folder). :class:`HubError` otherwise."""
+    from .validate import read_json_limited, resolve_inside
+
+    config = read_json_limited(resolve_inside(Path(folder), "config.json", label), label, "config.json")
+    if isinstance(config, dict) and isinstance(config.get("_class_name"), str):
+        return trusted_target_class("diffusers", config["_class_name"], label)
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    if isinstance(architectures, list) and architectures and isinstance(architectures[0], str):
+        return trusted_target_class("transformers", architectures[0], label)
+    found = sorted(config)[:8] if isinstance(config, dict) else type(config).__name__
+    raise HubError(f"{label}: expected a config.json naming its class (_class_name or architectures), found {found}")
+
+
 def load_target(folder: Path, entry: Sequence, label: str, variant: Optional[str] = None) -> nn.Module:
     """Build the ``target/`` component of the pipeline folder ``folder`` from its config and safetensors weights
     (``entry`` is its ``[library, class name]`` in ``model_index.json``; ``variant``: the weights variant the pipeline
