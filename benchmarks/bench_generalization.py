@@ -158,7 +158,9 @@ def main():
 
     from pdiff_hf import fit_pdiff
     from pdiff_hf.checkpoints.dataset import checkpoint_params
-    from pdiff_hf.novelty.generalization import evaluate_generalization, heldout_split, summary_lines
+    from pdiff_hf.novelty.generalization import heldout_split
+    from pdiff_hf.novelty.generalization_network import evaluate_generalization
+    from pdiff_hf.novelty.generalization_report import summary_lines
 
     records = []
     for seed in args.seeds:

@@ -63,7 +63,7 @@ def collect(seed: int, autoencoder_type: str = "auto"):
 
 def measure(objective: str, seed: int, demo, data, model, layout, train, heldout, args) -> dict:
     from pdiff_hf.checkpoints.dataset import checkpoint_params
-    from pdiff_hf.novelty.generalization import GENERATED, HELDOUT, evaluate_generalization
+    from pdiff_hf.novelty.generalization_network import GENERATED, HELDOUT, evaluate_generalization
     from pdiff_hf.training.fit import fit_pdiff
 
     config = dataclasses.replace(demo.pdiff_config(layout.dim), objective=objective)

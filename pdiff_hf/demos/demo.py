@@ -52,13 +52,9 @@ from ..evaluation.batched import (
 )
 from ..layout import ParamLayout
 from ..novelty import analyze_novelty, write_report
-from ..novelty.generalization import (
-    MIN_HELDOUT,
-    MIN_TRAINING,
-    generalization_from_report,
-    heldout_split,
-    summary_markdown,
-)
+from ..novelty.generalization import heldout_split
+from ..novelty.generalization_network import generalization_from_report
+from ..novelty.generalization_report import MIN_HELDOUT, MIN_TRAINING, summary_markdown
 from ..novelty.report import PLOTS_DIR
 from ..novelty.reconstruction import reconstruction_lines, reconstruction_report
 from ..tasks.mnist1d import MNIST1DCNN, load_mnist1d

@@ -14,6 +14,8 @@ built from the same checkpoints, every group exactly like the others, and says p
 | :mod:`.plots` | matplotlib figures (Agg, written atomically); imported on first use |
 | :mod:`.allocator` | :func:`tune_cpu_allocator`, called by entry points only, never by the library |
 | :mod:`.generalization` | the held-out generalization test: generated models against checkpoints of the same collection that were never fitted on (:func:`heldout_split`, :func:`generalization_test`) |
+| :mod:`.generalization_network` | the test on a network: test predictions of every group (:func:`evaluate_generalization`, :func:`generalization_from_report`) |
+| :mod:`.generalization_report` | the verdict words, bands and rules, :class:`GeneralizationResult`, summary lines, table and markdown |
 """
 
 from .allocator import allocator_tuned, tune_cpu_allocator
@@ -26,14 +28,9 @@ from .baselines import (
     principal_components,
     resolve_normalizer,
 )
-from .generalization import (
-    GeneralizationResult,
-    evaluate_generalization,
-    generalization_from_report,
-    generalization_test,
-    generalization_verdict,
-    heldout_split,
-)
+from .generalization import generalization_test, heldout_split
+from .generalization_network import evaluate_generalization, generalization_from_report
+from .generalization_report import GeneralizationResult, generalization_verdict
 from .intervals import bootstrap_intervals
 from .metrics import analyze_novelty
 from .report import (
