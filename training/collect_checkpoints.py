@@ -54,11 +54,11 @@ from pdiff_hf.checkpoints.collect import (
 from pdiff_hf.checkpoints.conditional import collect_conditional_checkpoints, task_data
 from pdiff_hf.errors import ConditionError, PDiffError, TrainingScriptError
 from pdiff_hf.evaluation.batched import evaluate_parameters, summarize_accuracies
+from pdiff_hf.hub.secrets import install_log_redaction
 from pdiff_hf.layout import ParamLayout
 from pdiff_hf.tasks import TASKS, get_task
-from pdiff_hf.training.training_utils import ScriptHelpFormatter
-from pdiff_hf.hub.secrets import install_log_redaction
 from pdiff_hf.training.resume import output_dir_lock
+from pdiff_hf.training.script_args import ScriptHelpFormatter
 from pdiff_hf.utils.atomic_dir import atomic_folder, owns_entries
 from pdiff_hf.utils.io_utils import write_json_atomic
 

@@ -44,7 +44,11 @@ from pdiff_hf.errors import NonFiniteParametersError, PDiffError, TrainingScript
 from pdiff_hf.hub.datasets import load_checkpoint_dataset
 from pdiff_hf.hub.secrets import install_log_redaction
 from pdiff_hf.layout import check_finite
-from pdiff_hf.training.config import AUTOENCODER_TYPES, PDiffConfig, resolve_autoencoder_type
+from pdiff_hf.training.config import (
+    AUTOENCODER_TYPES,
+    PDiffConfig,
+    resolve_autoencoder_type,
+)
 from pdiff_hf.training.fit import check_linear_latent_size, train_autoencoder
 from pdiff_hf.training.resume import (
     StopOnSignal,
@@ -57,17 +61,19 @@ from pdiff_hf.training.resume import (
     save_checkpoint,
     save_pretrained_into,
 )
-from pdiff_hf.training.training_utils import (
+from pdiff_hf.training.script_args import (
     ScriptHelpFormatter,
     add_checkpoint_and_hub_args,
     add_optimization_args,
-    autoencoder_loss,
-    build_autoencoder,
     check_dataset_name,
     check_training_args,
-    make_dataloader,
     resolve_report_to,
     tracker_config,
+)
+from pdiff_hf.training.training_utils import (
+    autoencoder_loss,
+    build_autoencoder,
+    make_dataloader,
 )
 
 logger = get_logger(__name__)

@@ -23,8 +23,8 @@ import argparse
 import logging
 import math
 import os
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -64,21 +64,23 @@ from pdiff_hf.training.resume import (
     save_checkpoint,
     save_pretrained_into,
 )
-from pdiff_hf.training.training_utils import (
+from pdiff_hf.training.script_args import (
     ScriptHelpFormatter,
     add_checkpoint_and_hub_args,
     add_optimization_args,
-    build_denoiser,
     check_dataset_name,
     check_local_path,
     check_training_args,
-    denoiser_loss,
     load_autoencoder,
+    resolve_report_to,
+    tracker_config,
+)
+from pdiff_hf.training.training_utils import (
+    build_denoiser,
+    denoiser_loss,
     make_dataloader,
     noise_scheduler_for,
-    resolve_report_to,
     sampling_scheduler_for,
-    tracker_config,
 )
 
 logger = get_logger(__name__)

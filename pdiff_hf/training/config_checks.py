@@ -213,8 +213,6 @@ RULES: Dict[str, Rule] = {
     "ae_token_size": optional(integer(1, MAX_PATCH_OR_TOKEN_SIZE)),
     "ae_token_hidden_dim": integer(1, 65_536),
     "ae_token_latent_channels": integer(1, MAX_CHANNELS),
-    "ae_linear_latent_length": integer(1, MAX_PATCH_OR_TOKEN_SIZE),
-    "ae_linear_whiten": boolean(),
     "ae_linear_latent_length": integer(1, MAX_PATCH_OR_TOKEN_SIZE),  # <= (N - 1) / latent_channels: fit_pdiff checks
     "ae_linear_whiten": boolean(),
     "ae_steps": _steps,

@@ -5,7 +5,13 @@ import dataclasses
 
 import torch
 
-from pdiff_hf import LinearParameterAutoencoder, ParamLayout, ParameterAutoencoder, PDiffConfig, fit_pdiff
+from pdiff_hf import (
+    LinearParameterAutoencoder,
+    ParameterAutoencoder,
+    ParamLayout,
+    PDiffConfig,
+    fit_pdiff,
+)
 from pdiff_hf.training.config import resolve_autoencoder_type
 
 LAYOUT = ParamLayout.from_module(torch.nn.Linear(11, 1))  # D = 12

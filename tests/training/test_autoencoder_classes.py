@@ -10,7 +10,7 @@ from pdiff_hf import PDiffPipeline, get_layout
 from pdiff_hf.checkpoints.dataset import checkpoint_params
 from pdiff_hf.errors import PDiffError, TrainingScriptError
 from pdiff_hf.models import AUTOENCODER_MODULES, autoencoder_class
-from pdiff_hf.training.training_utils import load_autoencoder
+from pdiff_hf.training.script_args import load_autoencoder
 
 from .conftest import TINY_LDM, run_in_process
 

@@ -3,7 +3,14 @@ fits it exactly, train_ldm.py loads it by its saved class, and the chain trains 
 
 import datasets
 
-from pdiff_hf import LinearParameterAutoencoder, PDiffConfig, PDiffPipeline, checkpoint_params, fit_pdiff, get_layout
+from pdiff_hf import (
+    LinearParameterAutoencoder,
+    PDiffConfig,
+    PDiffPipeline,
+    checkpoint_params,
+    fit_pdiff,
+    get_layout,
+)
 
 from .conftest import TINY_LDM, run_in_process, same_weights
 

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-import pdiff_hf.training.training_utils as training_utils
+import pdiff_hf.training.script_args as training_utils
 from pdiff_hf.errors import CheckpointDatasetError, TrainingScriptError
-from pdiff_hf.training.training_utils import check_local_path, resolve_report_to
+from pdiff_hf.training.script_args import check_local_path, resolve_report_to
 
 from .conftest import SCRIPTS, TINY_AE, run_in_process, subprocess_env
 

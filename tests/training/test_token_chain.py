@@ -22,7 +22,17 @@ import torch
 
 from pdiff_hf import PDiffPipeline, TokenParameterAutoencoder
 
-from .conftest import BIN, ROOT, RUNNER, SCRIPTS, Background, free_port, run_in_process, same_weights, subprocess_env
+from .conftest import (
+    BIN,
+    ROOT,
+    RUNNER,
+    SCRIPTS,
+    Background,
+    free_port,
+    run_in_process,
+    same_weights,
+    subprocess_env,
+)
 
 COLLECT = ["--channels", "150", "--num_layers", "1", "--selection", "classifier", "--num_train_epochs", "1",
            "--train_batch_size", "50", "--num_checkpoints", "16", "--save_every", "1"]  # fmt: skip

@@ -5,7 +5,13 @@ import datasets
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from pdiff_hf import PDiffConfig, PDiffPipeline, checkpoint_params, fit_pdiff, get_layout
+from pdiff_hf import (
+    PDiffConfig,
+    PDiffPipeline,
+    checkpoint_params,
+    fit_pdiff,
+    get_layout,
+)
 
 from .conftest import TINY_AE, TINY_LDM, D, run_in_process, same_weights
 
