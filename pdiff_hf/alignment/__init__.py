@@ -1,8 +1,10 @@
 """Permutation alignment of independently trained networks (weight matching, Git Re-Basin, Ainsworth et al. 2023):
-permutation specs (:mod:`.spec`) say which tensor axes are tied by a permutation of hidden units; weight matching
+permutation specs (:mod:`.spec`; derived by :mod:`.derived_spec`, hand-written in :mod:`.handwritten_specs`) say which tensor axes are tied by a permutation of hidden units; weight matching
 (:mod:`.weight_matching`) finds the permutations that align a network to a reference, keeping its function."""
 
-from .spec import Axis, PermutationSpec, has_handwritten_spec, permutation_spec, resnet_spec, spec_from_module
+from .derived_spec import spec_from_module
+from .handwritten_specs import has_handwritten_spec, permutation_spec, resnet_spec
+from .spec import Axis, PermutationSpec
 from .weight_matching import (
     align_to,
     apply_permutation,

@@ -30,7 +30,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from ..errors import AlignmentError
-from .spec import PermutationSpec, permutation_spec
+from .handwritten_specs import permutation_spec
+from .spec import PermutationSpec
 
 Permutations = Dict[str, torch.Tensor]
 

@@ -321,7 +321,7 @@ def reinitialize(model: nn.Module, seed: int) -> None:
 
 def _alignment_spec(model, data, layout, seeds, reset, start, example_input):
     """The permutation spec for ``collect_from_runs(align=True)``, with every check done before training."""
-    from ..alignment.spec import has_handwritten_spec, permutation_spec
+    from ..alignment.handwritten_specs import has_handwritten_spec, permutation_spec
 
     if len(seeds) < 2:
         raise AlignmentError(f"expected at least two seeds to align runs to the first, found {list(seeds)}")
