@@ -191,6 +191,7 @@ class DemoConfig:
                 ae_linear_latent_length=length - length % 2,  # even: the denoiser halves it once
                 denoiser_steps=self.denoiser_steps,
                 seed=self.seed,
+                objective=self.objective,
             )
         config = PDiffConfig(
             ae_block_out_channels=(32, 64, 64, 64) if patch > 1 else PDiffConfig.ae_block_out_channels,
