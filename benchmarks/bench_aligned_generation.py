@@ -7,7 +7,7 @@
 1. **Runs**: ``--runs + --heldout_runs`` independent runs of ``MNIST1DCNN(channels=C)`` on MNIST-1D (seeds ``--seed``,
    ``--seed + 1``, …; every module re-initialized per run), each trained ``--epochs`` epochs and then collected for
    ``--checkpoints_per_run`` SGD steps on the whole network (lr ``--collect_lr``, the demo's 0.005 for ``whole``), all
-   with :func:`~pdiff_hf.checkpoints.collect.collect_from_runs` ``(align=True)``: every run aligned to run 0 by
+   with :func:`~pdiff_hf.checkpoints.collect_runs.collect_from_runs` ``(align=True)``: every run aligned to run 0 by
    weight matching. Whole networks with their BatchNorm statistics (``include_buffers=True``).
 2. **Held-out runs**: the last ``--heldout_runs`` runs are never fitted on (whole runs, not checkpoints of a training
    run: "new" means new functions). They are what an ideal generator would produce: new runs of the same recipe.
@@ -183,7 +183,7 @@ def main() -> None:
 
     import pdiff_hf.checkpoints.collect as collect_module
     from pdiff_hf import fit_pdiff
-    from pdiff_hf.checkpoints.collect import collect_from_runs, get_alignment
+    from pdiff_hf.checkpoints.collect_runs import collect_from_runs, get_alignment
     from pdiff_hf.checkpoints.dataset import checkpoint_params
     from pdiff_hf.evaluation.batched import accuracy_from_predictions, predict_with_parameters
     from pdiff_hf.evaluation.recalibration import recalibrate_parameters

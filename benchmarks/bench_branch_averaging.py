@@ -4,10 +4,10 @@
 Collects whole-network checkpoints of MNIST1DCNN (every parameter plus the BatchNorm statistics, as
 ``pdiff-hf demo --selection whole``) two ways, with the same number of runs and checkpoints:
 
-* branches: :func:`pdiff_hf.checkpoints.collect.collect_branches` (one trunk of ``--trunk_epochs``, then ``--runs`` branches of
+* branches: :func:`pdiff_hf.checkpoints.collect_runs.collect_branches` (one trunk of ``--trunk_epochs``, then ``--runs`` branches of
   ``--branch_epochs`` with their own data orders);
 * independent: ``--runs`` networks trained from their own random init for ``--trunk_epochs + --branch_epochs``
-  epochs (:func:`pdiff_hf.checkpoints.collect.collect_from_runs` with a ``reset`` that re-initializes everything, which warns);
+  epochs (:func:`pdiff_hf.checkpoints.collect_runs.collect_from_runs` with a ``reset`` that re-initializes everything, which warns);
 
 and prints, for each, the checkpoints' median test accuracy, the test accuracy of the average of all checkpoints
 and the worst average of two runs' means (:func:`pdiff_hf.checkpoints.run_mixing.check_weight_averaging`, on the test
@@ -37,11 +37,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.num_threads)
 
-    from pdiff_hf.checkpoints.collect import (
-        collect_branches,
-        collect_from_runs,
-        train_classifier,
-    )
+    from pdiff_hf.checkpoints.collect import train_classifier
+    from pdiff_hf.checkpoints.collect_runs import collect_branches, collect_from_runs
     from pdiff_hf.checkpoints.dataset import checkpoint_params
     from pdiff_hf.checkpoints.run_mixing import check_weight_averaging
     from pdiff_hf.demos.demo import select_layout

@@ -20,7 +20,8 @@ _import_structure: Dict[str, List[str]] = {
         "spec_from_module",
         "weight_matching",
     ],
-    "checkpoints.collect": ["collect_branches", "collect_checkpoints", "collect_from_runs", "train_classifier"],
+    "checkpoints.collect": ["collect_checkpoints", "train_classifier"],
+    "checkpoints.collect_runs": ["collect_branches", "collect_from_runs"],
     "checkpoints.conditional": ["collect_conditional_checkpoints"],
     "checkpoints.dataset": [
         "check_dataset_layout",
@@ -104,7 +105,8 @@ if TYPE_CHECKING:
         spec_from_module,
         weight_matching,
     )
-    from .checkpoints.collect import collect_branches, collect_checkpoints, collect_from_runs, train_classifier
+    from .checkpoints.collect import collect_checkpoints, train_classifier
+    from .checkpoints.collect_runs import collect_branches, collect_from_runs
     from .checkpoints.conditional import collect_conditional_checkpoints
     from .checkpoints.dataset import (
         check_dataset_layout,

@@ -46,11 +46,8 @@ import torch
 from accelerate import PartialState
 from accelerate.logging import get_logger
 
-from pdiff_hf.checkpoints.collect import (
-    collect_checkpoints,
-    collect_from_runs,
-    train_classifier,
-)
+from pdiff_hf.checkpoints.collect import collect_checkpoints, train_classifier
+from pdiff_hf.checkpoints.collect_runs import collect_from_runs
 from pdiff_hf.checkpoints.conditional import collect_conditional_checkpoints, task_data
 from pdiff_hf.errors import ConditionError, PDiffError, TrainingScriptError
 from pdiff_hf.evaluation.batched import evaluate_parameters, summarize_accuracies

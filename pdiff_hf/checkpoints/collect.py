@@ -15,28 +15,22 @@ averaging them in weight space is meaningless (:func:`collect_from_runs` warns, 
 :mod:`pdiff_hf.checkpoints.run_mixing`).
 """
 
-import copy
-import json
-import warnings
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import datasets
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import AlignmentError, DimensionMismatchError
+from ..errors import DimensionMismatchError
 from ..evaluation.batched import evaluate_parameters
-from ..evaluation.data import Batch, iter_batches, num_examples, split_sources, training_batches
+from ..evaluation.data import Batch, num_examples, split_sources, training_batches
 from ..evaluation.scoring import ScoreFn, classification_loss, get_logits
 from ..layout import ParamLayout
 from .collect_checks import check_collection_args, check_finite_step
-from .dataset import PARAMS_COLUMN, checkpoint_params, get_layout, make_checkpoint_dataset, set_layout
-from .run_mixing import MixedRunsWarning
 from .writer import CheckpointWriter
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-ALIGNMENT_KEY = "pdiff_hf.alignment"  # in info.description: how collect_from_runs(align=True) aligned the runs
 
 
 def _loss(model: nn.Module, batch: Batch, loss_fn: Optional[LossFn]) -> torch.Tensor:
@@ -225,216 +219,6 @@ def collect_checkpoints(
                 scores = [evaluate_parameters(model, layout, chunk, sources[split], score_fn=score_fn) for chunk in rows]
                 columns[f"{split}_{metric}"] = torch.cat(scores).tolist()
     return writer.finish(columns)
-
-
-def collect_from_runs(
-    model: nn.Module,
-    data: Any,
-    layout: ParamLayout,
-    seeds: Sequence[int],
-    reset: Optional[Callable[[nn.Module, int], None]] = None,
-    align: bool = False,
-    example_input: Any = None,
-    alignment_seed: int = 0,
-    **kwargs,
-) -> datasets.Dataset:
-    """Collect from several runs that restart from ``model``'s current state, each with its own seed (data order
-    and, through ``reset(model, seed)``, e.g. a re-initialized selection). Runs get ``run_id`` 0, 1, …; every run
-    shares the tensors outside the selection, so all checkpoints load into the same base network.
-
-    Warns (:class:`~pdiff_hf.checkpoints.run_mixing.MixedRunsWarning`) when ``reset`` is given, ``align`` is not, and
-    ``layout`` selects every parameter of ``model``: the runs are then independent networks, whose weight-space
-    average is meaningless (measured on MNIST-1D: independent seeds averaged fall to chance, 10%); use
-    :func:`collect_branches`, or ``align=True``.
-
-    ``align=True``: independent runs of the whole network, aligned by permutation (weight matching,
-    :mod:`pdiff_hf.alignment`). Each run starts from ``reset(model, seed)`` (default: :func:`reinitialize`, every
-    module's ``reset_parameters`` under ``torch.manual_seed(seed)``), is trained and collected as usual (pass
-    ``train_epochs`` and ``num_checkpoints``: the last few checkpoints of each run), then every run after the first is
-    aligned to the first: one permutation per run, found by matching its final state to the first run's final state
-    (``alignment_seed``), applied to each of its checkpoints. Aligned checkpoints compute the same functions, so the
-    evaluation columns stay as measured. The dataset records the alignment (:func:`get_alignment`: method, reference
-    run and seed, permutation groups). The permutation spec comes from :func:`pdiff_hf.alignment.permutation_spec`
-    (``example_input``: positional inputs for models without a hand-written spec; default: two rows of the first
-    training batch).
-
-    Raises:
-        AlignmentError: with ``align=True``, before any training: fewer than two seeds, a model without a permutation
-            spec (residual adds, attention, …), a layout that leaves out a tensor the permutation moves (select
-            the whole network with ``include_buffers=True``), or a ``reset`` that gives runs of different
-            architectures.
-    """
-    if reset is not None and not align and len(seeds) > 1 and selects_whole_network(model, layout):
-        warnings.warn(
-            f"collect_from_runs: expected runs of one network (branches of one checkpoint), found {len(seeds)} runs "
-            "re-initialized by reset= over a selection of every parameter: independent runs of a whole network lie "
-            "in different basins, so averaging them in weight space is meaningless and p-diff will learn a mixture; "
-            "use collect_branches (branches of one early checkpoint) or align=True (runs aligned by permutation)",
-            MixedRunsWarning,
-            stacklevel=2,
-        )
-    start = {k: v.clone() for k, v in model.state_dict().items()}
-    spec = None
-    if align:
-        reset = reset if reset is not None else reinitialize
-        spec = _alignment_spec(model, data, layout, seeds, reset, start, example_input)
-    parts, reference_state = [], None
-    for run_id, seed in enumerate(seeds):
-        model.load_state_dict(start)
-        if reset is not None:
-            reset(model, seed)
-        part = collect_checkpoints(model, data, layout, seed=seed, run_id=run_id, **kwargs)
-        if spec is not None:
-            final = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if reference_state is None:
-                reference_state = final
-            else:
-                part = _align_run(spec, layout, part, reference_state, final, alignment_seed)
-        parts.append(part)
-    merged = set_layout(datasets.concatenate_datasets(parts), get_layout(parts[0]))
-    if spec is not None:
-        record = {"method": "weight_matching", "reference_run_id": 0, "reference_seed": int(seeds[0]),
-                  "alignment_seed": alignment_seed, **spec.summary()}  # fmt: skip
-        merged.info.description = json.dumps({**json.loads(merged.info.description), ALIGNMENT_KEY: record})
-    return merged
-
-
-def get_alignment(dataset: datasets.Dataset) -> Optional[Dict[str, Any]]:
-    """How the runs of a checkpoint dataset were aligned (``collect_from_runs(..., align=True)``): ``{"method":
-    "weight_matching", "reference_run_id": 0, "reference_seed", "alignment_seed", "groups": {group: size},
-    "permuted_tensors"}``; ``None`` for a dataset whose runs were not aligned."""
-    try:
-        doc = json.loads(dataset.info.description or "")
-    except ValueError:
-        return None
-    return doc.get(ALIGNMENT_KEY) if isinstance(doc, dict) else None
-
-
-def reinitialize(model: nn.Module, seed: int) -> None:
-    """Re-initialize every submodule that has ``reset_parameters`` (Linear, Conv, BatchNorm with its running
-    statistics, …) under ``torch.manual_seed(seed)``: the default ``reset`` of independent runs."""
-    torch.manual_seed(seed)
-    for module in model.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-
-
-def _alignment_spec(model, data, layout, seeds, reset, start, example_input):
-    """The permutation spec for ``collect_from_runs(align=True)``, with every check done before training."""
-    from ..alignment.handwritten_specs import has_handwritten_spec, permutation_spec
-
-    if len(seeds) < 2:
-        raise AlignmentError(f"expected at least two seeds to align runs to the first, found {list(seeds)}")
-    if example_input is None and not has_handwritten_spec(model):
-        batch = next(iter_batches(split_sources(data)["train"], batch_size=2, model=model))
-        if batch.kwargs:
-            raise AlignmentError(
-                f"expected example_input= for {type(model).__name__} (its batches are keyword inputs "
-                f"{sorted(batch.kwargs)}), found None"
-            )
-        example_input = tuple(batch.args)
-    spec = permutation_spec(model, example_input)
-    missing = [name for name in spec.permuted_names if name not in set(layout.names)]
-    if missing:
-        raise AlignmentError(
-            f"expected a layout that selects every tensor the alignment permutes (the whole network, "
-            f"ParamLayout.from_module(model, include_buffers=True)), found {len(missing)} left out: {missing[:4]}"
-        )
-    probe = copy.deepcopy(model)  # every run's starting network has the reference's architecture
-    for seed in seeds:
-        probe.load_state_dict(start)
-        reset(probe, seed)
-        spec.check_state_dict(probe.state_dict(), f"state dict of the run with seed {seed}")
-    return spec
-
-
-def _align_run(spec, layout: ParamLayout, part: datasets.Dataset, reference_state, final_state, seed: int):
-    """``part`` (one run's checkpoints) with every checkpoint permuted by the permutation that aligns the run's final
-    state to ``reference_state``."""
-    from ..alignment.weight_matching import apply_permutation, weight_matching
-
-    perms = weight_matching(spec, reference_state, final_state, seed=seed)
-    aligned = []
-    for vector in checkpoint_params(part):
-        state = {**final_state, **layout.unflatten(vector)}
-        aligned.append(layout.flatten(apply_permutation(spec, state, perms)))
-    columns = {c: part[c] for c in part.column_names if c != PARAMS_COLUMN}
-    return make_checkpoint_dataset(torch.stack(aligned), layout, columns)
-
-
-def selects_whole_network(model: nn.Module, layout: ParamLayout) -> bool:
-    """Whether ``layout`` selects every trainable parameter of ``model`` (a whole network, not a subset trained on a
-    shared base)."""
-    selected = set(layout.names)
-    return all(name in selected for name, p in model.named_parameters() if p.requires_grad)
-
-
-def collect_branches(
-    model: nn.Module,
-    data: Any,
-    layout: ParamLayout,
-    num_branches: int = 10,
-    checkpoints_per_branch: int = 20,
-    trunk_epochs: int = 5,
-    branch_epochs: int = 10,
-    train_learning_rate: float = 3e-3,
-    seed: int = 0,
-    progress: bool = True,
-    loss_fn: Optional[LossFn] = None,
-    **collect_kwargs,
-) -> datasets.Dataset:
-    """Diverse checkpoints of one network: branches of one early checkpoint, each trained with its own data order.
-
-    1. trunk: train every parameter of ``model`` for ``trunk_epochs`` (:func:`train_classifier`, seed ``seed``) —
-       the early checkpoint all branches share (``trunk_epochs=0``: ``model`` as it is);
-    2. branches: from that checkpoint, train the selection for ``branch_epochs`` (AdamW, cosine schedule, data order
-       of seed ``seed + 1000 * (b + 1)``), then collect ``checkpoints_per_branch`` checkpoints with
-       :func:`collect_checkpoints` (same seed; ``collect_kwargs`` such as ``learning_rate``, ``save_every``,
-       ``evaluate``, ``score_fn`` are passed on).
-
-    The selection is what branches train; tensors outside it stay the trunk's, so every checkpoint loads into the same
-    base network (for a whole network select everything, e.g. ``ParamLayout.from_module(model,
-    include_buffers=True)``). Branches of one early checkpoint stay in one basin: their averages remain good networks,
-    while independently seeded networks averaged without weight matching fall to chance (10% on MNIST-1D), so this is
-    the recipe to learn the distribution of a whole network from.
-
-    Returns:
-        the checkpoint dataset ``(num_branches * checkpoints_per_branch, D)`` with ``run_id`` = branch index, ``seed``
-        = the branch's data-order seed, ``step`` = step within the branch's collection. ``model`` is left at the
-        trunk checkpoint.
-
-    Raises:
-        DimensionMismatchError: ``num_branches``, ``checkpoints_per_branch`` < 1, or negative epochs.
-    """
-    if num_branches < 1 or checkpoints_per_branch < 1 or trunk_epochs < 0 or branch_epochs < 0:
-        raise DimensionMismatchError(
-            "expected num_branches >= 1, checkpoints_per_branch >= 1, trunk_epochs >= 0 and branch_epochs >= 0, found "
-            f"{num_branches}, {checkpoints_per_branch}, {trunk_epochs}, {branch_epochs}"
-        )
-    layout.check_module(model)
-    for key in ("num_checkpoints", "seed", "run_id", "train_epochs"):
-        if key in collect_kwargs:
-            raise DimensionMismatchError(f"expected collect_branches' own arguments, found {key}= (set per branch)")
-    if trunk_epochs > 0:
-        torch.manual_seed(seed)
-        train_classifier(model, data, epochs=trunk_epochs, learning_rate=train_learning_rate, seed=seed,
-                         progress=progress, loss_fn=loss_fn)  # fmt: skip
-    trunk = {k: v.clone() for k, v in model.state_dict().items()}
-    parts = []
-    for b in tqdm(range(num_branches), desc="branches", disable=not progress, leave=False):
-        branch_seed = seed + 1000 * (b + 1)
-        model.load_state_dict(trunk)
-        if branch_epochs > 0:
-            train_selection(model, data, layout, branch_epochs, train_learning_rate, branch_seed, loss_fn)
-        parts.append(
-            collect_checkpoints(
-                model, data, layout, num_checkpoints=checkpoints_per_branch, seed=branch_seed, run_id=b,
-                progress=False, loss_fn=loss_fn, **collect_kwargs,
-            )  # fmt: skip
-        )
-    model.load_state_dict(trunk)
-    merged = datasets.concatenate_datasets(parts)
-    return set_layout(merged, get_layout(parts[0]))
 
 
 def train_selection(

@@ -2,7 +2,7 @@
 
 p-diff learns a distribution over parameter vectors and its samples sit near averages of the training checkpoints.
 That only makes sense when the checkpoints lie in one basin of the loss: checkpoints of one run, or branches of one
-early checkpoint (:func:`pdiff_hf.checkpoints.collect.collect_branches`). Independent runs of a whole network differ by
+early checkpoint (:func:`pdiff_hf.checkpoints.collect_runs.collect_branches`). Independent runs of a whole network differ by
 permutations of their hidden units; their weight-space average is a broken network (measured on MNIST-1D: branches
 of one early checkpoint averaged keep 96.5% test accuracy, independent seeds averaged without weight matching fall to
 10%, chance).

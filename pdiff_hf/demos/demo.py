@@ -16,7 +16,7 @@
 8. generalization — the held-out generalization test (:mod:`pdiff_hf.novelty.generalization`): generated models vs
    the held-out checkpoints vs the training checkpoints vs every baseline; its three-line summary opens ``report.md``.
 
-``branches > 0`` collects with :func:`~pdiff_hf.checkpoints.collect.collect_branches` instead (a ``trunk_epochs`` target, then
+``branches > 0`` collects with :func:`~pdiff_hf.checkpoints.collect_runs.collect_branches` instead (a ``trunk_epochs`` target, then
 ``branches`` branches of ``branch_epochs`` with their own data orders). Measured on the whole network (seeds 0 and 1):
 the generated models become functionally novel (18-46% good and novel vs 1-6% for the Gaussian baseline) but fall
 below the originals (median 0.6-1.3 pp lower, min 91.9-93.9) until recalibrated, and recalibrated they are no longer
@@ -37,12 +37,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from ..checkpoints.collect import (
-    collect_branches,
-    collect_checkpoints,
-    collect_from_runs,
-    train_classifier,
-)
+from ..checkpoints.collect import collect_checkpoints, train_classifier
+from ..checkpoints.collect_runs import collect_branches, collect_from_runs
 from ..checkpoints.dataset import checkpoint_params, get_layout, set_layout
 from ..errors import DemoConfigError, GeneralizationTestError
 from ..evaluation.batched import (
@@ -95,7 +91,7 @@ class DemoConfig:
     # and spread evenly through each run (exchangeable with them), never trained on; 0 skips both
     heldout_checkpoints: int = 20
     # collection recipe: 0 = p-diff's (one run from the trained target); B > 0 = B branches of a target trained for
-    # trunk_epochs, each trained branch_epochs more with its own data order (pdiff_hf.checkpoints.collect.collect_branches)
+    # trunk_epochs, each trained branch_epochs more with its own data order (pdiff_hf.checkpoints.collect_runs.collect_branches)
     branches: int = 0
     trunk_epochs: int = 5
     branch_epochs: int = 10

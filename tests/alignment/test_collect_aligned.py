@@ -8,7 +8,7 @@ from torch import nn
 
 from pdiff_hf import ParamLayout, checkpoint_params
 from pdiff_hf.alignment import apply_permutation, spec_from_module, weight_matching
-from pdiff_hf.checkpoints.collect import collect_from_runs, get_alignment, reinitialize
+from pdiff_hf.checkpoints.collect_runs import collect_from_runs, get_alignment, reinitialize
 from pdiff_hf.checkpoints.run_mixing import MixedRunsWarning
 from pdiff_hf.errors import AlignmentError
 from pdiff_hf.evaluation.batched import evaluate_parameters

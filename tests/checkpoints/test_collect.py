@@ -8,11 +8,7 @@ import torch
 from torch import nn
 
 from pdiff_hf import ParamLayout, checkpoint_params
-from pdiff_hf.checkpoints.collect import (
-    collect_branches,
-    collect_from_runs,
-    selects_whole_network,
-)
+from pdiff_hf.checkpoints.collect_runs import collect_branches, collect_from_runs, selects_whole_network
 from pdiff_hf.checkpoints.run_mixing import MixedRunsWarning, check_weight_averaging
 from pdiff_hf.errors import DimensionMismatchError
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pdiff_hf import PDiffPipeline
-from pdiff_hf.checkpoints.collect import get_alignment
+from pdiff_hf.checkpoints.collect_runs import get_alignment
 from pdiff_hf.cli import main
 from pdiff_hf.demos.demo import DemoConfig, run_demo
 from pdiff_hf.errors import DemoConfigError
