@@ -33,7 +33,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -47,6 +47,13 @@ from ..evaluation.batched import (
     summarize_accuracies,
 )
 from ..layout import ParamLayout
+from .demo_report import (
+    nearest_neighbour_distances,
+    recalibration_effect,
+    recalibration_lines,
+    report_intro,
+    spread_lines,
+)
 from ..novelty import analyze_novelty, write_report
 from ..novelty.generalization import heldout_split
 from ..novelty.generalization_network import generalization_from_report
@@ -211,13 +218,6 @@ def select_layout(model: torch.nn.Module, selection: str) -> ParamLayout:
     return ParamLayout.from_module(model, include="classifier.*")
 
 
-def nearest_neighbour_distances(params: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance of each row of ``(N, D)`` to its nearest other row."""
-    d = torch.cdist(params, params)
-    d.fill_diagonal_(float("inf"))
-    return d.min(1).values
-
-
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> Dict:
     """Run the whole demo and return the content of ``results.json``.
 
@@ -369,48 +369,13 @@ def _run_demo(config: DemoConfig, out: Path, log: Callable[[str], None]) -> Dict
         out,
         results,
         title="p-diff on MNIST-1D",
-        intro=summary + report_intro(results),
+        intro=summary + report_intro(results, config.collect_lr),
         sections={"Spread of the original checkpoints": spread_lines(results["original_spread"]), **sections},
         novelty=report,
         test_accuracies=test_accuracies,
         started=total_start,
     )
     return results
-
-
-def report_intro(results: Dict) -> List[str]:
-    """The lines under the title of ``report.md``: the selection and the run's sizes."""
-    cfg = results["config"]
-    sel = results["selection"]
-    return [
-        f"Selection: **{sel['name']}** (D = {sel['D']:,}): "
-        + ", ".join(f"`{t['name']}` {t['shape']}" for t in sel["layout"]),
-        "",
-        f"{cfg['num_checkpoints']} checkpoints (SGD lr {cfg['collect_learning_rate'] or COLLECT_LR[cfg['selection']]}, "
-        f"one every {cfg['save_every']} step(s)"
-        + (
-            f"; {cfg['branches']} branches of a {cfg['trunk_epochs']}-epoch target, each trained {cfg['branch_epochs']} "
-            "more epochs with its own data order" if cfg.get("branches") else ""
-        )
-        + (
-            f"; the last checkpoints of {cfg['runs']} independent {cfg['target_epochs']}-epoch runs aligned to the "
-            "first by weight matching, the linear autoencoder" if cfg.get("recipe") == "aligned-runs" else ""
-        )
-        + f"); {cfg['num_models']} generated models "
-        f"({cfg['num_inference_steps']} DPM-Solver steps). Test accuracy in percent; any selection is on the "
-        "validation split.",
-    ]
-
-
-def spread_lines(spread: Dict) -> List[str]:
-    """How far apart the original checkpoints are (``results["original_spread"]``), as markdown bullets."""
-    return [
-        f"- best − min test accuracy: {spread['best_minus_min_accuracy']:.2f} pp",
-        f"- mean nearest-neighbour distance: {spread['mean_nn_distance_normalized']:.4g} (normalized), "
-        f"{spread['mean_nn_distance_raw']:.4g} (raw)",
-        f"- test-prediction agreement with the nearest other checkpoint (median): "
-        f"{spread['median_nn_prediction_agreement']:.4f} (1.0 would mean functional copies)",
-    ]
 
 
 def split_heldout(collected, per_run: int, total: int):
@@ -433,32 +398,3 @@ def split_heldout(collected, per_run: int, total: int):
     return train, (set_layout(collected.select(held_idx), layout) if held_idx else None)
 
 
-def recalibration_effect(model, layout, generated, train_params, data, num_batches: int) -> Dict:
-    """Test accuracy of the generated models (and of the training checkpoints) as generated and after BatchNorm
-    recalibration on the first ``num_batches`` training batches of 128 (:func:`pdiff_hf.recalibrate_parameters`)."""
-    from ..evaluation.recalibration import recalibrate_parameters
-
-    out = {"batches": num_batches, "batch_size": 128}
-    for name, params in (("generated", generated), ("original", train_params)):
-        recal = recalibrate_parameters(model, layout, params, data.train_x, num_batches=num_batches)
-        both = torch.cat([params, recal])
-        acc = evaluate_parameters(model, layout, both, data.test_x, data.test_y, batch_size=10, models_per_chunk=50)
-        out[name] = summarize_accuracies(acc[: len(params)])
-        out[f"{name}_recalibrated"] = summarize_accuracies(acc[len(params):])
-    return out
-
-
-def recalibration_lines(rec: Dict) -> List[str]:
-    """The report's ``BatchNorm recalibration`` section: best / mean / median / min test accuracy, with and without."""
-    lines = [
-        f"Running statistics of every BatchNorm layer re-estimated on {rec['batches']} training batches of "
-        f"{rec['batch_size']} (cumulative average); the generated models above are left as generated.",
-        "",
-        "| models | best | mean | median | min |",
-        "|---|---|---|---|---|",
-    ]
-    for key, label in (("original", "original"), ("original_recalibrated", "original, recalibrated"),
-                       ("generated", "p-diff"), ("generated_recalibrated", "p-diff, recalibrated")):  # fmt: skip
-        r = rec[key]
-        lines.append(f"| {label} | {r['best']:.2f} | {r['mean']:.2f} | {r['median']:.2f} | {r['min']:.2f} |")
-    return lines
