@@ -19,6 +19,7 @@ setup(
     python_requires=">=3.10",
     packages=[
         "pdiff_hf",
+        "pdiff_hf.alignment",
         "pdiff_hf.checkpoints",
         "pdiff_hf.commands",
         "pdiff_hf.demos",

@@ -174,3 +174,13 @@ print(json.dumps(failed))
 """
     )
     assert result == {}
+
+
+def test_setup_installs_every_package_folder():
+    """A non-editable install ships only the packages setup.py lists: every folder with an ``__init__.py`` is there."""
+    tree = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    listed = set(ast.literal_eval(next(k.value for k in call.keywords if k.arg == "packages")))
+    folders = {"pdiff_hf." + ".".join(p.parent.relative_to(ROOT / "pdiff_hf").parts) for p in (ROOT / "pdiff_hf").rglob("__init__.py")}
+    folders = {f.rstrip(".") for f in folders} | {"pdiff_hf.pipelines", "pdiff_hf.hub_cards"}
+    assert folders <= listed, sorted(folders - listed)
