@@ -181,7 +181,7 @@ def main() -> None:
     torch.set_num_threads(args.num_threads)
     total_start = time.perf_counter()
 
-    import pdiff_hf.checkpoints.collect as collect_module
+    import pdiff_hf.checkpoints.collect_runs as collect_module
     from pdiff_hf import fit_pdiff
     from pdiff_hf.checkpoints.collect_runs import collect_from_runs, get_alignment
     from pdiff_hf.checkpoints.dataset import checkpoint_params
