@@ -7,7 +7,7 @@
 For each (selection, seed): the demo's data and target (MNIST-1D, ``MNIST1DCNN`` trained 15 epochs), 200 checkpoints
 collected with the demo's recipe, split by :func:`pdiff_hf.novelty.generalization.heldout_split` (every 10th held
 out: 180 training, 20 held-out, exchangeable). Each variant is fitted on the 180 training checkpoints only, generates
-100 models, and :func:`~pdiff_hf.novelty.generalization.evaluate_generalization` compares generated models, held-out
+100 models, and :func:`~pdiff_hf.novelty.generalization_network.evaluate_generalization` compares generated models, held-out
 checkpoints, a training subsample and every baseline (noise, ``average_k16``, per-dimension ``gaussian``,
 ``pca_gaussian``, ``resampled``) in the training checkpoints' normalized units (the same for every variant).
 

@@ -5,7 +5,7 @@ BatchNorm layers (D = 128, SGD lr 0.2, one per step), every 11th held out (200 t
 Then, for each objective, ``fit_pdiff`` on the 200 training checkpoints with the demo's ``PDiffConfig`` (only
 ``objective`` differs), 100 models sampled with the objective's default sampler in 25 steps (DPM-Solver++ for DDPM,
 FlowMatchEulerDiscreteScheduler for flow matching), and the held-out generalization test
-(:func:`pdiff_hf.novelty.generalization.evaluate_generalization`: generated vs held-out vs training vs baselines).
+(:func:`pdiff_hf.novelty.generalization_network.evaluate_generalization`: generated vs held-out vs training vs baselines).
 
 Printed per seed and objective: generated test accuracy median and standard deviation against the held-out and the
 training checkpoints', the energy distance to the held-out checkpoints with its null threshold, the diversity and

@@ -169,7 +169,7 @@ def align_to(
 ) -> nn.Module:
     """A copy of ``model`` with its hidden units permuted to match ``reference_model`` (the same function).
 
-    ``spec`` defaults to :func:`~pdiff_hf.alignment.spec.permutation_spec` of ``reference_model`` (with
+    ``spec`` defaults to :func:`~pdiff_hf.alignment.handwritten_specs.permutation_spec` of ``reference_model`` (with
     ``example_input`` where no hand-written spec exists). ``model`` is not changed.
 
     Raises:
