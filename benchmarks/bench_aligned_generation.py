@@ -33,7 +33,7 @@
    run is rarely "novel" by that threshold; the held-out runs' share shows what it gives a perfect generator, and a
    second threshold (``novel_loo``: below the median over training runs of each run's max-IoU with the *other*
    training runs — as new as a training run is to the rest) is printed too.
-7. **Held-out generalization test** (:func:`pdiff_hf.novelty.generalization.evaluate_generalization`, ``--no-generalization``
+7. **Held-out generalization test** (:func:`pdiff_hf.novelty.generalization_network.evaluate_generalization`, ``--no-generalization``
    skips it): recalibrated training checkpoints vs recalibrated held-out runs vs recalibrated generated models and
    baselines.
 
