@@ -8,7 +8,8 @@ from typing import Mapping, Optional
 
 import torch
 
-from .generalization import _matrix, generalization_test
+from .generalization import generalization_test
+from .generalization_stats import _matrix
 from .generalization_report import GENERATED, HELDOUT, MIN_HELDOUT, MIN_TRAINING, TRAINING, GeneralizationResult
 
 
