@@ -178,7 +178,7 @@ def load_target_network(args, layout):
     the collection's ``target/`` beside a local ``--dataset_name``. Its class comes from its ``config.json`` and must
     be a ``pdiff_hf.tasks`` network, a diffusers model or a transformers model (never code from the folder); its
     weights are safetensors only; it must hold every tensor of the dataset's layout."""
-    from pdiff_hf.hub.target import target_class_of_folder
+    from pdiff_hf.hub.target_classes import target_class_of_folder
     from pdiff_hf.hub.validate import load_model_folder
 
     path = args.pretrained_target_name_or_path

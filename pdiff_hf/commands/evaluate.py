@@ -244,7 +244,7 @@ def _evaluate(args: argparse.Namespace, pipeline_dir: Path, checkpoints_dir: Pat
     train_params = checkpoint_params(dataset)
 
     if getattr(args, "data", None):  # a custom network and data set: the class named by the target's config.json
-        from ..hub.target import target_class_of_folder
+        from ..hub.target_classes import target_class_of_folder
 
         target = load_model_folder(target_class_of_folder(target_dir, "--target"), target_dir, "--target")
     else:
