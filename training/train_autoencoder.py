@@ -295,10 +295,16 @@ def main(args):
     for name, weight in autoencoder.named_parameters():
         check_finite(weight, f"autoencoder weight {name} after training (diverged: lower --learning_rate)")
     autoencoder.set_latent_scaling(params)  # encoded a chunk of rows at a time
+    return save_autoencoder(accelerator, autoencoder, params, args)
+
+
+def save_autoencoder(accelerator, autoencoder, params: CheckpointRows, args) -> int:
+    """The main process saves the finished autoencoder at ``--output_dir`` (and pushes it with ``--push_to_hub``),
+    logging its reconstruction MSE on the training checkpoints; every process ends training. Returns 0."""
     if accelerator.is_main_process:
         save_pretrained_into(autoencoder.to("cpu"), args.output_dir, marker="config.json")
-        logger.info(f"saved the autoencoder to {args.output_dir}; reconstruction MSE on the training checkpoints "
-                    f"{reconstruction_mse(autoencoder, params):.4g}")
+        logger.info(f"saved the {type(autoencoder).__name__} to {args.output_dir}; reconstruction MSE on the training "
+                    f"checkpoints {reconstruction_mse(autoencoder, params):.4g}")
         if args.push_to_hub:
             autoencoder.push_to_hub(args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
     accelerator.end_training()
@@ -313,15 +319,7 @@ def fit_linear_autoencoder(accelerator, autoencoder, params: CheckpointRows, con
     if args.use_ema:
         logger.warning("--use_ema has no effect on the linear autoencoder: it is fitted exactly, not trained")
     train_autoencoder(autoencoder, params, config, progress=accelerator.is_local_main_process)  # + latent scaling
-    autoencoder.eval()
-    if accelerator.is_main_process:
-        save_pretrained_into(autoencoder.to("cpu"), args.output_dir, marker="config.json")
-        logger.info(f"saved the linear autoencoder ({autoencoder.latent_shape} latent) to {args.output_dir}; "
-                    f"reconstruction MSE on the training checkpoints {reconstruction_mse(autoencoder, params):.4g}")
-        if args.push_to_hub:
-            autoencoder.push_to_hub(args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
-    accelerator.end_training()
-    return 0
+    return save_autoencoder(accelerator, autoencoder.eval(), params, args)
 
 
 def data_digest(rows: CheckpointRows) -> str:
