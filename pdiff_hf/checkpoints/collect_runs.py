@@ -4,6 +4,7 @@ is collected by :func:`~pdiff_hf.checkpoints.collect.collect_checkpoints`; the d
 
 import copy
 import json
+import time
 import warnings
 from typing import Any, Callable, Dict, Optional, Sequence
 
@@ -21,6 +22,8 @@ from .run_mixing import MixedRunsWarning
 from .collect import LossFn, collect_checkpoints, train_classifier, train_selection
 
 ALIGNMENT_KEY = "pdiff_hf.alignment"  # in info.description: how collect_from_runs(align=True) aligned the runs
+ALIGNMENTS = ("merge_many", "first")
+MERGE_MANY_ROUNDS = 50  # converged in 37 rounds for 32 MNIST1DCNN(channels=128) runs; the average settled by about 5
 
 
 def collect_from_runs(
@@ -32,6 +35,7 @@ def collect_from_runs(
     align: bool = False,
     example_input: Any = None,
     alignment_seed: int = 0,
+    alignment: str = "merge_many",
     **kwargs,
 ) -> datasets.Dataset:
     """Collect from several runs that restart from ``model``'s current state, each with its own seed (data order
@@ -46,16 +50,23 @@ def collect_from_runs(
     ``align=True``: independent runs of the whole network, aligned by permutation (weight matching,
     :mod:`pdiff_hf.alignment`). Each run starts from ``reset(model, seed)`` (default: :func:`reinitialize`, every
     module's ``reset_parameters`` under ``torch.manual_seed(seed)``), is trained and collected as usual (pass
-    ``train_epochs`` and ``num_checkpoints``: the last few checkpoints of each run), then every run after the first is
-    aligned to the first: one permutation per run, found by matching its final state to the first run's final state
-    (``alignment_seed``), applied to each of its checkpoints. Aligned checkpoints compute the same functions, so the
-    evaluation columns stay as measured. The dataset records the alignment (:func:`get_alignment`: method, reference
-    run and seed, permutation groups). The permutation spec comes from :func:`pdiff_hf.alignment.permutation_spec`
-    (``example_input``: positional inputs for models without a hand-written spec; default: two rows of the first
-    training batch).
+    ``train_epochs`` and ``num_checkpoints``: the last few checkpoints of each run). Then the runs are aligned, one
+    permutation per run found from the runs' final states and applied to each of its checkpoints, in the first run's
+    frame (run 0 is never moved):
+
+    * ``alignment="merge_many"`` (default): every run aligned to the average of the others, round after round
+      (:func:`pdiff_hf.alignment.merge_many`, order drawn from ``alignment_seed``). Its aligned averages are the
+      better networks: 32 runs of ``MNIST1DCNN(channels=128)`` average to 92.0% against 89.2% (recalibrated);
+    * ``alignment="first"``: every run matched to the first only (:func:`pdiff_hf.alignment.weight_matching`).
+
+    Aligned checkpoints compute the same functions, so the evaluation columns stay as measured. The dataset records
+    the alignment (:func:`get_alignment`: method, reference run and seed, permutation groups, seconds). The
+    permutation spec comes from :func:`pdiff_hf.alignment.permutation_spec` (``example_input``: positional inputs for
+    models without a hand-written spec; default: two rows of the first training batch).
 
     Raises:
-        AlignmentError: with ``align=True``, before any training: fewer than two seeds, a model without a permutation
+        AlignmentError: with ``align=True``, before any training: an unknown ``alignment``, fewer than two seeds, a
+            model without a permutation
             spec (residual adds, attention, …), a layout that leaves out a tensor the permutation moves (select
             the whole network with ``include_buffers=True``), or a ``reset`` that gives runs of different
             architectures.
@@ -72,33 +83,40 @@ def collect_from_runs(
     start = {k: v.clone() for k, v in model.state_dict().items()}
     spec = None
     if align:
+        if alignment not in ALIGNMENTS:
+            raise AlignmentError(f"expected alignment in {ALIGNMENTS}, found {alignment!r}")
         reset = reset if reset is not None else reinitialize
         spec = _alignment_spec(model, data, layout, seeds, reset, start, example_input)
-    parts, reference_state = [], None
+    parts, finals = [], []
     for run_id, seed in enumerate(seeds):
         model.load_state_dict(start)
         if reset is not None:
             reset(model, seed)
-        part = collect_checkpoints(model, data, layout, seed=seed, run_id=run_id, **kwargs)
+        parts.append(collect_checkpoints(model, data, layout, seed=seed, run_id=run_id, **kwargs))
         if spec is not None:
-            final = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if reference_state is None:
-                reference_state = final
-            else:
-                part = _align_run(spec, layout, part, reference_state, final, alignment_seed)
-        parts.append(part)
-    merged = set_layout(datasets.concatenate_datasets(parts), get_layout(parts[0]))
+            finals.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    record = None
     if spec is not None:
-        record = {"method": "weight_matching", "reference_run_id": 0, "reference_seed": int(seeds[0]),
-                  "alignment_seed": alignment_seed, **spec.summary()}  # fmt: skip
+        from ..alignment.merge_many import merge_many
+
+        begin = time.perf_counter()
+        rounds = 0 if alignment == "first" else MERGE_MANY_ROUNDS
+        perms = merge_many(spec, finals, max_rounds=rounds, seed=alignment_seed)
+        parts = [parts[0]] + [_permute_run(spec, layout, parts[i], finals[i], perms[i]) for i in range(1, len(parts))]
+        record = {"method": "weight_matching", "alignment": alignment, "reference_run_id": 0,
+                  "reference_seed": int(seeds[0]), "alignment_seed": alignment_seed,
+                  "seconds": round(time.perf_counter() - begin, 3), **spec.summary()}  # fmt: skip
+    merged = set_layout(datasets.concatenate_datasets(parts), get_layout(parts[0]))
+    if record is not None:
         merged.info.description = json.dumps({**json.loads(merged.info.description), ALIGNMENT_KEY: record})
     return merged
 
 
 def get_alignment(dataset: datasets.Dataset) -> Optional[Dict[str, Any]]:
     """How the runs of a checkpoint dataset were aligned (``collect_from_runs(..., align=True)``): ``{"method":
-    "weight_matching", "reference_run_id": 0, "reference_seed", "alignment_seed", "groups": {group: size},
-    "permuted_tensors"}``; ``None`` for a dataset whose runs were not aligned."""
+    "weight_matching", "alignment": "merge_many" or "first", "reference_run_id": 0, "reference_seed",
+    "alignment_seed", "seconds", "groups": {group: size}, "permuted_tensors"}``; ``None`` for a dataset whose runs
+    were not aligned."""
     try:
         doc = json.loads(dataset.info.description or "")
     except ValueError:
@@ -144,12 +162,11 @@ def _alignment_spec(model, data, layout, seeds, reset, start, example_input):
     return spec
 
 
-def _align_run(spec, layout: ParamLayout, part: datasets.Dataset, reference_state, final_state, seed: int):
-    """``part`` (one run's checkpoints) with every checkpoint permuted by the permutation that aligns the run's final
-    state to ``reference_state``."""
-    from ..alignment.weight_matching import apply_permutation, weight_matching
+def _permute_run(spec, layout: ParamLayout, part: datasets.Dataset, final_state, perms):
+    """``part`` (one run's checkpoints) with every checkpoint permuted by ``perms`` (tensors outside the layout taken
+    from the run's ``final_state``)."""
+    from ..alignment.weight_matching import apply_permutation
 
-    perms = weight_matching(spec, reference_state, final_state, seed=seed)
     aligned = []
     for vector in checkpoint_params(part):
         state = {**final_state, **layout.unflatten(vector)}

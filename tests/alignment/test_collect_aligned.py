@@ -1,4 +1,5 @@
-"""collect_from_runs(..., align=True): independent runs, each aligned to the first, checked before any training."""
+"""collect_from_runs(..., align=True): independent runs aligned to the first (alignment="first") or to one another
+(alignment="merge_many", the default), checked before any training."""
 
 import warnings
 
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 
 from pdiff_hf import ParamLayout, checkpoint_params
-from pdiff_hf.alignment import apply_permutation, spec_from_module, weight_matching
+from pdiff_hf.alignment import apply_permutation, merge_many, spec_from_module, weight_matching
 from pdiff_hf.checkpoints.collect_runs import collect_from_runs, get_alignment, reinitialize
 from pdiff_hf.checkpoints.run_mixing import MixedRunsWarning
 from pdiff_hf.errors import AlignmentError
@@ -40,13 +41,14 @@ def test_aligned_runs_are_the_unaligned_runs_permuted_onto_the_first():
     layout = ParamLayout.from_module(model, include_buffers=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", MixedRunsWarning)  # aligned runs are no unaligned mixture
-        aligned = _collect(model, layout, align=True)
+        aligned = _collect(model, layout, align=True, alignment="first")
     with pytest.warns(MixedRunsWarning):  # the warning stays for unaligned whole-network runs
         plain = _collect(_mlp(), layout, reset=reinitialize)
     assert aligned["run_id"] == [0] * 3 + [1] * 3 + [2] * 3 and aligned["seed"] == plain["seed"]
     assert aligned["val_accuracy"] == plain["val_accuracy"]  # the same functions, measured before alignment
     record = get_alignment(aligned)
     assert record["method"] == "weight_matching" and record["reference_run_id"] == 0 and record["reference_seed"] == 3
+    assert record["alignment"] == "first" and record["seconds"] >= 0
     assert record["groups"] == {"0": 12, "3": 10} and get_alignment(plain) is None
 
     a, p = checkpoint_params(aligned), checkpoint_params(plain)
@@ -71,6 +73,25 @@ def test_aligned_runs_are_the_unaligned_runs_permuted_onto_the_first():
         assert closer[0] < closer[1]
 
 
+def test_merge_many_aligns_each_run_by_one_permutation_found_from_the_final_states():
+    model = _mlp()
+    layout = ParamLayout.from_module(model, include_buffers=True)
+    aligned = _collect(model, layout, align=True)  # alignment="merge_many" by default
+    with pytest.warns(MixedRunsWarning):
+        plain = _collect(_mlp(), layout, reset=reinitialize)
+    assert get_alignment(aligned)["alignment"] == "merge_many"
+    a, p = checkpoint_params(aligned), checkpoint_params(plain)
+    assert torch.equal(a[:3], p[:3])  # run 0 is the frame: never moved
+    assert aligned["val_accuracy"] == plain["val_accuracy"]
+    spec = spec_from_module(model, torch.randn(2, 6))
+    finals = [{**model.state_dict(), **layout.unflatten(p[3 * run + 2])} for run in range(3)]
+    perms = merge_many(spec, finals, max_rounds=50, seed=0)
+    for run in range(3):
+        for row in range(3 * run, 3 * run + 3):
+            moved = apply_permutation(spec, {**model.state_dict(), **layout.unflatten(p[row])}, perms[run])
+            torch.testing.assert_close(layout.flatten(moved), a[row], rtol=0, atol=0)
+
+
 class Residual(nn.Module):
     def __init__(self):
         super().__init__()
@@ -93,6 +114,7 @@ def _widen_third_run(model, seed):
 
 @pytest.mark.parametrize("build, layout_kw, kw, message", [
     (_mlp, {"include_buffers": True}, {"seeds": [3]}, "at least two seeds"),
+    (_mlp, {"include_buffers": True}, {"alignment": "mean"}, "expected alignment in"),
     (Residual, {}, {}, "residual add"),
     (_mlp, {}, {}, "every tensor the alignment permutes"),  # running statistics left out
     (_mlp, {"include_buffers": True}, {"reset": _widen_third_run}, r"expected '0.weight' of shape \(12, 6\)"),
