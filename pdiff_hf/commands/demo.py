@@ -37,8 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--branch-epochs", type=int, default=None, help="epochs of each branch with --branches (10)")
     p.add_argument("--recipe", choices=["pdiff", "aligned-runs"], default=None,
                    help="pdiff: checkpoints of one target (default); aligned-runs (--selection whole): --runs independent "
-                        "runs aligned by weight matching, their last checkpoints, the linear autoencoder")
+                        "runs aligned to one another by weight matching (MergeMany), their last checkpoints, the linear autoencoder")
     p.add_argument("--runs", type=int, default=None, help="independent runs with --recipe aligned-runs (8)")
+    p.add_argument("--channels", type=int, default=None,
+                   help="width of the MNIST1DCNN target (default 32; aligned runs need 128 or more to average well)")
     p.add_argument("--autoencoder-type", choices=["auto", "learned", "conv", "token", "linear"], default=None,
                    help="the generator's autoencoder (default auto: the linear code; 'learned' is p-diff's recipe)")
     p.add_argument("--objective", choices=["ddpm", "flow_matching"], default=None,
@@ -84,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         recalibration_batches=args.recalibration_batches,
         recipe=args.recipe,
         runs=args.runs,
+        channels=args.channels,
         autoencoder_type=args.autoencoder_type,
         objective=args.objective,
     )
@@ -110,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 # options of the unconditional demo that have no meaning with --conditional
-_UNCONDITIONAL_ONLY = ("selection", "save_every", "recipe", "runs", "autoencoder_type", "objective")
+_UNCONDITIONAL_ONLY = ("selection", "save_every", "recipe", "runs", "channels", "autoencoder_type", "objective")
 
 
 def run_conditional(args: argparse.Namespace) -> int:

@@ -106,10 +106,14 @@ class DemoConfig:
     # beside the generated models, which are left as generated (needs a selection with the running statistics)
     recalibration_batches: int = 0
     # "pdiff": the checkpoints of one target (or its branches); "aligned-runs": `runs` independent runs of the whole
-    # network, each trained target_epochs, aligned to the first by weight matching (collect_from_runs(align=True)),
+    # network, each trained target_epochs, aligned to one another by weight matching (collect_from_runs(align=True),
+    # MergeMany),
     # the last checkpoints of each run collected, generated with the linear (whitened PCA) autoencoder
     recipe: str = "pdiff"
     runs: int = 8
+    # width of the MNIST1DCNN target; independent runs average well once aligned only when wide (128 or more,
+    # benchmarks/bench_aligned_runs.py)
+    channels: int = 32
     # the generator: PDiffConfig's autoencoder_type ("auto": the linear code with 200 checkpoints; "learned": p-diff's
     # conv autoencoder, the paper's recipe) and objective ("ddpm" or "flow_matching")
     autoencoder_type: str = PDiffConfig.autoencoder_type
@@ -140,6 +144,7 @@ class DemoConfig:
             "--num-models": self.num_models,
             "--num-inference-steps": self.num_inference_steps,
             "--num-threads": self.num_threads,
+            "--channels": self.channels,
         }
         bad = {k: v for k, v in positive.items() if v < 1}
         if bad:
@@ -250,7 +255,7 @@ def _run_demo(config: DemoConfig, out: Path, log: Callable[[str], None]) -> Dict
 
     stage("target")
     torch.manual_seed(config.seed)
-    model = MNIST1DCNN()
+    model = MNIST1DCNN(channels=config.channels)
     epochs = config.trunk_epochs if config.branches else config.target_epochs
     if config.recipe == "pdiff":  # aligned-runs: every run is trained in the collect stage
         train_classifier(model, data, epochs=epochs, seed=config.seed, progress=True)

@@ -31,8 +31,9 @@ def report_intro(results: Dict, collect_lr: float) -> List[str]:
             "more epochs with its own data order" if cfg.get("branches") else ""
         )
         + (
-            f"; the last checkpoints of {cfg['runs']} independent {cfg['target_epochs']}-epoch runs aligned to the "
-            "first by weight matching, the linear autoencoder" if cfg.get("recipe") == "aligned-runs" else ""
+            f"; the last checkpoints of {cfg['runs']} independent {cfg['target_epochs']}-epoch runs of a "
+            f"{cfg.get('channels', 32)}-channel network aligned to one another by weight matching (MergeMany), the "
+            "linear autoencoder" if cfg.get("recipe") == "aligned-runs" else ""
         )
         + f"); {cfg['num_models']} generated models "
         f"({cfg['num_inference_steps']} DPM-Solver steps). Test accuracy in percent; any selection is on the "

@@ -1,5 +1,6 @@
-"""``pdiff-hf demo --selection whole --recipe aligned-runs`` on tiny sizes: independent runs aligned by weight
-matching, the last checkpoints of each run, the linear autoencoder; option checks before any work."""
+"""``pdiff-hf demo --selection whole --recipe aligned-runs`` on tiny sizes: independent runs aligned to one another
+by weight matching (MergeMany), the last checkpoints of each run, the linear autoencoder; option checks before any
+work."""
 
 import json
 
@@ -19,7 +20,7 @@ def test_demo_aligned_runs_collects_aligned_runs_and_fits_the_linear_code(tmp_pa
     torch.set_num_threads(1)
     out = tmp_path / "run"
     cfg = DemoConfig(
-        output_dir=str(out), selection="whole", recipe="aligned-runs", runs=2, num_checkpoints=10,
+        output_dir=str(out), selection="whole", recipe="aligned-runs", runs=2, channels=8, num_checkpoints=10,
         heldout_checkpoints=4, target_epochs=1, denoiser_steps=3, num_models=3, num_inference_steps=3,
         recalibration_batches=2, novelty=False,
     )  # fmt: skip
@@ -30,18 +31,20 @@ def test_demo_aligned_runs_collects_aligned_runs_and_fits_the_linear_code(tmp_pa
     assert ds["run_id"] == [0] * 5 + [1] * 5 and results["reconstruction"]["heldout"]["count"] == 4
     assert all(len(set(ds["step"][r * 5 : r * 5 + 5]) & set(range(1, 8))) == 5 for r in (0, 1))
     alignment = get_alignment(ds)
-    assert alignment["method"] == "weight_matching" and alignment["reference_run_id"] == 0
+    assert alignment["method"] == "weight_matching" and alignment["alignment"] == "merge_many"
+    assert alignment["reference_run_id"] == 0
     assert alignment["reference_seed"] == cfg.seed and set(alignment["groups"]) == {
         "features.0", "features.3", "features.6"
     }  # fmt: skip
     pipe = PDiffPipeline.from_pretrained(str(out / "pipeline"))
     assert isinstance(pipe.autoencoder, LinearParameterAutoencoder)
     assert pipe.autoencoder.config.latent_length == 2  # 4 x 2 = 8 <= 10 - 1 components
-    assert results["config"]["recipe"] == "aligned-runs" and results["selection"]["D"] == 23_690
+    assert results["config"]["recipe"] == "aligned-runs" and results["selection"]["D"] == 4_010  # 8 channels
     rec = results["recalibration"]
     assert rec["generated"]["count"] == rec["generated_recalibrated"]["count"] == 3
     report = (out / "report.md").read_text()
-    assert "2 independent 1-epoch runs aligned to the first by weight matching" in report
+    assert "2 independent 1-epoch runs of a 8-channel network aligned to one another by weight matching" in report
+    assert json.loads((out / "target" / "config.json").read_text())["channels"] == 8
     assert json.loads((out / "results.json").read_text())["config"]["runs"] == 2
 
 
@@ -60,6 +63,7 @@ def test_demo_aligned_runs_config():
     ({"recipe": "aligned-runs"}, "found selection 'norm'"),
     ({"recipe": "aligned-runs", "selection": "whole", "branches": 2}, "branches 2"),
     ({"recipe": "aligned-runs", "selection": "whole", "runs": 1}, "runs 1"),
+    ({"recipe": "aligned-runs", "selection": "whole", "channels": 0}, "--channels"),
     ({"recipe": "aligned-runs", "selection": "whole", "num_checkpoints": 8, "novelty": False}, "--num-checkpoints >= 9"),
 ])  # fmt: skip
 def test_demo_aligned_runs_bad_options(kw, message):
@@ -75,3 +79,5 @@ def test_demo_aligned_runs_cli_errors_before_any_work(tmp_path, capsys):
     assert not out.exists()
     assert main(["demo", "--output-dir", str(out), "--conditional", "--recipe", "aligned-runs"]) == 2
     assert "--recipe" in capsys.readouterr().err
+    assert main(["demo", "--output-dir", str(out), "--conditional", "--channels", "64"]) == 2
+    assert "--channels" in capsys.readouterr().err
