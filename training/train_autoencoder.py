@@ -119,6 +119,11 @@ def parse_args(argv=None):
                         "the checkpoints span its latent, else 'learned'; pdiff_hf.training.config.choose_autoencoder_type).")
     parser.add_argument("--linear_latent_length", type=int, default=DEFAULTS.ae_linear_latent_length,
                         help="Linear autoencoder: latent length (latent_channels x this many principal coefficients).")
+    parser.add_argument("--linear_whiten", dest="linear_whiten", action="store_true", default=DEFAULTS.ae_linear_whiten,
+                        help="Linear autoencoder: divide each principal coefficient by its standard deviation over the "
+                        "checkpoints, so the diffusion sees unit variance in every direction (the default).")
+    parser.add_argument("--no_linear_whiten", dest="linear_whiten", action="store_false",
+                        help="Linear autoencoder: keep the raw principal coefficients.")
     parser.add_argument("--token_size", type=int, default=DEFAULTS.ae_token_size,
                         help="Token autoencoder: entries per token (None: chosen by D).")
     parser.add_argument("--token_hidden_dim", type=int, default=DEFAULTS.ae_token_hidden_dim,
@@ -170,7 +175,7 @@ def main(args):
         latent_channels=args.latent_channels, input_noise=args.input_noise, latent_noise=args.latent_noise,
         norm_mode=args.norm_mode, autoencoder_type=args.autoencoder_type, ae_token_size=args.token_size,
         ae_token_hidden_dim=args.token_hidden_dim, ae_token_latent_channels=args.token_latent_channels,
-        ae_linear_latent_length=args.linear_latent_length,
+        ae_linear_latent_length=args.linear_latent_length, ae_linear_whiten=args.linear_whiten,
     )
     config = resolve_autoencoder_type(config, layout.dim, params.shape[0])  # as fit_pdiff: "auto" is linear when N allows
     check_linear_latent_size(config, layout.dim, params.shape[0])

@@ -15,7 +15,7 @@ AUTOENCODER_FLAGS = {
     "train_batch_size": "ae_train_batch_size", "max_train_steps": "ae_steps", "learning_rate": "ae_learning_rate",
     "use_ema": "ae_use_ema", "autoencoder_type": "autoencoder_type", "token_size": "ae_token_size",
     "token_hidden_dim": "ae_token_hidden_dim", "token_latent_channels": "ae_token_latent_channels",
-    "linear_latent_length": "ae_linear_latent_length",
+    "linear_latent_length": "ae_linear_latent_length", "linear_whiten": "ae_linear_whiten",
 }  # fmt: skip
 LDM_FLAGS = {
     "block_out_channels": "denoiser_block_out_channels", "layers_per_block": "layers_per_block",

@@ -39,3 +39,16 @@ def test_linear_chain_trains_what_fit_pdiff_trains(scripts, dataset_dir, tmp_pat
     assert isinstance(loaded.autoencoder, LinearParameterAutoencoder)
     assert same_weights(pipe.autoencoder, loaded.autoencoder)
     assert same_weights(pipe.denoiser, loaded.denoiser)
+
+
+def test_no_linear_whiten_keeps_raw_coefficients_as_fit_pdiff_does(scripts, dataset_dir, tmp_path):
+    ae_dir = tmp_path / "ae"
+    argv = ["--dataset_name", dataset_dir, "--output_dir", ae_dir, "--linear_latent_length", "2", "--report_to", "none",
+            "--no_linear_whiten"]  # fmt: skip
+    assert run_in_process(scripts["train_autoencoder"], argv) == 0
+    saved = LinearParameterAutoencoder.from_pretrained(str(ae_dir))
+    assert saved.config.whiten is False
+    dataset = datasets.load_from_disk(str(dataset_dir))
+    config = PDiffConfig(ae_linear_latent_length=2, ae_linear_whiten=False, denoiser_steps=1)
+    pipe = fit_pdiff(checkpoint_params(dataset), get_layout(dataset), config, progress=False)
+    assert same_weights(pipe.autoencoder, saved)
