@@ -7,8 +7,9 @@
 1. **Runs**: ``--runs + --heldout_runs`` independent runs of ``MNIST1DCNN(channels=C)`` on MNIST-1D (seeds ``--seed``,
    ``--seed + 1``, …; every module re-initialized per run), each trained ``--epochs`` epochs and then collected for
    ``--checkpoints_per_run`` SGD steps on the whole network (lr ``--collect_lr``, the demo's 0.005 for ``whole``), all
-   with :func:`~pdiff_hf.checkpoints.collect_runs.collect_from_runs` ``(align=True)``: every run aligned to run 0 by
-   weight matching. Whole networks with their BatchNorm statistics (``include_buffers=True``).
+   with :func:`~pdiff_hf.checkpoints.collect_runs.collect_from_runs` ``(align=True, alignment=--alignment)``: every
+   run aligned to the average of the others (``merge_many``, the default) or to run 0 (``first``) by weight
+   matching. Whole networks with their BatchNorm statistics (``include_buffers=True``).
 2. **Held-out runs**: the last ``--heldout_runs`` runs are never fitted on (whole runs, not checkpoints of a training
    run: "new" means new functions). They are what an ideal generator would produce: new runs of the same recipe.
 3. **Fit** p-diff on the training runs' checkpoints per ``--variants``: ``linear`` (the whitened PCA code,
