@@ -15,8 +15,8 @@ every aligned run computes exactly its original function.
 Measured on 32 independent ``MNIST1DCNN(channels=128)`` runs (15 epochs each, 97.4% median test accuracy), every
 average's BatchNorm statistics recalibrated on 8 training batches (``OMP_NUM_THREADS=1 python
 benchmarks/bench_alignment_methods.py --channels 128 --runs 32 --cache_dir DIR``):
-the aligned average of all 32 scores 89.2% when each run is matched to run 0 and 92.0% after MergeMany (converged
-in 37 rounds, 0.6 s per round; the figure is reached after about 5); midpoints of two runs 93.8% and 94.7%.
+the aligned average of all 32 scores 89.2% when each run is matched to run 0 and 92.1% after MergeMany (converged
+in 37 rounds, 0.6 s per round; the figure is reached after about 5); midpoints of two runs 93.8% and 94.6%.
 """
 
 from typing import List, Mapping, Optional, Sequence
