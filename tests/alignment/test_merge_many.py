@@ -114,3 +114,22 @@ def test_a_network_of_another_architecture_is_refused():
     wider = MNIST1DCNN(channels=13, num_layers=2).state_dict()
     with pytest.raises(AlignmentError, match="state dict 1"):
         merge_many(spec, [_cnn(0).state_dict(), wider])
+
+
+def test_residual_networks_keep_their_functions():
+    """A hand-written spec (transformers' ResNet: residual streams tied across each stage) works the same way."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=4)
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(ResNetForImageClassification(config).eval())
+    spec = permutation_spec(models[0])
+    perms = merge_many(spec, [m.state_dict() for m in models], max_rounds=3)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    for model, p in zip(models, perms):
+        moved = copy.deepcopy(model)
+        moved.load_state_dict(apply_permutation(spec, model.state_dict(), p))
+        with torch.no_grad():
+            torch.testing.assert_close(moved(x).logits, model(x).logits, rtol=0, atol=1e-5)
