@@ -36,7 +36,7 @@
    training runs — as new as a training run is to the rest) is printed too.
 7. **Held-out generalization test** (:func:`pdiff_hf.novelty.generalization_network.evaluate_generalization`, ``--no-generalization``
    skips it): recalibrated training checkpoints vs recalibrated held-out runs vs recalibrated generated models and
-   baselines.
+   baselines, with the run ids, so that the energy distance's null holds out whole runs as this split does.
 
 Prints the total minutes and the seconds per alignment (weight matching of one run's final state to run 0's plus
 permuting its checkpoints). Figures are printed, never asserted.
@@ -351,7 +351,8 @@ def main() -> None:
             known = {TRAINING: recal_train_preds, HELDOUT: predict(recal_held), GENERATED: predictions[name],
                      **{b: predictions[b] for b in others}}  # fmt: skip
             result = evaluate_generalization(model, layout, recal_train, recal_held, recalibrated[name], data,
-                                             baselines=others, predictions=known, seed=args.seed).to_dict()  # fmt: skip
+                                             baselines=others, predictions=known, seed=args.seed,
+                                             train_runs=train_runs, heldout_runs=run_ids[run_ids >= K]).to_dict()  # fmt: skip
             generalization[name] = {"verdict": result["verdict"], "summary": result["summary"]}
             print(f"\nheld-out generalization test, {name} (recalibrated training, held-out runs, generated, baselines):")
             for line in summary_lines(result):

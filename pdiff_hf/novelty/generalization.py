@@ -64,6 +64,8 @@ from .generalization_stats import (
     _normalize_fn,
     _check_predictions,
     _energy_null,
+    _energy_null_by_run,
+    _check_runs,
 )
 from .generalization_report import (  # noqa: F401  (re-exported: the test's vocabulary and result)
     ACCURACY_BAND_PP,
@@ -174,6 +176,8 @@ def generalization_test(
     num_permutations: int = NUM_PERMUTATIONS,
     pca_components: int = PCA_COMPONENTS,
     confidence: float = CONFIDENCE,
+    train_runs: Optional[torch.Tensor] = None,
+    heldout_runs: Optional[torch.Tensor] = None,
 ) -> GeneralizationResult:
     """Compare generated models (and baselines) with held-out checkpoints of the same collection.
 
@@ -194,13 +198,20 @@ def generalization_test(
             the 95% quantiles need them).
         pca_components: PCA coordinates of the energy distance (capped at the rank of the training checkpoints).
         confidence: of the bootstrap intervals.
+        train_runs / heldout_runs: ``(T,)`` and ``(H,)`` run ids, given together when whole runs are held out (the
+            held-out runs disjoint from the training ones, e.g. independent runs aligned by permutation): the
+            energy-distance null then holds out whole runs too (as many as ``heldout_runs`` names), since checkpoints
+            of one run are near copies and a null of single checkpoints would reject even new runs of the recipe.
+            ``None`` (default): held-out checkpoints exchangeable with the training ones (:func:`heldout_split`).
 
     Returns:
         :class:`GeneralizationResult` (``to_dict()`` for ``results.json``).
 
     Raises:
         GeneralizationTestError: fewer than 10 training, 5 held-out or 2 generated / baseline models, predictions
-            without labels or the mean prediction, resample counts below 100, a baseline named like a group.
+            without labels or the mean prediction, resample counts below 100, a baseline named like a group, run ids
+            not given together, of other lengths than their checkpoints, shared by training and held-out, or
+            naming no more training runs than held-out ones.
         DimensionMismatchError: vectors or predictions of other shapes than the groups they belong to.
         NonFiniteParametersError: NaN or Inf in any vectors.
     """
@@ -222,6 +233,7 @@ def generalization_test(
         raise GeneralizationTestError(f"expected pca_components >= 1, found {pca_components}")
     preds = _check_predictions(predictions, labels, mean_prediction, train.shape[0], heldout.shape[0], vectors)
     t, h = train.shape[0], heldout.shape[0]
+    pool_runs, k_runs = _check_runs(train_runs, heldout_runs, train.shape[0], heldout.shape[0])
     g = torch.Generator().manual_seed(int(seed))
 
     # 1. normalized units, varying entries, the training subsample
@@ -341,7 +353,10 @@ def generalization_test(
     d_hh.fill_diagonal_(0.0)
     nulls: Dict[int, torch.Tensor] = {}
     for size in sorted({min(len(groups_z[k]), t) for k in order if k != HELDOUT}):
-        nulls[size] = _energy_null(d_pool, size, h, int(num_permutations), g)
+        if pool_runs is None:
+            nulls[size] = _energy_null(d_pool, size, h, int(num_permutations), g)
+        else:
+            nulls[size] = _energy_null_by_run(d_pool, pool_runs, size, k_runs, int(num_permutations), g)
     for name in order:
         if name == HELDOUT:
             continue
@@ -403,6 +418,7 @@ def generalization_test(
         "ratio_band": [_num(1.0 / RATIO_BAND), RATIO_BAND],
         "accuracy_band_pp": ACCURACY_BAND_PP,
         "null_quantile": NULL_QUANTILE,
+        "null_holds_out": "checkpoints" if pool_runs is None else "whole runs",
         "baselines": [k for k in vectors if k != GENERATED],
     }
     data = {"groups": groups, "comparisons": comparisons, "settings": settings}

@@ -120,6 +120,24 @@ def _check_predictions(predictions, labels, mean_prediction, t: int, h: int, vec
     return out
 
 
+def _energy_null_by_run(
+    d_pool: torch.Tensor, pool_runs: torch.Tensor, n: int, k: int, num: int, g: torch.Generator
+) -> torch.Tensor:
+    """``(num,)`` energy distances for a collection held out by whole runs: each draw takes every checkpoint of ``k``
+    random runs of the pool as pseudo-held-out and ``n`` random checkpoints of the other runs (at most all) as the
+    pseudo-group. Checkpoints of one run are near copies, so drawing single checkpoints (:func:`_energy_null`) would
+    put even new runs of the same recipe far outside the null."""
+    runs = pool_runs.unique()
+    out = []
+    for _ in range(num):
+        held = torch.isin(pool_runs, runs[torch.randperm(len(runs), generator=g)[:k]])
+        y = held.nonzero().flatten()
+        rest = (~held).nonzero().flatten()
+        x = rest[torch.randperm(len(rest), generator=g)[:n]]
+        out.append(_energy(d_pool[x][:, y], d_pool[x][:, x], d_pool[y][:, y]))
+    return torch.stack(out)
+
+
 def _energy_null(d_pool: torch.Tensor, n: int, h: int, num: int, g: torch.Generator, chunk: int = 100) -> torch.Tensor:
     """``(num,)`` energy distances between disjoint random subsets of ``n`` and ``h`` points of the pool (its
     ``(P, P)`` distance matrix): a pseudo-group and pseudo-held-out checkpoints drawn from the same collection."""
@@ -133,3 +151,29 @@ def _energy_null(d_pool: torch.Tensor, n: int, h: int, num: int, g: torch.Genera
         d_yy = d_pool[y[:, :, None], y[:, None, :]]
         out.append(_energy(d_xy, d_xx, d_yy))
     return torch.cat(out)
+
+
+def _check_runs(train_runs, heldout_runs, t: int, h: int) -> Tuple[Optional[torch.Tensor], int]:
+    """``(pool run ids (T + H,), training rows first; number of held-out runs)``, or ``(None, 0)`` without run ids;
+    GeneralizationTestError on run ids that do not describe whole held-out runs."""
+    if train_runs is None and heldout_runs is None:
+        return None, 0
+    if train_runs is None or heldout_runs is None:
+        raise GeneralizationTestError("expected train_runs and heldout_runs together (whole runs held out), found one")
+    runs = []
+    for name, ids, n in (("train_runs", train_runs, t), ("heldout_runs", heldout_runs, h)):
+        ids = torch.as_tensor(ids).detach().cpu()
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.shape != (n,):
+            raise GeneralizationTestError(
+                f"expected {name} to be ({n},) integer run ids, found {tuple(ids.shape)} {ids.dtype}"
+            )
+        runs.append(ids.long())
+    shared = sorted(set(runs[0].tolist()) & set(runs[1].tolist()))
+    if shared:
+        raise GeneralizationTestError(f"expected held-out runs that are not training runs, found shared runs {shared[:5]}")
+    k, available = runs[1].unique().numel(), runs[0].unique().numel()
+    if available <= k:
+        raise GeneralizationTestError(
+            f"expected more training runs than held-out runs for the whole-run null, found {available} and {k}"
+        )
+    return torch.cat(runs), int(k)
