@@ -85,6 +85,31 @@ def _saved_without_rows(folder: Path) -> bool:
     return isinstance(state, dict) and state.get("_data_files") == []
 
 
+def whole_heldout_runs(dataset, heldout) -> dict:
+    """``{"train_runs", "heldout_runs"}`` when the held-out checkpoints are whole runs (``run_id`` columns in both
+    datasets, no run in both): the generalization test's null then holds out whole runs too. ``{}`` otherwise (the
+    demo's split holds out checkpoints within each run).
+
+    Raises:
+        EvaluateError: whole runs held out, but no more training runs than held-out ones (the null draws as many
+            runs as are held out from the rest), before any evaluation.
+    """
+    import torch
+
+    if "run_id" not in dataset.column_names or "run_id" not in heldout.column_names:
+        return {}
+    train_runs, heldout_runs = torch.tensor(dataset["run_id"]), torch.tensor(heldout["run_id"])
+    train_set, heldout_set = set(train_runs.tolist()), set(heldout_runs.tolist())
+    if train_set & heldout_set:
+        return {}
+    if len(train_set) <= len(heldout_set):
+        raise EvaluateError(
+            f"expected more training runs than held-out runs when whole runs are held out, found {len(train_set)} "
+            f"training and {len(heldout_set)} held-out runs"
+        )
+    return {"train_runs": train_runs, "heldout_runs": heldout_runs}
+
+
 def _load_heldout(args: argparse.Namespace, num_training: int, names):
     """The ``--heldout`` checkpoint dataset, checked before any weights are loaded: one unconditional dataset with at
     least 5 rows next to at least 10 training checkpoints."""
@@ -228,6 +253,7 @@ def _evaluate(args: argparse.Namespace, pipeline_dir: Path, checkpoints_dir: Pat
     # a conditional pipeline needs a conditional dataset and the reverse: checked before loading any weights
     names = check_conditional_match(pipeline_num_conditions(pipeline_dir), dataset, args.guidance_scale)
     heldout = _load_heldout(args, len(dataset), names) if getattr(args, "heldout", None) else None
+    heldout_runs = whole_heldout_runs(dataset, heldout) if heldout is not None else {}
     custom_data = load_data_splits(args.data, args.input_column, args.label_column) if getattr(args, "data", None) else None
     if custom_data is not None and names is not None:
         raise EvaluateError("--data: expected an unconditional pipeline (a conditional one is scored per --task), "
@@ -283,7 +309,7 @@ def _evaluate(args: argparse.Namespace, pipeline_dir: Path, checkpoints_dir: Pat
 
         t0 = time.perf_counter()
         generalization = generalization_from_report(
-            target, layout, report, checkpoint_params(heldout), data, normalizer=pipe, seed=args.seed
+            target, layout, report, checkpoint_params(heldout), data, normalizer=pipe, seed=args.seed, **heldout_runs
         )
         timings["generalization"] = round(time.perf_counter() - t0, 3)
         print("\n".join(generalization.summary) + "\n")

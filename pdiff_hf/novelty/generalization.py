@@ -375,6 +375,7 @@ def generalization_test(
             "p_value": _num((1 + int((null >= value).sum())) / (1 + len(null))),
             "null_size": size,
             "permutations": len(null),
+            "null_holds_out": "checkpoints" if pool_runs is None else "whole runs",
             "outcome": "above" if value > threshold else "within",
         }
 

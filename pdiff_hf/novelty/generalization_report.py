@@ -277,9 +277,10 @@ def describe_comparison(key: str, entry: Mapping) -> str:
     """One comparison in words with its interval or its null threshold."""
     if key == "energy_distance":
         rel = ">" if entry["outcome"] == "above" else "<="
+        runs = " runs, whole runs held out" if entry.get("null_holds_out") == "whole runs" else ""
         return (
             f"energy distance to held-out {_fmt(entry['value'])} {rel} {_fmt(entry['threshold'])}, the null's "
-            f"{NULL_QUANTILE:.0%} quantile (held-out vs training, {entry['permutations']} permutations; "
+            f"{NULL_QUANTILE:.0%} quantile (held-out vs training{runs}, {entry['permutations']} permutations; "
             f"p = {_fmt(entry['p_value'], 2)})"
         )
     unit = " pp" if key == "accuracy_median" else ""

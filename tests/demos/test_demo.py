@@ -164,6 +164,30 @@ def test_evaluate_heldout_needs_five_checkpoints(demo_dir, tmp_path, capsys):
     assert len(err) == 1 and "5 held-out checkpoints" in err[0] and "found 12 and 3" in err[0]
 
 
+def test_evaluate_heldout_of_whole_runs_needs_more_training_runs(demo_dir, tmp_path, capsys):
+    """Held-out checkpoints of a run the training checkpoints do not have are whole runs held out: the test's null
+    then holds out whole runs, which needs more training runs than held-out ones (the demo has one)."""
+    other_run = tmp_path / "other_run"
+    held = datasets.load_from_disk(str(demo_dir / "heldout"))
+    held.map(lambda row: {"run_id": 7}).save_to_disk(str(other_run))
+    capsys.readouterr()
+    argv = ["evaluate", "--pipeline", str(demo_dir / "pipeline"), "--checkpoints", str(demo_dir / "checkpoints"),
+            "--target", str(demo_dir / "target"), "--heldout", str(other_run)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "more training runs than held-out runs" in err[0] and "found 1 training and 1" in err[0]
+
+
+def test_whole_heldout_runs_are_recognized_by_their_run_ids():
+    from pdiff_hf.commands.evaluate import whole_heldout_runs
+
+    train = datasets.Dataset.from_dict({"run_id": [0, 0, 1, 1, 2, 2]})
+    assert whole_heldout_runs(train, datasets.Dataset.from_dict({"run_id": [1, 2]})) == {}  # checkpoints of its runs
+    assert whole_heldout_runs(train, datasets.Dataset.from_dict({"step": [1, 2]})) == {}  # no run ids
+    runs = whole_heldout_runs(train, datasets.Dataset.from_dict({"run_id": [5, 5]}))
+    assert runs["train_runs"].tolist() == [0, 0, 1, 1, 2, 2] and runs["heldout_runs"].tolist() == [5, 5]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

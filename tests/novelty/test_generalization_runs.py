@@ -38,14 +38,19 @@ def test_new_runs_are_within_a_whole_run_null_and_outside_a_checkpoint_null(coll
     by_run, settings = _energy(collection, collection["new"], train_runs=collection["train_runs"],
                                heldout_runs=collection["heldout_runs"])  # fmt: skip
     assert by_run["outcome"] == "within" and settings["null_holds_out"] == "whole runs"
+    assert by_run["null_holds_out"] == "whole runs" and by_checkpoint["null_holds_out"] == "checkpoints"
     assert by_run["value"] == by_checkpoint["value"]  # the statistic is the same; only its null changes
     assert by_run["threshold"] > by_checkpoint["threshold"]
 
 
 def test_a_shifted_generator_stays_above_the_whole_run_null(collection):
     shifted = collection["new"] + 1.0
-    by_run, _ = _energy(collection, shifted, train_runs=collection["train_runs"], heldout_runs=collection["heldout_runs"])
-    assert by_run["outcome"] == "above"
+    out = generalization_test(collection["train"], collection["held"], shifted, num_bootstrap=100,
+                              num_permutations=200, train_runs=collection["train_runs"],
+                              heldout_runs=collection["heldout_runs"])  # fmt: skip
+    assert out.comparisons["generated"]["energy_distance"]["outcome"] == "above"
+    assert out.verdict == "OFF-DISTRIBUTION"
+    assert "(held-out vs training runs, whole runs held out, 200 permutations" in " ".join(out.summary)
 
 
 def test_the_whole_run_null_is_deterministic_under_the_seed(collection):
