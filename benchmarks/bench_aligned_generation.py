@@ -188,6 +188,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-generalization", dest="generalization", action="store_false")
     parser.add_argument("--num_threads", type=int, default=1)
+    parser.add_argument("--num_processes", type=int, default=1,
+                        help="processes training the runs (collect_from_runs(num_processes=...)); 2 on two cores")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
     if args.runs < 2 or args.heldout_runs < 0 or args.checkpoints_per_run < 1:
@@ -215,7 +217,7 @@ def main() -> None:
     ds = collect_from_runs(
         model, data, layout, seeds=[args.seed + r for r in range(K + H)], align=True, num_checkpoints=k,
         train_epochs=args.epochs, learning_rate=args.collect_lr, evaluate=False, progress=False,
-        alignment=args.alignment,
+        alignment=args.alignment, num_processes=args.num_processes,
     )  # fmt: skip
     collect_s = time.perf_counter() - start
     params = checkpoint_params(ds)

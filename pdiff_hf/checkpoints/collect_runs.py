@@ -4,6 +4,7 @@ is collected by :func:`~pdiff_hf.checkpoints.collect.collect_checkpoints`; the d
 
 import copy
 import json
+import pickle
 import time
 import warnings
 from typing import Any, Callable, Dict, Optional, Sequence
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import AlignmentError, DimensionMismatchError
+from ..errors import AlignmentError, CollectionError, DimensionMismatchError
 from ..evaluation.data import iter_batches, split_sources
 from ..layout import ParamLayout
 from .dataset import PARAMS_COLUMN, checkpoint_params, get_layout, make_checkpoint_dataset, set_layout
@@ -36,6 +37,7 @@ def collect_from_runs(
     example_input: Any = None,
     alignment_seed: int = 0,
     alignment: str = "merge_many",
+    num_processes: int = 1,
     **kwargs,
 ) -> datasets.Dataset:
     """Collect from several runs that restart from ``model``'s current state, each with its own seed (data order
@@ -64,7 +66,14 @@ def collect_from_runs(
     permutation spec comes from :func:`pdiff_hf.alignment.permutation_spec` (``example_input``: positional inputs for
     models without a hand-written spec; default: two rows of the first training batch).
 
+    ``num_processes > 1`` trains the runs in that many spawned worker processes (each with ``torch.get_num_threads()
+    // num_processes`` threads, at least 1); the result is the same as in one process with that many threads. The
+    model, ``data``, ``reset`` and ``kwargs`` (``loss_fn``, ``score_fn``) must then be picklable (module-level
+    functions, not lambdas), and a script that calls it needs the ``if __name__ == "__main__":`` guard.
+
     Raises:
+        CollectionError: ``num_processes`` not an int >= 1, or something a worker needs that cannot be pickled,
+            before any training.
         AlignmentError: with ``align=True``, before any training: an unknown ``alignment``, fewer than two seeds, a
             model without a permutation
             spec (residual adds, attention, …), a layout that leaves out a tensor the permutation moves (select
@@ -87,14 +96,18 @@ def collect_from_runs(
             raise AlignmentError(f"expected alignment in {ALIGNMENTS}, found {alignment!r}")
         reset = reset if reset is not None else reinitialize
         spec = _alignment_spec(model, data, layout, seeds, reset, start, example_input)
-    parts, finals = [], []
-    for run_id, seed in enumerate(seeds):
-        model.load_state_dict(start)
-        if reset is not None:
-            reset(model, seed)
-        parts.append(collect_checkpoints(model, data, layout, seed=seed, run_id=run_id, **kwargs))
-        if spec is not None:
-            finals.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    args = (model, data, layout, start, reset, kwargs, spec is not None)
+    shared = _check_processes(num_processes, args)
+    if shared is None:
+        results = [_collect_run(*args, run_id, seed) for run_id, seed in enumerate(seeds)]
+    else:
+        import multiprocessing
+
+        threads = max(1, torch.get_num_threads() // num_processes)
+        with multiprocessing.get_context("spawn").Pool(num_processes, _init_worker, (shared, threads)) as pool:
+            results = pool.starmap(_collect_in_worker, list(enumerate(seeds)))
+    parts = [part for part, _ in results]
+    finals = [final for _, final in results]
     record = None
     if spec is not None:
         from ..alignment.merge_many import merge_many
@@ -110,6 +123,43 @@ def collect_from_runs(
     if record is not None:
         merged.info.description = json.dumps({**json.loads(merged.info.description), ALIGNMENT_KEY: record})
     return merged
+
+
+def _collect_run(model, data, layout, start, reset, kwargs, keep_final: bool, run_id: int, seed: int):
+    """One run from ``start``: ``(its checkpoint dataset, its final state dict or None)``."""
+    model.load_state_dict(start)
+    if reset is not None:
+        reset(model, seed)
+    part = collect_checkpoints(model, data, layout, seed=seed, run_id=run_id, **kwargs)
+    return part, ({k: v.detach().clone() for k, v in model.state_dict().items()} if keep_final else None)
+
+
+def _check_processes(num_processes, shared) -> Optional[bytes]:
+    """``None`` for one process, else the pickled ``shared`` arguments every worker needs (checked before any
+    training)."""
+    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+        raise CollectionError(f"expected num_processes to be an int >= 1, found {num_processes!r}")
+    if num_processes == 1:
+        return None
+    try:
+        return pickle.dumps(shared)
+    except (pickle.PicklingError, AttributeError, TypeError) as err:
+        raise CollectionError(
+            f"expected a picklable model, data, reset and keyword arguments with num_processes={num_processes} (each "
+            f"run trains in a spawned process; use module-level functions, not lambdas), found: {err}"
+        ) from None
+
+
+_WORKER: Dict[str, Any] = {}  # one worker process's shared arguments, set once by _init_worker
+
+
+def _init_worker(shared: bytes, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["args"] = pickle.loads(shared)  # the parent's own pickle of its arguments, never read from a file
+
+
+def _collect_in_worker(run_id: int, seed: int):
+    return _collect_run(*_WORKER["args"], run_id, seed)
 
 
 def get_alignment(dataset: datasets.Dataset) -> Optional[Dict[str, Any]]:

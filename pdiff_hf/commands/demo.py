@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=int, default=None, help="independent runs with --recipe aligned-runs (8)")
     p.add_argument("--channels", type=int, default=None,
                    help="width of the MNIST1DCNN target (default 32; aligned runs need 128 or more to average well)")
+    p.add_argument("--num-processes", type=int, default=None,
+                   help="processes training the runs with --recipe aligned-runs (default 1; 2 on two cores)")
     p.add_argument("--autoencoder-type", choices=["auto", "learned", "conv", "token", "linear"], default=None,
                    help="the generator's autoencoder (default auto: the linear code; 'learned' is p-diff's recipe)")
     p.add_argument("--objective", choices=["ddpm", "flow_matching"], default=None,
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         recipe=args.recipe,
         runs=args.runs,
         channels=args.channels,
+        num_processes=args.num_processes,
         autoencoder_type=args.autoencoder_type,
         objective=args.objective,
     )
@@ -113,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 # options of the unconditional demo that have no meaning with --conditional
-_UNCONDITIONAL_ONLY = ("selection", "save_every", "recipe", "runs", "channels", "autoencoder_type", "objective")
+_UNCONDITIONAL_ONLY = ("selection", "save_every", "recipe", "runs", "channels", "num_processes", "autoencoder_type",
+                       "objective")
 
 
 def run_conditional(args: argparse.Namespace) -> int:

@@ -114,6 +114,8 @@ class DemoConfig:
     # width of the MNIST1DCNN target; independent runs average well once aligned only when wide (128 or more,
     # benchmarks/bench_aligned_runs.py)
     channels: int = 32
+    # processes training the aligned runs (collect_from_runs(num_processes=...)); 2 on a two-core machine
+    num_processes: int = 1
     # the generator: PDiffConfig's autoencoder_type ("auto": the linear code with 200 checkpoints; "learned": p-diff's
     # conv autoencoder, the paper's recipe) and objective ("ddpm" or "flow_matching")
     autoencoder_type: str = PDiffConfig.autoencoder_type
@@ -145,6 +147,7 @@ class DemoConfig:
             "--num-inference-steps": self.num_inference_steps,
             "--num-threads": self.num_threads,
             "--channels": self.channels,
+            "--num-processes": self.num_processes,
         }
         bad = {k: v for k, v in positive.items() if v < 1}
         if bad:
@@ -274,6 +277,7 @@ def _run_demo(config: DemoConfig, out: Path, log: Callable[[str], None]) -> Dict
     if config.recipe == "aligned-runs":
         collected = collect_from_runs(
             model, data, layout, seeds=[config.seed + r for r in range(runs)], align=True,
+            num_processes=config.num_processes,
             num_checkpoints=per_run + held_per_run, train_epochs=config.target_epochs, progress=True, **common,
         )  # fmt: skip
     elif config.branches:

@@ -11,7 +11,7 @@ from pdiff_hf import ParamLayout, checkpoint_params
 from pdiff_hf.alignment import apply_permutation, merge_many, spec_from_module, weight_matching
 from pdiff_hf.checkpoints.collect_runs import collect_from_runs, get_alignment, reinitialize
 from pdiff_hf.checkpoints.run_mixing import MixedRunsWarning
-from pdiff_hf.errors import AlignmentError
+from pdiff_hf.errors import AlignmentError, CollectionError
 from pdiff_hf.evaluation.batched import evaluate_parameters
 
 torch.set_num_threads(1)
@@ -137,3 +137,30 @@ def test_keyword_batches_need_an_example_input():
     data = {"train": {"input": x, "labels": y}}
     with pytest.raises(AlignmentError, match="example_input="):
         collect_from_runs(model, data, layout, SEEDS, align=True, loss_fn=_never_train, progress=False)
+
+
+def test_two_processes_collect_what_one_process_collects():
+    """Runs trained in two spawned processes (one thread each) give the same aligned dataset, bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        layout = ParamLayout.from_module(_mlp(), include_buffers=True)
+        one = _collect(_mlp(), layout, align=True)
+        two = _collect(_mlp(), layout, align=True, num_processes=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(checkpoint_params(one), checkpoint_params(two))
+    assert one["run_id"] == two["run_id"] and one["val_accuracy"] == two["val_accuracy"]
+    assert get_alignment(two)["alignment"] == "merge_many"
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"num_processes": 0}, "num_processes to be an int >= 1"),
+    ({"num_processes": 2, "loss_fn": lambda logits, labels: logits.sum()}, "picklable"),
+])  # fmt: skip
+def test_bad_process_settings_fail_before_any_training(kw, message):
+    model = _mlp()
+    layout = ParamLayout.from_module(model, include_buffers=True)
+    with pytest.raises(CollectionError, match=message):
+        collect_from_runs(model, _data(), layout, SEEDS, align=True, train_epochs=1, num_checkpoints=2,
+                          progress=False, **kw)  # fmt: skip

@@ -20,7 +20,8 @@ def test_demo_aligned_runs_collects_aligned_runs_and_fits_the_linear_code(tmp_pa
     torch.set_num_threads(1)
     out = tmp_path / "run"
     cfg = DemoConfig(
-        output_dir=str(out), selection="whole", recipe="aligned-runs", runs=2, channels=8, num_checkpoints=10,
+        output_dir=str(out), selection="whole", recipe="aligned-runs", runs=2, channels=8, num_processes=2,
+        num_checkpoints=10,
         heldout_checkpoints=4, target_epochs=1, denoiser_steps=3, num_models=3, num_inference_steps=3,
         recalibration_batches=2, novelty=False,
     )  # fmt: skip
@@ -64,6 +65,7 @@ def test_demo_aligned_runs_config():
     ({"recipe": "aligned-runs", "selection": "whole", "branches": 2}, "branches 2"),
     ({"recipe": "aligned-runs", "selection": "whole", "runs": 1}, "runs 1"),
     ({"recipe": "aligned-runs", "selection": "whole", "channels": 0}, "--channels"),
+    ({"recipe": "aligned-runs", "selection": "whole", "num_processes": 0}, "--num-processes"),
     ({"recipe": "aligned-runs", "selection": "whole", "num_checkpoints": 8, "novelty": False}, "--num-checkpoints >= 9"),
 ])  # fmt: skip
 def test_demo_aligned_runs_bad_options(kw, message):
