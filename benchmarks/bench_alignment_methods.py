@@ -22,6 +22,10 @@
    0.5 (``mean + t (sample - mean)``); with ``--pdiff``, p-diff with the linear code (``PDiffConfig.paper``'s
    DDPM, 64 components, fewer when N - 1 < 64) fitted on the aligned checkpoints.
 
+Also the share of each held-out run's deviation from the training runs' mean (final checkpoints, raw units, the
+held-out run matched to the aligned average) that lies in the training runs' span, and that of training run 0 in the
+span of the other runs: the most any generator of the span can reproduce of a new run.
+
 Per group: median test accuracy with min and max, median max-IoU of test errors with the training checkpoints, and
 the good-and-novel share (good: >= the training checkpoints' 10th-percentile accuracy; novel: max-IoU below the
 training runs' median pairwise IoU), as ``bench_aligned_generation.py`` defines them. Figures are printed, never
@@ -42,7 +46,9 @@ width, alignment                       average  midpoint   p-diff
 =====================================  =======  =========  ======
 
 No method and neither width makes the span of more than two aligned runs a low-loss region; good-and-novel is 0% for
-every group except 2% of activation-matched ``a = 0.25`` interpolations.
+every group except 2% of activation-matched ``a = 0.25`` interpolations. Share of a held-out run's deviation in the
+training runs' span (128 channels): 0.07-0.08 (first), 0.04-0.08 (merge_many); training run 0 in the other runs'
+span: 0.04 / 0.05.
 """
 
 import argparse
@@ -118,7 +124,7 @@ def main() -> None:
     from safetensors.torch import load_file
     from scipy.optimize import linear_sum_assignment
 
-    from pdiff_hf.alignment import apply_permutation, identity_permutations, merge_many, permutation_spec
+    from pdiff_hf.alignment import apply_permutation, identity_permutations, merge_many, permutation_spec, weight_matching
     from pdiff_hf.evaluation.batched import accuracy_from_predictions, predict_with_parameters
     from pdiff_hf.evaluation.recalibration import recalibrate_parameters
     from pdiff_hf.layout import ParamLayout
@@ -206,6 +212,25 @@ def main() -> None:
         inverse = {g: torch.argsort(q) for g, q in perms[0].items()}
         return [{g: p[g][inverse[g]] for g in p} for p in perms]
 
+    def span_share(method: str, final: torch.Tensor, held_runs) -> None:
+        """How much of a held-out run's deviation from the training runs' mean lies in their span (raw units): the
+        most any generator of that span (averages, PCA Gaussians, the linear code) can reproduce of a new run."""
+        mean = final.double().mean(0)
+        ref = {**base, **layout.unflatten(mean.float())}
+        _, _, basis = torch.linalg.svd(final.double() - mean, full_matrices=False)
+        shares = []
+        for r in held_runs:  # each held-out run aligned to the training runs' aligned average
+            state = {**base, **layout.unflatten(r[-1])}
+            moved = layout.flatten(apply_permutation(spec, state, weight_matching(spec, ref, state))).double() - mean
+            shares.append(float((moved @ basis.T).norm() ** 2 / moved.norm() ** 2))
+        others = final[1:].double()
+        _, _, basis0 = torch.linalg.svd(others - others.mean(0), full_matrices=False)
+        d0 = final[0].double() - others.mean(0)
+        loo = float((d0 @ basis0.T).norm() ** 2 / d0.norm() ** 2)
+        summary["groups"][f"{method}/span_share"] = {"heldout": shares, "training_run_0_in_the_others": loo}
+        print(f"{method:24s} share of a held-out run's deviation in the training runs' span: "
+              f"{', '.join(f'{x:.2f}' for x in shares)} (training run 0 in the other runs' span: {loo:.2f})", flush=True)
+
     for method in args.methods:
         start = time.perf_counter()
         if method == "first":
@@ -230,6 +255,8 @@ def main() -> None:
         fours = torch.stack([torch.randperm(K, generator=gen)[:4] for _ in range(args.num_models)])
         report(method, "averages of 4 runs", final[fours].mean(1))
         checkpoints = torch.cat(aligned)
+        if H:
+            span_share(method, final, runs[K:])
         norm = StatsNormalizer.from_checkpoints(checkpoints, layout)
         z = norm.normalize(checkpoints)
         sample = make_baselines(z, args.num_models, noise_levels=(), average_k=None, gaussian=False, generator=gen,
