@@ -106,15 +106,11 @@ class DemoConfig:
     # beside the generated models, which are left as generated (needs a selection with the running statistics)
     recalibration_batches: int = 0
     # "pdiff": the checkpoints of one target (or its branches); "aligned-runs": `runs` independent runs of the whole
-    # network, each trained target_epochs, aligned to one another by weight matching (collect_from_runs(align=True),
-    # MergeMany),
-    # the last checkpoints of each run collected, generated with the linear (whitened PCA) autoencoder
+    # network (trained target_epochs, in num_processes processes), aligned to one another (collect_from_runs(align=True),
+    # MergeMany), their last checkpoints generated with the linear autoencoder; channels: MNIST1DCNN's width
     recipe: str = "pdiff"
     runs: int = 8
-    # width of the MNIST1DCNN target; independent runs average well once aligned only when wide (128 or more,
-    # benchmarks/bench_aligned_runs.py)
-    channels: int = 32
-    # processes training the aligned runs (collect_from_runs(num_processes=...)); 2 on a two-core machine
+    channels: int = 32  # aligned runs average well only when wide: 128 or more (benchmarks/bench_aligned_runs.py)
     num_processes: int = 1
     # the generator: PDiffConfig's autoencoder_type ("auto": the linear code with 200 checkpoints; "learned": p-diff's
     # conv autoencoder, the paper's recipe) and objective ("ddpm" or "flow_matching")

@@ -58,14 +58,13 @@ from .generalization_stats import (
     _ratio,
     _matrix,
     _iou,
-    _energy,
     _interval,
     _outcome,
     _normalize_fn,
     _check_predictions,
-    _energy_null,
-    _energy_null_by_run,
     _check_runs,
+    _energy_comparisons,
+    _null_kind,
 )
 from .generalization_report import (  # noqa: F401  (re-exported: the test's vocabulary and result)
     ACCURACY_BAND_PP,
@@ -233,7 +232,7 @@ def generalization_test(
         raise GeneralizationTestError(f"expected pca_components >= 1, found {pca_components}")
     preds = _check_predictions(predictions, labels, mean_prediction, train.shape[0], heldout.shape[0], vectors)
     t, h = train.shape[0], heldout.shape[0]
-    pool_runs, k_runs = _check_runs(train_runs, heldout_runs, train.shape[0], heldout.shape[0])
+    pool_runs, k_runs = _check_runs(train_runs, heldout_runs, t, h)
     g = torch.Generator().manual_seed(int(seed))
 
     # 1. normalized units, varying entries, the training subsample
@@ -346,38 +345,10 @@ def generalization_test(
         comparisons[name] = entries
 
     # 5. energy distance to the held-out checkpoints, with a permutation null from the pooled held-out + training
-    pool = torch.cat([coords["training_all"], coords[HELDOUT]])
-    d_pool = torch.cdist(pool, pool)
-    d_pool.fill_diagonal_(0.0)
-    d_hh = torch.cdist(coords[HELDOUT], coords[HELDOUT])
-    d_hh.fill_diagonal_(0.0)
-    nulls: Dict[int, torch.Tensor] = {}
-    for size in sorted({min(len(groups_z[k]), t) for k in order if k != HELDOUT}):
-        if pool_runs is None:
-            nulls[size] = _energy_null(d_pool, size, h, int(num_permutations), g)
-        else:
-            nulls[size] = _energy_null_by_run(d_pool, pool_runs, size, k_runs, int(num_permutations), g)
-    for name in order:
-        if name == HELDOUT:
-            continue
-        c = coords[name]
-        d_gg = torch.cdist(c, c)
-        d_gg.fill_diagonal_(0.0)
-        value = float(_energy(torch.cdist(c, coords[HELDOUT]), d_gg, d_hh))
-        size = min(len(c), t)
-        null = nulls[size]
-        threshold = float(null.quantile(NULL_QUANTILE))
-        comparisons[name]["energy_distance"] = {
-            "statistic": COMPARISONS["energy_distance"][0],
-            "value": _num(value),
-            "threshold": _num(threshold),
-            "null_median": _num(null.median()),
-            "p_value": _num((1 + int((null >= value).sum())) / (1 + len(null))),
-            "null_size": size,
-            "permutations": len(null),
-            "null_holds_out": "checkpoints" if pool_runs is None else "whole runs",
-            "outcome": "above" if value > threshold else "within",
-        }
+    sizes = {name: min(len(groups_z[name]), t) for name in order if name != HELDOUT}
+    energy, nulls = _energy_comparisons(coords, sizes, h, pool_runs, k_runs, int(num_permutations), g)
+    for name, entry in energy.items():
+        comparisons[name]["energy_distance"] = entry
 
     # 6. per-group JSON entries, verdicts, the summary lines
     groups: Dict[str, Dict] = {}
@@ -419,7 +390,7 @@ def generalization_test(
         "ratio_band": [_num(1.0 / RATIO_BAND), RATIO_BAND],
         "accuracy_band_pp": ACCURACY_BAND_PP,
         "null_quantile": NULL_QUANTILE,
-        "null_holds_out": "checkpoints" if pool_runs is None else "whole runs",
+        "null_holds_out": _null_kind(pool_runs),
         "baselines": [k for k in vectors if k != GENERATED],
     }
     data = {"groups": groups, "comparisons": comparisons, "settings": settings}

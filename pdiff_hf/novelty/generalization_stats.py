@@ -11,7 +11,7 @@ import torch
 
 from ..errors import DimensionMismatchError, GeneralizationTestError
 from ..layout import check_finite
-from .generalization_report import GENERATED, HELDOUT, TRAINING
+from .generalization_report import COMPARISONS, GENERATED, HELDOUT, NULL_QUANTILE, TRAINING
 
 def _num(x) -> Optional[float]:
     """A finite value to 6 significant digits; ``None`` (JSON ``null``) for an infinite or undefined one."""
@@ -177,3 +177,45 @@ def _check_runs(train_runs, heldout_runs, t: int, h: int) -> Tuple[Optional[torc
             f"expected more training runs than held-out runs for the whole-run null, found {available} and {k}"
         )
     return torch.cat(runs), int(k)
+
+
+def _null_kind(pool_runs: Optional[torch.Tensor]) -> str:
+    return "checkpoints" if pool_runs is None else "whole runs"
+
+
+def _energy_comparisons(coords, sizes, h: int, pool_runs, k_runs: int, num: int, g: torch.Generator):
+    """Step 5 of the test: ``({group: energy_distance entry}, {group size: (num,) null})``. ``coords``: PCA
+    coordinates per group (``"training_all"`` included); ``sizes``: each compared group's size, capped at the number of
+    training checkpoints (the null's pseudo-group size); ``pool_runs``: run ids of the pool (whole runs held out) or
+    ``None``."""
+    pool = torch.cat([coords["training_all"], coords[HELDOUT]])
+    d_pool = torch.cdist(pool, pool)
+    d_pool.fill_diagonal_(0.0)
+    d_hh = torch.cdist(coords[HELDOUT], coords[HELDOUT])
+    d_hh.fill_diagonal_(0.0)
+    nulls: Dict[int, torch.Tensor] = {}
+    for size in sorted(set(sizes.values())):
+        if pool_runs is None:
+            nulls[size] = _energy_null(d_pool, size, h, num, g)
+        else:
+            nulls[size] = _energy_null_by_run(d_pool, pool_runs, size, k_runs, num, g)
+    entries = {}
+    for name, size in sizes.items():
+        c = coords[name]
+        d_gg = torch.cdist(c, c)
+        d_gg.fill_diagonal_(0.0)
+        value = float(_energy(torch.cdist(c, coords[HELDOUT]), d_gg, d_hh))
+        null = nulls[size]
+        threshold = float(null.quantile(NULL_QUANTILE))
+        entries[name] = {
+            "statistic": COMPARISONS["energy_distance"][0],
+            "value": _num(value),
+            "threshold": _num(threshold),
+            "null_median": _num(null.median()),
+            "p_value": _num((1 + int((null >= value).sum())) / (1 + len(null))),
+            "null_size": size,
+            "permutations": len(null),
+            "null_holds_out": _null_kind(pool_runs),
+            "outcome": "above" if value > threshold else "within",
+        }
+    return entries, nulls
